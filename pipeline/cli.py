@@ -1,0 +1,151 @@
+"""Command line: `slimbert <stage> [options]`, `slimbert run`, `slimbert config`.
+
+Every stage is also runnable as `python -m pipeline.<stage>` with the same options.
+A stage is a module `pipeline.<stage>` with:
+    INPUTS: names of the upstream stages whose artifacts it reads;
+    fingerprint_config(config): the part of the config its output depends on;
+    run(config, inputs, out_dir) -> metrics: writes its files into out_dir.
+This module turns that into an artifact directory with a manifest (see artifacts.py).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import importlib.util
+import logging
+import sys
+import time
+from pathlib import Path
+from types import ModuleType
+
+import pipeline
+from pipeline import artifacts
+from pipeline.config import PipelineConfig, SlimbertError, load_config
+
+log = logging.getLogger("slimbert")
+
+STAGE_ORDER = ("prepare", "finetune", "evaluate", "prune", "quantize", "export", "report")
+
+
+def available_stages() -> list[str]:
+    """Stages in pipeline order whose module exists in this version."""
+    return [s for s in STAGE_ORDER if importlib.util.find_spec(f"pipeline.{s}") is not None]
+
+
+def stage_module(name: str) -> ModuleType:
+    return importlib.import_module(f"pipeline.{name}")
+
+
+def execute(name: str, config: PipelineConfig, run_dir: Path, force: bool = False) -> Path:
+    """Run stage `name` into `<run_dir>/<name>/` unless its artifact is up to date."""
+    module = stage_module(name)
+    inputs = {dep: run_dir / dep for dep in module.INPUTS}
+    for dep, path in inputs.items():
+        if not (path / artifacts.MANIFEST).is_file():
+            raise artifacts.ArtifactError(
+                f"stage '{name}' needs the '{dep}' artifact at {path}; run "
+                f"`slimbert {dep} --run-dir {run_dir}` (or `slimbert run`) first")
+    out_dir = run_dir / name
+    fingerprint = artifacts.fingerprint(name, module.fingerprint_config(config), inputs)
+    if not force and artifacts.is_up_to_date(out_dir, fingerprint):
+        log.info("%s: up to date at %s (use --force to rerun)", name, out_dir)
+        return out_dir
+    log.info("%s: running -> %s", name, out_dir)
+    started = time.time()
+    with artifacts.atomic_dir(out_dir) as tmp:
+        metrics = module.run(config, inputs, tmp)
+        artifacts.write_manifest(tmp, stage=name, config=config, fingerprint=fingerprint,
+                                 inputs=inputs, metrics=metrics, started=started)
+    log.info("%s: done in %.1f s", name, time.time() - started)
+    return out_dir
+
+
+def _common_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", metavar="FILE", type=Path,
+                        help="YAML config over the built-in defaults (e.g. configs/default.yaml)")
+    parser.add_argument("--set", metavar="KEY=VALUE", action="append", default=[],
+                        dest="overrides",
+                        help="override one config value, e.g. --set data.max_seq_length=64; "
+                             "repeatable; values are parsed as YAML")
+    parser.add_argument("--run-dir", metavar="DIR", type=Path,
+                        help="where stage artifacts go (default: runs/<config name>)")
+    parser.add_argument("--force", action="store_true",
+                        help="rerun even if the artifact is up to date")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="slimbert",
+        description="Fine-tune, compress and ship a BERT text classifier.",
+        epilog="Config keys and their meaning: `slimbert config --help`, pipeline/config.py.")
+    parser.add_argument("--version", action="version", version=pipeline.__version__)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    stages = available_stages()
+    run = sub.add_parser("run", help=f"run all stages in order ({' -> '.join(stages)})",
+                         description="Run every stage in order; up-to-date stages are skipped.")
+    _common_options(run)
+    for name in stages:
+        doc = (stage_module(name).__doc__ or "").strip()
+        stage = sub.add_parser(name, help=doc.splitlines()[0] if doc else name,
+                               description=doc,
+                               formatter_class=argparse.RawDescriptionHelpFormatter)
+        _common_options(stage)
+    show = sub.add_parser("config", help="print the resolved config as YAML",
+                          description="Print the config that --config and --set resolve to. "
+                                      "Every key is documented in pipeline/config.py.")
+    _common_options(show)
+    return parser
+
+
+def default_run_dir(config_path: Path | None) -> Path:
+    return Path("runs") / (config_path.stem if config_path else "default")
+
+
+def setup_logging(verbose: bool) -> None:
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+                        datefmt="%H:%M:%S", force=True)
+    for noisy in ("absl", "tensorflow", "h5py", "matplotlib"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    setup_logging(args.verbose)
+    try:
+        config = load_config(args.config, args.overrides)
+        if args.command == "config":
+            print(config.to_yaml(), end="")
+            return 0
+        run_dir = args.run_dir or default_run_dir(args.config)
+        names = available_stages() if args.command == "run" else [args.command]
+        timings = []
+        for name in names:
+            started = time.time()
+            execute(name, config, run_dir, force=args.force)
+            timings.append((name, time.time() - started))
+        if args.command == "run":
+            missing = [s for s in STAGE_ORDER if s not in names]
+            if missing:
+                log.info("not in this version yet: %s", ", ".join(missing))
+            for name, seconds in timings:
+                print(f"{name:<10} {seconds:8.1f} s   {run_dir / name}")
+            print(f"{'total':<10} {sum(s for _, s in timings):8.1f} s")
+        return 0
+    except SlimbertError as err:
+        print(f"slimbert: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("slimbert: interrupted", file=sys.stderr)
+        return 130
+
+
+def stage_main(name: str) -> None:
+    """Entry of `python -m pipeline.<name>`."""
+    sys.exit(main([name, *sys.argv[1:]]))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,333 @@
+"""Pipeline configuration: one frozen dataclass per stage, nested in `PipelineConfig`.
+
+Precedence: defaults in code < a YAML file < `--set a.b=c` overrides. Unknown keys and
+invalid values raise `ConfigError` naming the key before any work starts. The resolved
+config is saved with every artifact (`config.yaml`) and hashed into its manifest.
+
+Example:
+    >>> cfg = load_config(None, ["data.max_seq_length=32", "seed=7"])
+    >>> cfg.data.max_seq_length, cfg.seed
+    (32, 7)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import hashlib
+import json
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class SlimbertError(Exception):
+    """An error the user can fix; the CLI prints it without a traceback and exits 2."""
+
+
+class ConfigError(SlimbertError, ValueError):
+    """An invalid configuration key or value."""
+
+
+def _check(condition: bool, key: str, message: str) -> None:
+    if not condition:
+        raise ConfigError(f"invalid config value for '{key}': {message}")
+
+
+# === Stage configs ===
+
+
+DATA_SOURCES = ("rotten_tomatoes", "tfds", "files")
+FILE_FORMATS = ("auto", "csv", "tsv", "jsonl")
+SPLITS = ("train", "validation", "test")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Where examples come from and how they are split and tokenized (stage `prepare`).
+
+    Attributes:
+        source: `rotten_tomatoes` (built-in offline corpus), `tfds` (a catalog dataset)
+            or `files` (the user's CSV/TSV/JSONL files).
+        tfds_name: catalog name with optional config/version, e.g. `glue/sst2`.
+        tfds_data_dir: tfds data folder ("" = tfds's default).
+        tfds_download: let tfds download and prepare the dataset if absent.
+        files: split name -> file, for `files` with given splits.
+        path: one file for `files`, split with `split_fractions` and `seed`.
+        format: `auto` (from the extension), `csv`, `tsv` or `jsonl`.
+        text_key, label_key: column (or tfds feature) names of the text and the label.
+        group_key: optional column whose values never straddle two splits (e.g. movie).
+        labels: the label vocabulary, in id order; empty = sorted values seen in train.
+        drop_labels: label values whose rows are dropped before anything else.
+        dedupe: drop rows whose text repeats an earlier row's.
+        split_fractions: train/validation/test fractions when the source is one pool.
+        splits: output split -> source split expression in tfds syntax
+            (e.g. `train[:95%]`); missing entries map a split to itself.
+        max_seq_length: tokens per example including [CLS] and [SEP].
+        max_examples: keep at most this many examples per split (0 = all); for tiny runs.
+    """
+
+    source: str = "rotten_tomatoes"
+    tfds_name: str = ""
+    tfds_data_dir: str = ""
+    tfds_download: bool = True
+    files: dict[str, str] = field(default_factory=dict)
+    path: str = ""
+    format: str = "auto"
+    text_key: str = "text"
+    label_key: str = "label"
+    group_key: str = ""
+    labels: tuple[str, ...] = ()
+    drop_labels: tuple[str, ...] = ()
+    dedupe: bool = False
+    split_fractions: tuple[float, ...] = (0.8, 0.1, 0.1)
+    splits: dict[str, str] = field(default_factory=dict)
+    max_seq_length: int = 128
+    max_examples: int = 0
+
+    def __post_init__(self) -> None:
+        _check(self.source in DATA_SOURCES, "data.source",
+               f"expected one of {', '.join(DATA_SOURCES)}, found {self.source!r}")
+        _check(self.format in FILE_FORMATS, "data.format",
+               f"expected one of {', '.join(FILE_FORMATS)}, found {self.format!r}")
+        _check(2 < self.max_seq_length <= 4096, "data.max_seq_length",
+               f"expected 3..4096, found {self.max_seq_length}")
+        _check(self.max_examples >= 0, "data.max_examples", "must be >= 0")
+        _check(len(self.split_fractions) == 3 and all(f > 0 for f in self.split_fractions)
+               and abs(sum(self.split_fractions) - 1.0) < 1e-6, "data.split_fractions",
+               f"expected three positive fractions summing to 1, found {list(self.split_fractions)}")
+        for name in self.splits:
+            _check(name in SPLITS, f"data.splits.{name}", f"split names are {', '.join(SPLITS)}")
+        _check(len(set(self.labels)) == len(self.labels), "data.labels", "labels repeat")
+        _check(not set(self.labels) & set(self.drop_labels), "data.drop_labels",
+               "a label cannot be both declared and dropped")
+        _check(bool(self.text_key) and bool(self.label_key), "data.text_key",
+               "text_key and label_key must be set")
+        if self.source == "tfds":
+            _check(bool(self.tfds_name), "data.tfds_name", "required when data.source is tfds")
+        if self.source == "files":
+            _check(bool(self.files) != bool(self.path), "data.files",
+                   "set exactly one of data.files (given splits) or data.path (one file)")
+            if self.files:
+                for name in self.files:
+                    _check(bool(self.files[name]), f"data.files.{name}", "empty path")
+
+    def source_split(self, split: str) -> str:
+        """The source split expression that feeds output split `split`."""
+        return self.splits.get(split, split)
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """The BERT checkpoint and architecture.
+
+    Attributes:
+        checkpoint: `builtin` (all-MiniLM-L6-v2, shipped offline), `random` (random
+            init from the fields below), a Hugging Face BERT folder, or
+            `keras_hub:<preset name or folder>`.
+        vocab: vocabulary file for `random` ("" = the built-in checkpoint's).
+        lower_case: lower-case and strip accents; None = as the checkpoint says.
+        hidden_size, num_layers, num_heads, intermediate_size, max_positions,
+            type_vocab_size: architecture of a `random` model (checkpoints bring their own).
+        dropout: dropout rate of the encoder and head.
+        pooling: `cls` (pooler over [CLS]) or `mean` (mean over real tokens).
+    """
+
+    checkpoint: str = "builtin"
+    vocab: str = ""
+    lower_case: bool | None = None
+    hidden_size: int = 384
+    num_layers: int = 6
+    num_heads: int = 12
+    intermediate_size: int = 1536
+    max_positions: int = 512
+    type_vocab_size: int = 2
+    dropout: float = 0.1
+    pooling: str = "mean"
+
+    def __post_init__(self) -> None:
+        _check(bool(self.checkpoint), "model.checkpoint", "must not be empty")
+        _check(self.pooling in ("cls", "mean"), "model.pooling",
+               f"expected cls or mean, found {self.pooling!r}")
+        _check(0.0 <= self.dropout < 1.0, "model.dropout", "expected 0 <= dropout < 1")
+        for key in ("hidden_size", "num_layers", "num_heads", "intermediate_size",
+                    "max_positions", "type_vocab_size"):
+            _check(getattr(self, key) > 0, f"model.{key}", "must be positive")
+        _check(self.hidden_size % self.num_heads == 0, "model.num_heads",
+               f"hidden_size {self.hidden_size} is not divisible by {self.num_heads} heads")
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    """The whole pipeline: a seed and one section per stage."""
+
+    seed: int = 42
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return _plain(dataclasses.asdict(self))
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+
+# === Loading ===
+
+
+def _plain(value: Any) -> Any:
+    """Tuples to lists, recursively, so that YAML and JSON round-trip."""
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+def config_hash(data: Any) -> str:
+    """sha256 of the canonical JSON form of `data` (a config or a part of one)."""
+    if dataclasses.is_dataclass(data):
+        data = dataclasses.asdict(data)
+    text = json.dumps(_plain(data), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    """Check `value` against annotation `tp`; returns the value in the field's type."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        options = typing.get_args(tp)
+        if value is None and type(None) in options:
+            return None
+        errors = []
+        for option in options:
+            if option is type(None):
+                continue
+            try:
+                return _coerce(value, option, key)
+            except ConfigError as err:
+                errors.append(str(err))
+        raise ConfigError(errors[0] if errors else f"invalid value for '{key}'")
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ConfigError(f"config key '{key}' is a section: expected a mapping, "
+                              f"found {value!r}")
+        return _build(tp, value, key)
+    if origin is tuple:
+        if isinstance(value, str) or not isinstance(value, (list, tuple)):
+            raise ConfigError(f"config key '{key}' expects a list, found {value!r}")
+        (item_tp, *_rest) = typing.get_args(tp)
+        return tuple(_coerce(v, item_tp, f"{key}[{i}]") for i, v in enumerate(value))
+    if origin is dict:
+        if value is None:
+            return {}
+        if not isinstance(value, dict):
+            raise ConfigError(f"config key '{key}' expects a mapping, found {value!r}")
+        _, value_tp = typing.get_args(tp)
+        return {str(k): _coerce(v, value_tp, f"{key}.{k}") for k, v in value.items()}
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+    elif tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif tp is str:
+        if isinstance(value, str):
+            return value
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return str(value)
+    raise ConfigError(f"config key '{key}' expects {_type_name(tp)}, found {value!r}")
+
+
+def _build(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    kwargs = {}
+    for key, value in data.items():
+        full = f"{prefix}.{key}" if prefix else str(key)
+        if key not in names:
+            close = difflib.get_close_matches(str(key), names, n=1)
+            hint = f" (did you mean '{close[0]}'?)" if close else ""
+            raise ConfigError(f"unknown config key '{full}'{hint}; valid keys here: "
+                              f"{', '.join(names)}")
+        kwargs[key] = _coerce(value, hints[key], full)
+    try:
+        return cls(**kwargs)
+    except TypeError as err:
+        raise ConfigError(f"invalid config section '{prefix or '<root>'}': {err}") from None
+
+
+def _deep_set(tree: dict[str, Any], dotted: str, value: Any) -> None:
+    parts = dotted.split(".")
+    if not all(parts):
+        raise ConfigError(f"invalid override key {dotted!r}: expected a.b.c=value")
+    node = tree
+    for part in parts[:-1]:
+        child = node.get(part)
+        if not isinstance(child, dict):
+            child = {}
+            node[part] = child
+        node = child
+    node[parts[-1]] = value
+
+
+def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in over.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict) and value:
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """`a.b=c` -> ("a.b", c) with c parsed as YAML (so numbers, booleans, lists work)."""
+    if "=" not in text:
+        raise ConfigError(f"invalid --set {text!r}: expected key=value, e.g. data.max_seq_length=64")
+    key, raw = text.split("=", 1)
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    return key.strip(), value
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()
+                ) -> PipelineConfig:
+    """Defaults, then the YAML file at `path`, then `key=value` overrides."""
+    tree: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file {path} does not exist")
+        try:
+            loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
+        except (yaml.YAMLError, UnicodeDecodeError) as err:
+            raise ConfigError(f"config file {path} is not valid YAML: {err}") from None
+        if loaded is None:
+            loaded = {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"config file {path} must hold a mapping at the top level")
+        tree = loaded
+    for text in overrides:
+        key, value = parse_override(text)
+        patch: dict[str, Any] = {}
+        _deep_set(patch, key, value)
+        tree = _merge(tree, patch)
+    try:
+        return _build(PipelineConfig, tree)
+    except ConfigError as err:
+        where = f" (in {path})" if path is not None else ""
+        raise ConfigError(f"{err}{where}") from None

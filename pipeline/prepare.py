@@ -1,0 +1,181 @@
+"""Prepare: read a dataset, split it, tokenize it and cache the splits.
+
+Reads the source named by `data.source` (the built-in Rotten Tomatoes corpus, a
+tensorflow-datasets catalog dataset or local CSV/TSV/JSONL files), maps labels to ids,
+tokenizes with the checkpoint's WordPiece vocabulary (the same TF function the exported
+models carry) and writes:
+
+    <run-dir>/prepare/
+        train.tfrecord, validation.tfrecord, test.tfrecord
+            tf.train.Example per text: `input_ids` (int64 list: [CLS] ... [SEP], truncated
+            to data.max_seq_length, not padded), `label` (int64), `text` (bytes)
+        labels.txt        label names, one per line, in id order
+        vocab.txt         the WordPiece vocabulary
+        tokenizer.json    {"lower_case", "max_seq_length", "vocab_size", special token ids}
+        config.yaml       the resolved pipeline config
+        manifest.json     per-split counts, label counts, token length percentiles,
+                          truncation rate, groups per split and groups shared between splits
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tqdm import tqdm
+
+from pipeline.cli import stage_main
+from pipeline.config import SPLITS, PipelineConfig
+
+from data.text_files.builder import DataError
+
+log = logging.getLogger(__name__)
+
+INPUTS: tuple[str, ...] = ()
+TOKENIZE_BATCH = 512
+
+
+def fingerprint_config(config: PipelineConfig) -> dict[str, Any]:
+    model = config.model
+    return {"seed": config.seed, "data": config.data,
+            "tokenizer": {"checkpoint": model.checkpoint, "vocab": model.vocab,
+                          "lower_case": model.lower_case}}
+
+
+def _collect(config: PipelineConfig, source) -> dict[str, list[tuple[str, str, str]]]:
+    """All rows of each split, checked: no blank text, no empty split."""
+    cfg = config.data
+    rows: dict[str, list] = {}
+    for split in SPLITS:
+        kept, blank = [], 0
+        for text, label, group in tqdm(source.splits[split](), desc=f"read {split}",
+                                       unit=" rows", leave=False):
+            if label in cfg.drop_labels:
+                continue
+            if not text.strip():
+                blank += 1
+                continue
+            kept.append((text, label, group))
+            if cfg.max_examples and len(kept) >= cfg.max_examples:
+                break
+        if blank:
+            log.warning("%s: dropped %d blank texts", split, blank)
+        if not kept:
+            raise DataError(f"split '{split}' (source split {cfg.source_split(split)!r}) is "
+                            "empty; check data.splits and the data")
+        rows[split] = kept
+    return rows
+
+
+def _label_names(config: PipelineConfig, source, rows) -> tuple[str, ...]:
+    names = tuple(config.data.labels) or source.label_names or \
+        tuple(sorted({label for _, label, _ in rows["train"]}))
+    if len(names) < 2:
+        raise DataError(f"need at least two labels, found {list(names)}; set data.labels or "
+                        "check data.label_key")
+    known = set(names)
+    for split, split_rows in rows.items():
+        unknown = Counter(label for _, label, _ in split_rows if label not in known)
+        if unknown:
+            label, count = unknown.most_common(1)[0]
+            raise DataError(f"split '{split}' has label {label!r} ({count} rows) outside the "
+                            f"labels {list(names)}; declare it in data.labels or drop it with "
+                            "data.drop_labels")
+    return names
+
+
+def _tokenize(tokenizer, texts: list[str]) -> tuple[list[np.ndarray], np.ndarray]:
+    import tensorflow as tf
+
+    dataset = tf.data.Dataset.from_tensor_slices(texts).batch(TOKENIZE_BATCH)
+    dataset = dataset.map(tokenizer.tokenize, num_parallel_calls=tf.data.AUTOTUNE)
+    ids, lengths = [], []
+    for ragged, length in tqdm(dataset.as_numpy_iterator(), desc="tokenize",
+                               total=-(-len(texts) // TOKENIZE_BATCH), leave=False):
+        ids.extend(ragged.to_list())
+        lengths.append(length)
+    return [np.asarray(row, dtype=np.int64) for row in ids], np.concatenate(lengths)
+
+
+def _write_split(path: Path, texts, label_ids, ids) -> None:
+    import tensorflow as tf
+
+    def feature_int(values):
+        return tf.train.Feature(int64_list=tf.train.Int64List(value=values))
+
+    with tf.io.TFRecordWriter(str(path)) as writer:
+        for text, label, row in zip(texts, label_ids, ids):
+            example = tf.train.Example(features=tf.train.Features(feature={
+                "input_ids": feature_int(row.tolist()),
+                "label": feature_int([int(label)]),
+                "text": tf.train.Feature(bytes_list=tf.train.BytesList(
+                    value=[text.encode("utf-8")])),
+            }))
+            writer.write(example.SerializeToString())
+
+
+def _split_stats(labels: list[str], names, lengths: np.ndarray, max_len: int, groups) -> dict:
+    counts = Counter(labels)
+    p = np.percentile(lengths, [50, 90, 95, 99])
+    return {
+        "examples": len(labels),
+        "label_counts": {name: counts.get(name, 0) for name in names},
+        "label_fractions": {name: round(counts.get(name, 0) / len(labels), 4)
+                            for name in names},
+        "tokens": {"p50": float(p[0]), "p90": float(p[1]), "p95": float(p[2]),
+                   "p99": float(p[3]), "max": int(lengths.max()), "mean": float(lengths.mean())},
+        "truncated": int((lengths > max_len).sum()),
+        "truncation_rate": round(float((lengths > max_len).mean()), 6),
+        "groups": len(set(groups) - {""}),
+    }
+
+
+def run(config: PipelineConfig, inputs: dict[str, Path], out_dir: Path) -> dict[str, Any]:
+    from data.sources import load_source
+    from data.tokenizer import BertTokenizer
+    from models.checkpoints import tokenizer_spec
+
+    spec = tokenizer_spec(config.model)
+    source = load_source(config.data, config.seed)
+    rows = _collect(config, source)
+    names = _label_names(config, source, rows)
+    label_id = {name: i for i, name in enumerate(names)}
+    max_len = config.data.max_seq_length
+    tokenizer = BertTokenizer(list(spec.vocab), lower_case=spec.lower_case,
+                              max_seq_length=max_len)
+
+    splits: dict[str, Any] = {}
+    groups: dict[str, set[str]] = {}
+    for split in SPLITS:
+        texts, labels, split_groups = (list(col) for col in zip(*rows[split]))
+        ids, lengths = _tokenize(tokenizer, texts)
+        _write_split(out_dir / f"{split}.tfrecord", texts, [label_id[x] for x in labels], ids)
+        splits[split] = _split_stats(labels, names, lengths, max_len, split_groups)
+        groups[split] = set(split_groups) - {""}
+        log.info("%s: %d examples, labels %s, median %.0f tokens, %.2f%% truncated", split,
+                 len(texts), splits[split]["label_counts"], splits[split]["tokens"]["p50"],
+                 100 * splits[split]["truncation_rate"])
+
+    shared = {f"{a}/{b}": len(groups[a] & groups[b])
+              for i, a in enumerate(SPLITS) for b in SPLITS[i + 1:]}
+    if config.data.group_key or config.data.source == "rotten_tomatoes":
+        log.info("groups shared between splits: %s", shared)
+
+    (out_dir / "labels.txt").write_text("".join(f"{n}\n" for n in names), encoding="utf-8")
+    (out_dir / "vocab.txt").write_text("".join(f"{t}\n" for t in spec.vocab), encoding="utf-8")
+    tokenizer_info = {"lower_case": spec.lower_case, "max_seq_length": max_len,
+                      "vocab_size": tokenizer.vocab_size, "cls_id": tokenizer.cls_id,
+                      "sep_id": tokenizer.sep_id, "pad_id": tokenizer.pad_id,
+                      "unk_id": tokenizer.unk_id, "vocab_origin": spec.origin}
+    (out_dir / "tokenizer.json").write_text(json.dumps(tokenizer_info, indent=2) + "\n",
+                                            encoding="utf-8")
+    return {"labels": list(names), "splits": splits, "shared_groups": shared,
+            "tokenizer": tokenizer_info, "source": source.description}
+
+
+if __name__ == "__main__":
+    stage_main("prepare")
