@@ -15,6 +15,7 @@ import hashlib
 import io
 import json
 import lzma
+from collections import Counter
 from pathlib import Path
 
 import tensorflow_datasets as tfds
@@ -126,18 +127,29 @@ def _as_str(value) -> str:
     return value if isinstance(value, str) else json.dumps(value)
 
 
-def split_of(key: str, seed: int, fractions: tuple[float, ...]) -> str:
-    """Deterministic split for a group (or text) key: a seeded hash into [0, 1)."""
-    digest = hashlib.sha256(f"{seed}\0{key}".encode()).digest()
-    u = int.from_bytes(digest[:8], "big") / 2**64
-    if u < fractions[0]:
-        return "train"
-    return "validation" if u < fractions[0] + fractions[1] else "test"
+def assign_splits(keys: list[str], seed: int, fractions: tuple[float, ...]) -> dict[str, str]:
+    """Deterministic split per group key, sized by examples, never splitting a group.
+
+    Groups are put in the order of a seeded hash of their key; each group then goes to
+    the split where the midpoint of its examples falls on the cumulative scale, so split
+    sizes land close to `fractions` even when groups are large.
+    """
+    sizes = Counter(keys)
+    order = sorted(sizes, key=lambda k: hashlib.sha256(f"{seed}\0{k}".encode()).digest())
+    bounds = (fractions[0], fractions[0] + fractions[1])
+    total, seen, out = len(keys), 0, {}
+    for key in order:
+        middle = (seen + sizes[key] / 2) / total
+        out[key] = "train" if middle < bounds[0] else \
+            "validation" if middle < bounds[1] else "test"
+        seen += sizes[key]
+    return out
 
 
 class SlimbertTextFiles(tfds.core.GeneratorBasedBuilder):
     """Text classification examples from local files."""
 
+    # Bump when reading or splitting changes: cached datasets are keyed by version.
     VERSION = tfds.core.Version("1.0.0")
     RELEASE_NOTES = {"1.0.0": "First version."}
 
@@ -188,17 +200,21 @@ class SlimbertTextFiles(tfds.core.GeneratorBasedBuilder):
                         continue
                     seen_texts.add(text)
                 group = row.get(cfg.group_key, "") if cfg.group_key else ""
-                target = split
-                if split == "all":
-                    target = split_of(group if cfg.group_key else text, cfg.seed, cfg.fractions)
-                out.setdefault(target, []).append((f"{path.name}:{line}", text, label, group))
+                out.setdefault(split, []).append((f"{path.name}:{line}", text, label, group))
                 count += 1
             if count == 0:
                 raise DataError(f"{path}: no usable rows (after dropping labels "
                                 f"{list(cfg.drop_labels)})" if cfg.drop_labels
                                 else f"{path}: no data rows")
-        for split in ("train", "validation", "test") if any(s == "all" for s, _ in cfg.files) \
-                else [s for s, _ in cfg.files]:
+        pool = out.pop("all", None)
+        if pool is not None:
+            # Rows without a group value are their own group, keyed by their text.
+            split_keys = [group or f"\0{text}" for _, text, _, group in pool]
+            where = assign_splits(split_keys, cfg.seed, cfg.fractions)
+            for row, key in zip(pool, split_keys):
+                out.setdefault(where[key], []).append(row)
+        for split in ("train", "validation", "test") if pool is not None else \
+                [s for s, _ in cfg.files]:
             if not out.get(split):
                 raise DataError(f"split '{split}' is empty; use more data or other "
                                 "data.split_fractions")

@@ -1,0 +1,66 @@
+"""Atomic artifact folders and manifests."""
+
+import json
+
+import pytest
+
+from pipeline import artifacts
+from pipeline.config import PipelineConfig
+
+
+def test_atomic_dir_leaves_nothing_on_failure(tmp_path):
+    final = tmp_path / "stage"
+    with pytest.raises(RuntimeError):
+        with artifacts.atomic_dir(final) as tmp:
+            (tmp / "half.bin").write_bytes(b"x" * 10)
+            raise RuntimeError("crash mid-write")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_atomic_dir_replaces_whole_folder(tmp_path):
+    final = tmp_path / "stage"
+    with artifacts.atomic_dir(final) as tmp:
+        (tmp / "old.txt").write_text("old")
+    with artifacts.atomic_dir(final) as tmp:
+        (tmp / "new.txt").write_text("new")
+    assert sorted(p.name for p in final.iterdir()) == ["new.txt"]
+    assert [p.name for p in tmp_path.iterdir()] == ["stage"]
+
+
+def test_stale_temporaries_are_cleaned(tmp_path):
+    stale = tmp_path / ".stage.tmp-123-abcd"
+    stale.mkdir()
+    (stale / "junk").write_text("x")
+    with artifacts.atomic_dir(tmp_path / "stage"):
+        pass
+    assert not stale.exists()
+
+
+def test_manifest_records_files_and_detects_tampering(tmp_path):
+    out = tmp_path / "stage"
+    config = PipelineConfig()
+    fp = artifacts.fingerprint("stage", {"a": 1}, {})
+    with artifacts.atomic_dir(out) as tmp:
+        (tmp / "data.bin").write_bytes(b"abc")
+        artifacts.write_manifest(tmp, stage="stage", config=config, fingerprint=fp, inputs={},
+                                 metrics={"accuracy": 0.5}, started=0.0)
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["files"]["data.bin"] == {
+        "sha256": "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad", "bytes": 3}
+    assert "config.yaml" in manifest["files"]
+    assert manifest["metrics"] == {"accuracy": 0.5}
+    assert manifest["versions"]["tensorflow"].startswith("2.21")
+    assert manifest["config"]["data"]["max_seq_length"] == config.data.max_seq_length
+    assert artifacts.is_up_to_date(out, fp)
+    assert not artifacts.is_up_to_date(out, artifacts.fingerprint("stage", {"a": 2}, {}))
+    (out / "data.bin").write_bytes(b"abd")
+    assert artifacts.verify_files(out, manifest) == ["data.bin"]
+    assert not artifacts.is_up_to_date(out, fp)
+
+
+def test_read_manifest_errors(tmp_path):
+    with pytest.raises(artifacts.ArtifactError, match="not a complete artifact"):
+        artifacts.read_manifest(tmp_path)
+    (tmp_path / "manifest.json").write_text("{broken")
+    with pytest.raises(artifacts.ArtifactError, match="corrupt"):
+        artifacts.read_manifest(tmp_path)

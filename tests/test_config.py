@@ -1,0 +1,78 @@
+"""Config loading: defaults < YAML < --set, strict keys, validation before any work."""
+
+import pytest
+
+from pipeline.config import ConfigError, PipelineConfig, config_hash, load_config
+
+from .conftest import REPO
+
+
+def test_defaults_yaml_and_overrides_layer(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("seed: 3\ndata:\n  max_seq_length: 48\n  labels: [neg, pos]\n")
+    cfg = load_config(path, ["data.max_seq_length=40", "model.pooling=cls"])
+    assert cfg.seed == 3
+    assert cfg.data.max_seq_length == 40
+    assert cfg.data.labels == ("neg", "pos")
+    assert cfg.model.pooling == "cls"
+    assert cfg.model.hidden_size == PipelineConfig().model.hidden_size
+
+
+def test_round_trip_through_yaml(tmp_path):
+    cfg = load_config(REPO / "configs/sst2.yaml", ["data.labels=[a, b]"])
+    path = tmp_path / "resolved.yaml"
+    path.write_text(cfg.to_yaml())
+    again = load_config(path)
+    assert again == cfg
+    assert config_hash(again) == config_hash(cfg)
+    assert config_hash(load_config(path, ["seed=1"])) != config_hash(cfg)
+
+
+@pytest.mark.parametrize("name", ["default", "tiny", "sst2", "imdb"])
+def test_shipped_configs_load(name):
+    cfg = load_config(REPO / "configs" / f"{name}.yaml")
+    assert cfg.data.max_seq_length > 2
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["data.max_seq_lenght=64"], "unknown config key 'data.max_seq_lenght' (did you mean "
+                                 "'max_seq_length'?)"),
+    (["bogus=1"], "unknown config key 'bogus'"),
+    (["data.max_seq_length=abc"], "'data.max_seq_length' expects int, found 'abc'"),
+    (["data.max_seq_length=2"], "invalid config value for 'data.max_seq_length'"),
+    (["data.source=s3"], "expected one of rotten_tomatoes, tfds, files"),
+    (["data.source=tfds"], "'data.tfds_name': required"),
+    (["data.source=files"], "set exactly one of data.files"),
+    (["data.split_fractions=[0.5, 0.5, 0.5]"], "summing to 1"),
+    (["data.splits={dev: x}"], "data.splits.dev"),
+    (["data.labels=pos"], "'data.labels' expects a list"),
+    (["model.num_heads=5"], "not divisible by 5 heads"),
+    (["model.dropout=true"], "'model.dropout' expects float"),
+    (["data=3"], "'data' is a section"),
+    (["novalue"], "expected key=value"),
+])
+def test_invalid_configs_name_the_key(overrides, message):
+    with pytest.raises(ConfigError) as err:
+        load_config(None, overrides)
+    assert message in str(err.value)
+
+
+def test_bad_files(tmp_path):
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(tmp_path / "missing.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("data: [1, 2\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(bad)
+    bad.write_text("- 1\n- 2\n")
+    with pytest.raises(ConfigError, match="mapping at the top level"):
+        load_config(bad)
+    bad.write_text("data:\n  max_examples: -1\n")
+    with pytest.raises(ConfigError, match=r"data.max_examples.*\(in .*bad.yaml\)"):
+        load_config(bad)
+
+
+def test_config_is_frozen():
+    cfg = PipelineConfig()
+    with pytest.raises(AttributeError):
+        cfg.seed = 1
