@@ -16,15 +16,15 @@ from __future__ import annotations
 
 import difflib
 import logging
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
+from data.text_files.builder import DataError, SlimbertTextFiles, TextFilesConfig
 from pipeline import assets
 from pipeline.artifacts import sha256_file
 from pipeline.config import SPLITS, DataConfig, config_hash
-
-from data.text_files.builder import DataError, SlimbertTextFiles, TextFilesConfig
 
 log = logging.getLogger(__name__)
 

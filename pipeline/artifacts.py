@@ -24,9 +24,10 @@ import shutil
 import subprocess
 import time
 import uuid
+from collections.abc import Iterator
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from pipeline.config import PipelineConfig, SlimbertError, config_hash
 

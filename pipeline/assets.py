@@ -23,7 +23,8 @@ def _dist_path(dist: tuple[str, str], relative: str) -> Path:
     try:
         distribution = metadata.distribution(name)
     except metadata.PackageNotFoundError:
-        raise MissingAssetError(f"offline asset package {name!r} is not installed: {hint}") from None
+        raise MissingAssetError(
+            f"offline asset package {name!r} is not installed: {hint}") from None
     path = Path(distribution.locate_file(relative))
     if not path.exists():
         raise MissingAssetError(

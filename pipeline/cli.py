@@ -107,8 +107,9 @@ def setup_logging(verbose: bool) -> None:
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         datefmt="%H:%M:%S", force=True)
+    # absl carries tfds's and TensorFlow's deprecation chatter; real failures raise.
     for noisy in ("absl", "tensorflow", "h5py", "matplotlib"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+        logging.getLogger(noisy).setLevel(logging.ERROR)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -99,7 +99,8 @@ class DataConfig:
         _check(self.max_examples >= 0, "data.max_examples", "must be >= 0")
         _check(len(self.split_fractions) == 3 and all(f > 0 for f in self.split_fractions)
                and abs(sum(self.split_fractions) - 1.0) < 1e-6, "data.split_fractions",
-               f"expected three positive fractions summing to 1, found {list(self.split_fractions)}")
+               "expected three positive fractions summing to 1, "
+               f"found {list(self.split_fractions)}")
         for name in self.splits:
             _check(name in SPLITS, f"data.splits.{name}", f"split names are {', '.join(SPLITS)}")
         _check(len(set(self.labels)) == len(self.labels), "data.labels", "labels repeat")
@@ -180,7 +181,9 @@ class PipelineConfig:
 
 
 def _plain(value: Any) -> Any:
-    """Tuples to lists, recursively, so that YAML and JSON round-trip."""
+    """Dataclasses to dicts and tuples to lists, recursively, so YAML and JSON round-trip."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        value = dataclasses.asdict(value)
     if isinstance(value, dict):
         return {k: _plain(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
@@ -190,8 +193,6 @@ def _plain(value: Any) -> Any:
 
 def config_hash(data: Any) -> str:
     """sha256 of the canonical JSON form of `data` (a config or a part of one)."""
-    if dataclasses.is_dataclass(data):
-        data = dataclasses.asdict(data)
     text = json.dumps(_plain(data), sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(text.encode()).hexdigest()
 
@@ -295,7 +296,8 @@ def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
 def parse_override(text: str) -> tuple[str, Any]:
     """`a.b=c` -> ("a.b", c) with c parsed as YAML (so numbers, booleans, lists work)."""
     if "=" not in text:
-        raise ConfigError(f"invalid --set {text!r}: expected key=value, e.g. data.max_seq_length=64")
+        raise ConfigError(
+            f"invalid --set {text!r}: expected key=value, e.g. data.max_seq_length=64")
     key, raw = text.split("=", 1)
     try:
         value = yaml.safe_load(raw) if raw.strip() else ""

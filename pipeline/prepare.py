@@ -28,10 +28,9 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
+from data.text_files.builder import DataError
 from pipeline.cli import stage_main
 from pipeline.config import SPLITS, PipelineConfig
-
-from data.text_files.builder import DataError
 
 log = logging.getLogger(__name__)
 
@@ -96,7 +95,7 @@ def _tokenize(tokenizer, texts: list[str]) -> tuple[list[np.ndarray], np.ndarray
     ids, lengths = [], []
     for ragged, length in tqdm(dataset.as_numpy_iterator(), desc="tokenize",
                                total=-(-len(texts) // TOKENIZE_BATCH), leave=False):
-        ids.extend(ragged.to_list())
+        ids.extend(row.tolist() for row in ragged)  # numpy rows, one per text
         lengths.append(length)
     return [np.asarray(row, dtype=np.int64) for row in ids], np.concatenate(lengths)
 

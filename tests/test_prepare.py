@@ -139,7 +139,7 @@ def test_one_jsonl_file_split_by_group_with_inferred_labels(tmp_path, tfds_dir):
     path = write(tmp_path / "reviews.jsonl", "\n".join(lines) + "\n")
     assert prepare(tmp_path / "run", tfds_dir, "data.source=files", f"data.path={path}",
                    "data.text_key=review", "data.label_key=stars", "data.group_key=author",
-                   "data.max_seq_length=16") == 0
+                   "data.max_seq_length=16", "data.max_examples=0") == 0
     m = manifest(tmp_path / "run")["metrics"]
     assert m["labels"] == ["1", "2", "3"]
     sizes = {s: v["examples"] for s, v in m["splits"].items()}
@@ -150,7 +150,8 @@ def test_one_jsonl_file_split_by_group_with_inferred_labels(tmp_path, tfds_dir):
 
 def test_tsv_format(tmp_path, tfds_dir):
     path = write(tmp_path / "data.tsv", rows_csv(60, sep="\t"))
-    assert prepare(tmp_path / "run", tfds_dir, "data.source=files", f"data.path={path}") == 0
+    assert prepare(tmp_path / "run", tfds_dir, "data.source=files", f"data.path={path}",
+                   "data.max_examples=0") == 0
     assert sum(s["examples"] for s in manifest(tmp_path / "run")["metrics"]["splits"]
                .values()) == 60
 
