@@ -26,11 +26,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from tqdm import tqdm
 
 from data.text_files.builder import DataError
 from pipeline.cli import stage_main
 from pipeline.config import SPLITS, PipelineConfig
+from pipeline.progress import progress
 
 log = logging.getLogger(__name__)
 
@@ -51,8 +51,8 @@ def _collect(config: PipelineConfig, source) -> dict[str, list[tuple[str, str, s
     rows: dict[str, list] = {}
     for split in SPLITS:
         kept, blank = [], 0
-        for text, label, group in tqdm(source.splits[split](), desc=f"read {split}",
-                                       unit=" rows", leave=False):
+        for text, label, group in progress(source.splits[split](), desc=f"read {split}",
+                                           unit=" rows"):
             if label in cfg.drop_labels:
                 continue
             if not text.strip():
@@ -93,8 +93,8 @@ def _tokenize(tokenizer, texts: list[str]) -> tuple[list[np.ndarray], np.ndarray
     dataset = tf.data.Dataset.from_tensor_slices(texts).batch(TOKENIZE_BATCH)
     dataset = dataset.map(tokenizer.tokenize, num_parallel_calls=tf.data.AUTOTUNE)
     ids, lengths = [], []
-    for ragged, length in tqdm(dataset.as_numpy_iterator(), desc="tokenize",
-                               total=-(-len(texts) // TOKENIZE_BATCH), leave=False):
+    for ragged, length in progress(dataset.as_numpy_iterator(), desc="tokenize",
+                                   total=-(-len(texts) // TOKENIZE_BATCH)):
         ids.extend(row.tolist() for row in ragged)  # numpy rows, one per text
         lengths.append(length)
     return [np.asarray(row, dtype=np.int64) for row in ids], np.concatenate(lengths)
