@@ -4,8 +4,11 @@ Every stage is also runnable as `python -m pipeline.<stage>` with the same optio
 A stage is a module `pipeline.<stage>` with:
     INPUTS: names of the upstream stages whose artifacts it reads;
     fingerprint_config(config): the part of the config its output depends on;
-    run(config, inputs, out_dir) -> metrics: writes its files into out_dir.
-This module turns that into an artifact directory with a manifest (see artifacts.py).
+    run(config, inputs, out_dir, work_dir) -> metrics: writes its files into out_dir.
+out_dir is a temporary folder renamed into place when the stage returns; work_dir is
+scratch space that survives a crash (training checkpoints, so a rerun resumes) and is
+removed after success. This module turns that into an artifact directory with a manifest
+(see artifacts.py).
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import argparse
 import importlib
 import importlib.util
 import logging
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -53,10 +57,20 @@ def execute(name: str, config: PipelineConfig, run_dir: Path, force: bool = Fals
         return out_dir
     log.info("%s: running -> %s", name, out_dir)
     started = time.time()
-    with artifacts.atomic_dir(out_dir) as tmp:
-        metrics = module.run(config, inputs, tmp)
-        artifacts.write_manifest(tmp, stage=name, config=config, fingerprint=fingerprint,
-                                 inputs=inputs, metrics=metrics, started=started)
+    work_root = run_dir / ".work"
+    work_dir = work_root / f"{name}-{fingerprint[:12]}"
+    work_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        with artifacts.atomic_dir(out_dir) as tmp:
+            metrics = module.run(config, inputs, tmp, work_dir)
+            artifacts.write_manifest(tmp, stage=name, config=config, fingerprint=fingerprint,
+                                     inputs=inputs, metrics=metrics, started=started)
+        for done in work_root.glob(f"{name}-*"):
+            shutil.rmtree(done, ignore_errors=True)
+    finally:  # keep scratch only where it holds something to resume from
+        for folder in (work_dir, work_root):
+            if folder.is_dir() and not any(folder.iterdir()):
+                folder.rmdir()
     log.info("%s: done in %.1f s", name, time.time() - started)
     return out_dir
 

@@ -162,6 +162,91 @@ class ModelConfig:
                f"hidden_size {self.hidden_size} is not divisible by {self.num_heads} heads")
 
 
+STRATEGIES = ("default", "mirrored", "multi_worker", "tpu")
+PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
+
+
+@dataclass(frozen=True)
+class FinetuneConfig:
+    """Fine-tuning (stage `finetune`).
+
+    Attributes:
+        epochs: passes over the training split.
+        max_steps: stop after this many optimizer steps (0 = all epochs); for tiny runs.
+        batch_size: global batch size (split over replicas).
+        eval_batch_size: batch size for validation and evaluation.
+        learning_rate: peak learning rate of AdamW.
+        warmup_fraction: fraction of the steps with linear warmup from 0; then linear
+            decay to 0.
+        weight_decay: decoupled weight decay; never applied to biases and LayerNorm.
+        clip_norm: global gradient norm clipping (0 = off).
+        bucket_boundaries: training batches are padded to the smallest boundary that
+            fits their longest example (plus max_seq_length); empty = automatic.
+        shuffle_buffer: examples in the shuffle buffer.
+        checkpoint_every: save a resumable checkpoint every N steps (and at each epoch end).
+        strategy: `default`, `mirrored` (all local GPUs), `multi_worker` (TF_CONFIG) or `tpu`.
+        tpu: TPU address for the `tpu` strategy ("" = the local/colab TPU).
+        precision: `float32`, `mixed_float16` (GPU) or `mixed_bfloat16` (TPU, recent CPUs).
+        xla: compile the training step with XLA.
+    """
+
+    epochs: int = 3
+    max_steps: int = 0
+    batch_size: int = 32
+    eval_batch_size: int = 128
+    learning_rate: float = 5e-5
+    warmup_fraction: float = 0.1
+    weight_decay: float = 0.01
+    clip_norm: float = 1.0
+    bucket_boundaries: tuple[int, ...] = ()
+    shuffle_buffer: int = 16384
+    checkpoint_every: int = 200
+    strategy: str = "default"
+    tpu: str = ""
+    precision: str = "float32"
+    xla: bool = False
+
+    def __post_init__(self) -> None:
+        for key in ("epochs", "batch_size", "eval_batch_size", "shuffle_buffer",
+                    "checkpoint_every"):
+            _check(getattr(self, key) > 0, f"finetune.{key}", "must be positive")
+        _check(self.max_steps >= 0, "finetune.max_steps", "must be >= 0")
+        _check(0 < self.learning_rate < 1, "finetune.learning_rate", "expected 0 < lr < 1")
+        _check(0 <= self.warmup_fraction < 1, "finetune.warmup_fraction", "expected [0, 1)")
+        _check(self.weight_decay >= 0, "finetune.weight_decay", "must be >= 0")
+        _check(self.clip_norm >= 0, "finetune.clip_norm", "must be >= 0")
+        _check(all(b > 0 for b in self.bucket_boundaries)
+               and list(self.bucket_boundaries) == sorted(set(self.bucket_boundaries)),
+               "finetune.bucket_boundaries", "expected increasing positive lengths")
+        _check(self.strategy in STRATEGIES, "finetune.strategy",
+               f"expected one of {', '.join(STRATEGIES)}, found {self.strategy!r}")
+        _check(self.precision in PRECISIONS, "finetune.precision",
+               f"expected one of {', '.join(PRECISIONS)}, found {self.precision!r}")
+
+
+@dataclass(frozen=True)
+class EvaluateConfig:
+    """Evaluation and blessing (stage `evaluate`).
+
+    A model is blessed when it meets every threshold; export refuses an unblessed model
+    unless forced.
+
+    Attributes:
+        split: the split to report (`test`; `validation` for model selection studies).
+        min_accuracy: lowest accuracy that blesses the model.
+        min_macro_f1: lowest macro-F1 that blesses the model.
+    """
+
+    split: str = "test"
+    min_accuracy: float = 0.0
+    min_macro_f1: float = 0.0
+
+    def __post_init__(self) -> None:
+        _check(self.split in SPLITS, "evaluate.split", f"expected one of {', '.join(SPLITS)}")
+        for key in ("min_accuracy", "min_macro_f1"):
+            _check(0 <= getattr(self, key) <= 1, f"evaluate.{key}", "expected 0..1")
+
+
 @dataclass(frozen=True)
 class PipelineConfig:
     """The whole pipeline: a seed and one section per stage."""
@@ -169,6 +254,8 @@ class PipelineConfig:
     seed: int = 42
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
+    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
+    evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return _plain(dataclasses.asdict(self))

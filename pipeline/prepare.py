@@ -133,7 +133,8 @@ def _split_stats(labels: list[str], names, lengths: np.ndarray, max_len: int, gr
     }
 
 
-def run(config: PipelineConfig, inputs: dict[str, Path], out_dir: Path) -> dict[str, Any]:
+def run(config: PipelineConfig, inputs: dict[str, Path], out_dir: Path,
+        work_dir: Path) -> dict[str, Any]:
     from data.sources import load_source
     from data.tokenizer import BertTokenizer
     from models.checkpoints import tokenizer_spec

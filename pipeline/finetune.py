@@ -1,0 +1,293 @@
+"""Finetune: train the BERT classifier on the prepared splits.
+
+Builds the classifier from `model.*` inside the tf.distribute strategy named by
+`finetune.strategy`, loads the pretrained checkpoint, and trains with AdamW (linear
+warmup and decay, no weight decay on biases and LayerNorm, global norm clipping) on
+length-bucketed batches. Validates after every epoch and keeps the best epoch's weights.
+A resumable checkpoint is written every `finetune.checkpoint_every` steps and at each
+epoch end; rerunning an interrupted stage resumes from the last one, at the same batch.
+
+    <run-dir>/finetune/
+        model.keras        the best epoch's classifier (tf_keras; custom layers registered
+                           by importing `models`)
+        model.json         architecture, pooling, checkpoint report, best epoch
+        labels.txt, vocab.txt, tokenizer.json   copied from prepare
+        history.json       per epoch: train loss/accuracy, validation loss/accuracy, lr
+        logs/              TensorBoard event files (train, validation)
+        config.yaml, manifest.json
+
+With `finetune.strategy=multi_worker`, run the same command on every worker with its
+TF_CONFIG and its own --run-dir (holding the same prepare artifact); the chief's
+artifact is the result.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+from pipeline.cli import stage_main
+from pipeline.config import ConfigError, PipelineConfig
+from pipeline.progress import progress
+
+log = logging.getLogger(__name__)
+
+INPUTS = ("prepare",)
+
+
+def fingerprint_config(config: PipelineConfig) -> dict[str, Any]:
+    return {"seed": config.seed, "model": config.model, "finetune": config.finetune}
+
+
+class Trainer:
+    """The training loop: one replica step under `strategy.run`, checkpoints, validation."""
+
+    def __init__(self, config: PipelineConfig, prep_dir: Path, work_dir: Path) -> None:
+        import numpy as np
+        import tensorflow as tf
+        import tf_keras as keras
+
+        from data.input import (bucket_lengths, count_bucket_batches, example_lengths,
+                                read_split)
+        from models.artifact import read_labels
+        from models.bert import build_classifier
+        from models.checkpoints import architecture, load_weights
+        from models.optimization import make_optimizer
+        from pipeline.distribute import is_chief, make_strategy, task_name
+
+        ft = config.finetune
+        self.config, self.prep_dir, self.tf = config, prep_dir, tf
+        self.labels = read_labels(prep_dir)
+        info = json.loads((prep_dir / "tokenizer.json").read_text())
+        self.max_len = info["max_seq_length"]
+        self.arch = dataclasses.replace(architecture(config.model))
+        if self.arch.max_positions < self.max_len:
+            raise ConfigError(f"data.max_seq_length {self.max_len} exceeds the checkpoint's "
+                              f"{self.arch.max_positions} positions")
+        if self.arch.vocab_size != info["vocab_size"]:
+            raise ConfigError(f"the prepared data uses a {info['vocab_size']}-token vocabulary "
+                              f"but the model has {self.arch.vocab_size}; rerun prepare with "
+                              "the same model.checkpoint")
+
+        self.strategy = make_strategy(ft.strategy, ft.tpu)
+        self.chief = is_chief(self.strategy)
+        if ft.precision != "float32":
+            keras.mixed_precision.set_global_policy(ft.precision)
+        keras.utils.set_random_seed(config.seed)
+
+        train = read_split(prep_dir, "train", with_text=False)
+        self.buckets = bucket_lengths(self.max_len, ft.bucket_boundaries)
+        lengths = example_lengths(train)
+        self.num_train = len(lengths)
+        self.steps_per_epoch = count_bucket_batches(lengths, ft.batch_size, self.buckets)
+        self.total_steps = ft.max_steps or ft.epochs * self.steps_per_epoch
+        self.epochs = math.ceil(self.total_steps / self.steps_per_epoch)
+        self.mean_batch = self.num_train / self.steps_per_epoch
+        self.train_examples = train
+
+        with self.strategy.scope():
+            self.model = build_classifier(self.arch, len(self.labels),
+                                          pooling=config.model.pooling)
+            self.checkpoint_report = load_weights(self.model, config.model)
+            optimizer = make_optimizer(
+                peak_lr=ft.learning_rate, total_steps=self.total_steps,
+                warmup_steps=int(ft.warmup_fraction * self.total_steps),
+                weight_decay=ft.weight_decay, clip_norm=ft.clip_norm)
+            if ft.precision == "mixed_float16":
+                optimizer = keras.mixed_precision.LossScaleOptimizer(optimizer)
+            optimizer.build(self.model.trainable_variables)
+            self.optimizer = optimizer
+            self.best = tf.Variable(-1.0, trainable=False, name="best_val_accuracy")
+            self.train_loss = keras.metrics.Mean()
+            self.train_accuracy = keras.metrics.SparseCategoricalAccuracy()
+        self.loss_fn = keras.losses.SparseCategoricalCrossentropy(
+            from_logits=True, reduction=keras.losses.Reduction.NONE)
+
+        # Non-chief workers must save too (collectives), but into their own folder.
+        ckpt_dir = work_dir / ("ckpt" if self.chief else f"ckpt-{task_name(self.strategy)}")
+        self.ckpt = tf.train.Checkpoint(model=self.model, optimizer=self.optimizer,
+                                        best=self.best)
+        self.manager = tf.train.CheckpointManager(self.ckpt, ckpt_dir, max_to_keep=2)
+        self.best_ckpt = tf.train.Checkpoint(model=self.model)
+        self.best_path = str(work_dir / ("best" if self.chief else "best-worker") / "weights")
+        self.history_path = work_dir / "history.json"
+        self.log_dir = work_dir / "logs"
+        self.np = np
+        self._build_steps()
+
+    # === Steps ===
+
+    def _build_steps(self) -> None:
+        tf, model, optimizer = self.tf, self.model, self.optimizer
+        scaled = hasattr(optimizer, "get_scaled_loss")
+
+        def replica_step(features, labels):
+            with tf.GradientTape() as tape:
+                logits = model(features, training=True)
+                per_example = self.loss_fn(labels, logits)
+                loss = tf.nn.compute_average_loss(per_example)
+                if scaled:
+                    loss = optimizer.get_scaled_loss(loss)
+            grads = tape.gradient(loss, model.trainable_variables)
+            if scaled:
+                grads = optimizer.get_unscaled_gradients(grads)
+            optimizer.apply_gradients(zip(grads, model.trainable_variables))
+            self.train_loss.update_state(per_example)
+            self.train_accuracy.update_state(labels, logits)
+
+        if self.config.finetune.xla:
+            replica_step = tf.function(replica_step, jit_compile=True, reduce_retracing=True)
+
+        @tf.function(reduce_retracing=True)
+        def train_step(features, labels):
+            self.strategy.run(replica_step, args=(features, labels))
+
+        @tf.function(reduce_retracing=True)
+        def predict_step(features):
+            return model(features, training=False)
+
+        self.train_step, self.predict_step = train_step, predict_step
+
+    def epoch_batches(self, epoch: int, skip: int):
+        from data.input import bucket_examples
+
+        tf, ft = self.tf, self.config.finetune
+        examples = self.train_examples.shuffle(
+            ft.shuffle_buffer, seed=self.config.seed * 1009 + epoch,
+            reshuffle_each_iteration=False)
+        batches = bucket_examples(examples, ft.batch_size, self.buckets).skip(skip)
+        options = tf.data.Options()
+        options.experimental_distribute.auto_shard_policy = \
+            tf.data.experimental.AutoShardPolicy.DATA
+        batches = batches.with_options(options).prefetch(tf.data.AUTOTUNE)
+        return self.strategy.experimental_distribute_dataset(batches)
+
+    def validate(self) -> dict[str, float]:
+        from data.input import batch_examples, read_split
+
+        np = self.np
+        data = batch_examples(read_split(self.prep_dir, "validation", with_text=False),
+                              self.config.finetune.eval_batch_size)
+        correct = total = 0
+        loss_sum = 0.0
+        for features, labels in data:
+            logits = self.predict_step(features)
+            loss_sum += float(self.tf.reduce_sum(self.loss_fn(labels, logits)))
+            correct += int(np.sum(np.argmax(logits.numpy(), -1) == labels.numpy()))
+            total += int(labels.shape[0])
+        return {"val_accuracy": correct / total, "val_loss": loss_sum / total}
+
+    # === Loop ===
+
+    def _summaries(self):
+        tf = self.tf
+        if not self.chief:
+            return tf.summary.create_noop_writer(), tf.summary.create_noop_writer()
+        return (tf.summary.create_file_writer(str(self.log_dir / "train")),
+                tf.summary.create_file_writer(str(self.log_dir / "validation")))
+
+    def fit(self) -> dict[str, Any]:
+        tf, ft = self.tf, self.config.finetune
+        resumed_from = 0
+        if self.manager.latest_checkpoint:
+            self.ckpt.restore(self.manager.latest_checkpoint).assert_existing_objects_matched()
+            resumed_from = int(self.optimizer.iterations.numpy())
+            log.info("resumed from %s at step %d of %d", self.manager.latest_checkpoint,
+                     resumed_from, self.total_steps)
+        history = json.loads(self.history_path.read_text()) if self.history_path.is_file() \
+            else []
+        step = resumed_from
+        history = [h for h in history if h["epoch"] < step // self.steps_per_epoch + 1]
+        train_writer, val_writer = self._summaries()
+        train_seconds, trained_steps = 0.0, 0
+        bar = progress(total=self.total_steps, initial=step, desc="finetune", unit="step")
+        log.info("training %d steps (%d epochs of %d batches, batch %d, buckets %s) on %d "
+                 "replica(s)", self.total_steps, self.epochs, self.steps_per_epoch,
+                 ft.batch_size, self.buckets, self.strategy.num_replicas_in_sync)
+        while step < self.total_steps:
+            epoch = step // self.steps_per_epoch
+            in_epoch = step - epoch * self.steps_per_epoch
+            self.train_loss.reset_state()
+            self.train_accuracy.reset_state()
+            started = time.perf_counter()
+            for features, labels in self.epoch_batches(epoch, in_epoch):
+                self.train_step(features, labels)
+                step += 1
+                bar.update(1)
+                if step % 20 == 0 or step == self.total_steps:
+                    loss = float(self.train_loss.result())
+                    bar.set_postfix(loss=f"{loss:.4f}", epoch=epoch + 1)
+                    with train_writer.as_default(step=step):
+                        tf.summary.scalar("loss", loss)
+                        tf.summary.scalar("accuracy", self.train_accuracy.result())
+                        tf.summary.scalar("learning_rate",
+                                          self.optimizer.learning_rate(step)
+                                          if callable(self.optimizer.learning_rate)
+                                          else self.optimizer.learning_rate)
+                # An epoch's last step is saved after validation, below.
+                if step % ft.checkpoint_every == 0 and step % self.steps_per_epoch \
+                        and step < self.total_steps:
+                    self.manager.save(checkpoint_number=step)
+                if step >= self.total_steps or step % self.steps_per_epoch == 0:
+                    break
+            seconds = time.perf_counter() - started
+            train_seconds += seconds
+            trained_steps += step - epoch * self.steps_per_epoch - in_epoch
+            record = {"epoch": epoch + 1, "step": step,
+                      "train_loss": float(self.train_loss.result()),
+                      "train_accuracy": float(self.train_accuracy.result()),
+                      **self.validate(), "seconds": round(seconds, 2)}
+            with val_writer.as_default(step=step):
+                tf.summary.scalar("loss", record["val_loss"])
+                tf.summary.scalar("accuracy", record["val_accuracy"])
+            if record["val_accuracy"] > float(self.best.numpy()):
+                self.best.assign(record["val_accuracy"])
+                self.best_ckpt.write(self.best_path)
+                record["best"] = True
+            history.append(record)
+            log.info("epoch %d: train loss %.4f acc %.4f | validation loss %.4f acc %.4f "
+                     "(%.0f s)", epoch + 1, record["train_loss"], record["train_accuracy"],
+                     record["val_loss"], record["val_accuracy"], seconds)
+            if self.chief:
+                self.history_path.write_text(json.dumps(history, indent=2))
+            self.manager.save(checkpoint_number=step)
+        bar.close()
+        self.best_ckpt.read(self.best_path).assert_existing_objects_matched()
+        best = max(history, key=lambda h: h["val_accuracy"])
+        return {"history": history, "best_epoch": best["epoch"],
+                "best_val_accuracy": best["val_accuracy"], "steps": step,
+                "steps_per_epoch": self.steps_per_epoch, "epochs": self.epochs,
+                "resumed_from_step": resumed_from,
+                "train_seconds": round(train_seconds, 2),
+                "examples_per_second": round(trained_steps * self.mean_batch
+                                             / max(train_seconds, 1e-9), 2),
+                "replicas": self.strategy.num_replicas_in_sync,
+                "parameters": int(self.model.count_params())}
+
+
+def run(config: PipelineConfig, inputs: dict[str, Path], out_dir: Path,
+        work_dir: Path) -> dict[str, Any]:
+    from models.artifact import save_model
+
+    trainer = Trainer(config, inputs["prepare"], work_dir)
+    metrics = trainer.fit()
+    meta = {"architecture": dataclasses.asdict(trainer.arch), "pooling": config.model.pooling,
+            "num_classes": len(trainer.labels), "max_seq_length": trainer.max_len,
+            "checkpoint": trainer.checkpoint_report, "best_epoch": metrics["best_epoch"],
+            "made_by": "finetune"}
+    save_model(trainer.model, out_dir, meta, tokenizer_from=inputs["prepare"])
+    (out_dir / "history.json").write_text(json.dumps(metrics["history"], indent=2) + "\n")
+    if trainer.log_dir.is_dir():
+        shutil.copytree(trainer.log_dir, out_dir / "logs")
+    metrics["checkpoint"] = trainer.checkpoint_report
+    return metrics
+
+
+if __name__ == "__main__":
+    stage_main("finetune")
