@@ -19,10 +19,9 @@ from typing import Any
 
 import tf_keras as keras
 
-from pipeline.artifacts import ArtifactError
-
 import models.bert  # noqa: F401  (registers the custom layers for loading)
 import models.optimization  # noqa: F401
+from pipeline.artifacts import ArtifactError
 
 MODEL_FILE = "model.keras"
 META_FILE = "model.json"

@@ -53,8 +53,7 @@ class Trainer:
         import tensorflow as tf
         import tf_keras as keras
 
-        from data.input import (bucket_lengths, count_bucket_batches, example_lengths,
-                                read_split)
+        from data.input import bucket_lengths, count_bucket_batches, example_lengths, read_split
         from models.artifact import read_labels
         from models.bert import build_classifier
         from models.checkpoints import architecture, load_weights
