@@ -63,3 +63,12 @@ def task_name(strategy: tf.distribute.Strategy) -> str:
     if resolver is None or resolver.task_type is None:
         return "local"
     return f"{resolver.task_type}-{resolver.task_id}"
+
+
+def num_input_pipelines(strategy: tf.distribute.Strategy) -> int:
+    """How many input pipelines (workers) `distribute_datasets_from_function` will use."""
+    resolver = getattr(strategy, "cluster_resolver", None)
+    if resolver is None or isinstance(strategy, tf.distribute.TPUStrategy):
+        return 1
+    spec = resolver.cluster_spec().as_dict()
+    return max(1, len(spec.get("worker", [])) + len(spec.get("chief", [])))

@@ -45,6 +45,42 @@ def fingerprint_config(config: PipelineConfig) -> dict[str, Any]:
     return {"seed": config.seed, "model": config.model, "finetune": config.finetune}
 
 
+def make_train_step(strategy, model, optimizer, loss_fn, metrics=(), xla: bool = False):
+    """`train_step(features, labels)`: one optimizer step on a distributed batch.
+
+    The loss is averaged over the global batch; `metrics` are (mean loss, accuracy)
+    metrics updated with the per-example loss and the logits. With `xla`, the replica
+    step is compiled with XLA.
+    """
+    import tensorflow as tf
+
+    scaled = hasattr(optimizer, "get_scaled_loss")  # LossScaleOptimizer (mixed_float16)
+
+    def replica_step(features, labels):
+        with tf.GradientTape() as tape:
+            logits = model(features, training=True)
+            per_example = loss_fn(labels, logits)
+            loss = tf.nn.compute_average_loss(per_example)
+            if scaled:
+                loss = optimizer.get_scaled_loss(loss)
+        grads = tape.gradient(loss, model.trainable_variables)
+        if scaled:
+            grads = optimizer.get_unscaled_gradients(grads)
+        optimizer.apply_gradients(zip(grads, model.trainable_variables))
+        if metrics:
+            metrics[0].update_state(per_example)
+            metrics[1].update_state(labels, logits)
+
+    if xla:
+        replica_step = tf.function(replica_step, jit_compile=True, reduce_retracing=True)
+
+    @tf.function(reduce_retracing=True)
+    def train_step(features, labels):
+        strategy.run(replica_step, args=(features, labels))
+
+    return train_step
+
+
 class Trainer:
     """The training loop: one replica step under `strategy.run`, checkpoints, validation."""
 
@@ -58,7 +94,7 @@ class Trainer:
         from models.bert import build_classifier
         from models.checkpoints import architecture, load_weights
         from models.optimization import make_optimizer
-        from pipeline.distribute import is_chief, make_strategy, task_name
+        from pipeline.distribute import is_chief, make_strategy, num_input_pipelines, task_name
 
         ft = config.finetune
         self.config, self.prep_dir, self.tf = config, prep_dir, tf
@@ -80,11 +116,25 @@ class Trainer:
             keras.mixed_precision.set_global_policy(ft.precision)
         keras.utils.set_random_seed(config.seed)
 
+        # Every input pipeline (one per worker) reads its shard of the examples and
+        # feeds its local replicas per-replica batches; all run the same number of steps
+        # per epoch (the largest shard's; smaller shards repeat), so collectives never
+        # wait on a worker that ran out of data.
         train = read_split(prep_dir, "train", with_text=False)
         self.buckets = bucket_lengths(self.max_len, ft.bucket_boundaries)
+        replicas = self.strategy.num_replicas_in_sync
+        if ft.batch_size % replicas:
+            raise ConfigError(f"finetune.batch_size {ft.batch_size} is not divisible by the "
+                              f"{replicas} replicas")
+        self.per_replica_batch = ft.batch_size // replicas
+        self.pipelines = num_input_pipelines(self.strategy)
+        self.local_replicas = replicas // self.pipelines
         lengths = example_lengths(train)
         self.num_train = len(lengths)
-        self.steps_per_epoch = count_bucket_batches(lengths, ft.batch_size, self.buckets)
+        self.steps_per_epoch = max(
+            math.ceil(count_bucket_batches(lengths[i::self.pipelines], self.per_replica_batch,
+                                           self.buckets) / self.local_replicas)
+            for i in range(self.pipelines))
         self.total_steps = ft.max_steps or ft.epochs * self.steps_per_epoch
         self.epochs = math.ceil(self.total_steps / self.steps_per_epoch)
         self.mean_batch = self.num_train / self.steps_per_epoch
@@ -123,49 +173,34 @@ class Trainer:
     # === Steps ===
 
     def _build_steps(self) -> None:
-        tf, model, optimizer = self.tf, self.model, self.optimizer
-        scaled = hasattr(optimizer, "get_scaled_loss")
+        model = self.model
+        self.train_step = make_train_step(
+            self.strategy, model, self.optimizer, self.loss_fn,
+            (self.train_loss, self.train_accuracy), xla=self.config.finetune.xla)
 
-        def replica_step(features, labels):
-            with tf.GradientTape() as tape:
-                logits = model(features, training=True)
-                per_example = self.loss_fn(labels, logits)
-                loss = tf.nn.compute_average_loss(per_example)
-                if scaled:
-                    loss = optimizer.get_scaled_loss(loss)
-            grads = tape.gradient(loss, model.trainable_variables)
-            if scaled:
-                grads = optimizer.get_unscaled_gradients(grads)
-            optimizer.apply_gradients(zip(grads, model.trainable_variables))
-            self.train_loss.update_state(per_example)
-            self.train_accuracy.update_state(labels, logits)
-
-        if self.config.finetune.xla:
-            replica_step = tf.function(replica_step, jit_compile=True, reduce_retracing=True)
-
-        @tf.function(reduce_retracing=True)
-        def train_step(features, labels):
-            self.strategy.run(replica_step, args=(features, labels))
-
-        @tf.function(reduce_retracing=True)
+        @self.tf.function(reduce_retracing=True)
         def predict_step(features):
             return model(features, training=False)
 
-        self.train_step, self.predict_step = train_step, predict_step
+        self.predict_step = predict_step
 
     def epoch_batches(self, epoch: int, skip: int):
+        """The distributed batches of `epoch`, without its first `skip` steps."""
         from data.input import bucket_examples
 
         tf, ft = self.tf, self.config.finetune
-        examples = self.train_examples.shuffle(
-            ft.shuffle_buffer, seed=self.config.seed * 1009 + epoch,
-            reshuffle_each_iteration=False)
-        batches = bucket_examples(examples, ft.batch_size, self.buckets).skip(skip)
-        options = tf.data.Options()
-        options.experimental_distribute.auto_shard_policy = \
-            tf.data.experimental.AutoShardPolicy.DATA
-        batches = batches.with_options(options).prefetch(tf.data.AUTOTUNE)
-        return self.strategy.experimental_distribute_dataset(batches)
+
+        def dataset_fn(context: tf.distribute.InputContext) -> tf.data.Dataset:
+            examples = self.train_examples.shard(context.num_input_pipelines,
+                                                 context.input_pipeline_id)
+            examples = examples.shuffle(ft.shuffle_buffer, seed=self.config.seed * 1009 + epoch,
+                                        reshuffle_each_iteration=False)
+            batches = bucket_examples(examples, self.per_replica_batch, self.buckets).repeat()
+            return batches.skip(skip * self.local_replicas) \
+                .take((self.steps_per_epoch - skip) * self.local_replicas) \
+                .prefetch(tf.data.AUTOTUNE)
+
+        return self.strategy.distribute_datasets_from_function(dataset_fn)
 
     def validate(self) -> dict[str, float]:
         from data.input import batch_examples, read_split
@@ -205,7 +240,8 @@ class Trainer:
         history = [h for h in history if h["epoch"] < step // self.steps_per_epoch + 1]
         train_writer, val_writer = self._summaries()
         train_seconds, trained_steps = 0.0, 0
-        bar = progress(total=self.total_steps, initial=step, desc="finetune", unit="step")
+        bar = progress(total=self.total_steps, initial=step, desc="finetune", unit="step",
+                       items_per_unit=self.mean_batch)
         log.info("training %d steps (%d epochs of %d batches, batch %d, buckets %s) on %d "
                  "replica(s)", self.total_steps, self.epochs, self.steps_per_epoch,
                  ft.batch_size, self.buckets, self.strategy.num_replicas_in_sync)

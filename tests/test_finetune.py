@@ -1,0 +1,210 @@
+"""Fine-tuning and evaluation on tiny models: learning, resume, multi-worker, metrics."""
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import tensorflow as tf
+import tf_keras as keras
+
+from models.artifact import load_model
+from models.optimization import WarmupLinearDecay, make_optimizer
+from pipeline.cli import main
+from pipeline.config import EvaluateConfig
+from pipeline.evaluate import bless, classification_metrics, predict_keras
+
+from .conftest import REPO
+
+TINY = str(REPO / "configs" / "tiny.yaml")
+
+
+def run_stage(stage, run_dir, *overrides, config=TINY):
+    args = [stage, "--config", config, "--run-dir", str(run_dir)]
+    for item in overrides:
+        args += ["--set", item]
+    return main(args)
+
+
+def manifest(run_dir, stage):
+    return json.loads((run_dir / stage / "manifest.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def easy_data(tmp_path_factory):
+    """A task a tiny model must learn: the label is which of two words the text has."""
+    folder = tmp_path_factory.mktemp("easy")
+    rng = np.random.default_rng(0)
+    filler = ["the", "movie", "was", "a", "plot", "with", "actors", "and", "scenes", "it"]
+    lines = ["text,label"]
+    for i in range(480):
+        label = "pos" if i % 2 else "neg"
+        words = list(rng.choice(filler, size=rng.integers(3, 12)))
+        words.insert(int(rng.integers(0, len(words))), "wonderful" if i % 2 else "awful")
+        lines.append(f"{' '.join(words)},{label}")
+    path = folder / "easy.csv"
+    path.write_text("\n".join(lines) + "\n")
+    return [f"data.tfds_data_dir={folder / 'tfds'}", "data.source=files", f"data.path={path}",
+            "data.labels=[neg, pos]", "data.max_examples=0"]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, easy_data):
+    run_dir = tmp_path_factory.mktemp("run")
+    overrides = [*easy_data, "finetune.epochs=4", "finetune.batch_size=16",
+                 "finetune.learning_rate=0.002", "evaluate.min_accuracy=0.9"]
+    for stage in ("prepare", "finetune", "evaluate"):
+        assert run_stage(stage, run_dir, *overrides) == 0
+    return run_dir
+
+
+def test_tiny_model_learns_and_is_blessed(trained):
+    ft = manifest(trained, "finetune")["metrics"]
+    assert len(ft["history"]) == 4 == ft["epochs"]
+    assert ft["steps"] == 4 * ft["steps_per_epoch"]
+    assert ft["history"][-1]["train_loss"] < ft["history"][0]["train_loss"]
+    assert ft["best_val_accuracy"] >= 0.9
+    ev = manifest(trained, "evaluate")["metrics"]
+    assert ev["accuracy"] >= 0.9
+    assert ev["blessing"]["blessed"] is True
+    assert sum(map(sum, ev["confusion_matrix"])) == ev["examples"]
+    assert (trained / "finetune" / "logs" / "train").is_dir()
+
+
+def test_saved_model_reproduces_evaluation(trained):
+    model, meta = load_model(trained / "finetune")
+    assert meta["labels"] == ["neg", "pos"] and meta["made_by"] == "finetune"
+    labels, probs = predict_keras(model, trained / "prepare", "test", 32)
+    saved = np.load(trained / "evaluate" / "predictions.npz")
+    np.testing.assert_array_equal(saved["labels"], labels)
+    np.testing.assert_allclose(saved["probabilities"], probs, atol=1e-5)
+
+
+def test_classification_metrics_by_hand():
+    y_true = np.array([0, 0, 0, 1, 1, 2])
+    y_pred = np.array([0, 0, 1, 1, 2, 2])
+    m = classification_metrics(y_true, y_pred, ["a", "b", "c"])
+    assert m["accuracy"] == pytest.approx(4 / 6, abs=1e-6)
+    assert m["confusion_matrix"] == [[2, 1, 0], [0, 1, 1], [0, 0, 1]]
+    assert m["per_class"]["a"] == {"precision": 1.0, "recall": pytest.approx(2 / 3, abs=1e-6),
+                                   "f1": pytest.approx(0.8, abs=1e-6), "support": 3}
+    assert m["macro_f1"] == pytest.approx((0.8 + 0.5 + 2 / 3) / 3, abs=1e-6)
+    blessing = bless(m, EvaluateConfig(min_accuracy=0.7))
+    assert blessing["blessed"] is False and blessing["checks"]["accuracy"]["passed"] is False
+
+
+def test_schedule_and_weight_decay_exclusions():
+    schedule = WarmupLinearDecay(1e-3, total_steps=100, warmup_steps=10)
+    assert [float(schedule(s)) for s in (0, 5, 10, 55, 100)] == \
+        pytest.approx([0, 5e-4, 1e-3, 5e-4, 0], abs=1e-9)
+    kernel = tf.Variable(tf.ones([2, 2]), name="dense/kernel")
+    bias = tf.Variable(tf.ones([2]), name="dense/bias")
+    gamma = tf.Variable(tf.ones([2]), name="layer_0_ffn_norm/gamma")
+    opt = make_optimizer(peak_lr=0.1, total_steps=10, warmup_steps=0, weight_decay=0.5,
+                         clip_norm=1.0)
+    opt.apply_gradients([(tf.zeros_like(v), v) for v in (kernel, bias, gamma)])
+    assert float(kernel[0, 0]) == pytest.approx(1 - 0.1 * 0.5)  # decayed
+    assert float(bias[0]) == 1.0 and float(gamma[0]) == 1.0  # excluded
+
+
+def _wait_for(predicate, timeout):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def test_killed_finetune_resumes(tmp_path, easy_data):
+    overrides = [*easy_data, "finetune.epochs=12", "finetune.batch_size=8",
+                 "finetune.checkpoint_every=3"]
+    assert run_stage("prepare", tmp_path, *overrides) == 0
+    args = [sys.executable, "-m", "pipeline.finetune", "--config", TINY, "--run-dir",
+            str(tmp_path)]
+    for item in overrides:
+        args += ["--set", item]
+    proc = subprocess.Popen(args, cwd=REPO, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    try:
+        found = _wait_for(lambda: any(tmp_path.glob(".work/finetune-*/ckpt/ckpt-*.index")),
+                          timeout=240)
+        assert found, "no checkpoint was written"
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert not (tmp_path / "finetune").exists()  # no half artifact
+    assert run_stage("finetune", tmp_path, *overrides) == 0
+    m = manifest(tmp_path, "finetune")["metrics"]
+    assert 0 < m["resumed_from_step"] < m["steps"]
+    assert m["steps"] == 12 * m["steps_per_epoch"]
+    assert [h["epoch"] for h in m["history"]] == list(range(1, 13))
+    assert not (tmp_path / ".work").exists()  # scratch removed after success
+
+
+def _free_ports(n):
+    sockets = [socket.socket() for _ in range(n)]
+    for s in sockets:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in sockets]
+    for s in sockets:
+        s.close()
+    return ports
+
+
+def test_multi_worker_two_cpu_processes(tmp_path, easy_data):
+    overrides = [*easy_data, "finetune.epochs=1", "finetune.batch_size=16",
+                 "finetune.strategy=multi_worker"]
+    assert run_stage("prepare", tmp_path / "w0", *overrides) == 0
+    shutil.copytree(tmp_path / "w0" / "prepare", tmp_path / "w1" / "prepare")
+    workers = [f"127.0.0.1:{p}" for p in _free_ports(2)]
+    procs = []
+    for index in range(2):
+        env = dict(os.environ, TF_CONFIG=json.dumps(
+            {"cluster": {"worker": workers}, "task": {"type": "worker", "index": index}}))
+        args = [sys.executable, "-m", "pipeline.finetune", "--config", TINY, "--run-dir",
+                str(tmp_path / f"w{index}")]
+        for item in overrides:
+            args += ["--set", item]
+        procs.append(subprocess.Popen(args, cwd=REPO, env=env, stdout=subprocess.PIPE,
+                                      stderr=subprocess.STDOUT, text=True))
+    outputs = []
+    for proc in procs:
+        try:
+            outputs.append(proc.communicate(timeout=400)[0])
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+    assert [p.returncode for p in procs] == [0, 0], outputs[-1][-3000:]
+    chief = manifest(tmp_path / "w0", "finetune")["metrics"]
+    other = manifest(tmp_path / "w1", "finetune")["metrics"]
+    assert chief["replicas"] == 2
+    assert chief["steps"] == other["steps"] == chief["steps_per_epoch"]
+    # Synchronous training: both workers end with the same weights.
+    m0, _ = load_model(tmp_path / "w0" / "finetune")
+    m1, _ = load_model(tmp_path / "w1" / "finetune")
+    for a, b in zip(m0.get_weights(), m1.get_weights()):
+        np.testing.assert_allclose(a, b, atol=1e-6)
+
+
+def test_vocabulary_mismatch_is_an_error(tmp_path, easy_data, capsys):
+    assert run_stage("prepare", tmp_path, *easy_data) == 0
+    vocab = tmp_path / "small_vocab.txt"
+    vocab.write_text("[PAD]\n[UNK]\n[CLS]\n[SEP]\nawful\nwonderful\n")
+    assert run_stage("finetune", tmp_path, *easy_data, f"model.vocab={vocab}") == 2
+    assert "the prepared data uses a 30522-token vocabulary but the model has 6" \
+        in capsys.readouterr().err
+    assert not (tmp_path / "finetune").exists()
+
+
+def test_keras_is_legacy():
+    assert keras.__name__ == "tf_keras"
+    assert tf.keras.layers.Dense is keras.layers.Dense
