@@ -16,6 +16,7 @@ import dataclasses
 import difflib
 import hashlib
 import json
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -247,6 +248,70 @@ class EvaluateConfig:
             _check(0 <= getattr(self, key) <= 1, f"evaluate.{key}", "expected 0..1")
 
 
+PRUNE_SCHEDULES = ("polynomial", "constant")
+
+
+@dataclass(frozen=True)
+class PruneConfig:
+    """Magnitude pruning with tfmot (stage `prune`).
+
+    Attributes:
+        schedule: `polynomial` (PolynomialDecay from initial to final sparsity between
+            begin and end step) or `constant` (ConstantSparsity at final_sparsity from
+            begin_step).
+        initial_sparsity, final_sparsity: sparsity of each pruned kernel.
+        begin_step: first step that prunes.
+        end_step: last step of the polynomial ramp (0 = end_fraction of the steps).
+        end_fraction: where the ramp ends when end_step is 0, as a fraction of all steps.
+        frequency: steps between mask updates.
+        m_by_n: [] (unstructured) or [M, N], e.g. [2, 4]: M zeros in every N consecutive
+            weights (2-D kernels only).
+        include, exclude: regular expressions over layer names; a layer tfmot can prune
+            is pruned if it matches an include and no exclude pattern. The defaults prune
+            every encoder linear kernel (attention q/k/v/o, FFN, pooler) and leave the
+            embeddings and the classifier dense. LayerNorm and biases are never pruned.
+        train: the fine-tuning run during pruning (same keys as `finetune`).
+    """
+
+    schedule: str = "polynomial"
+    initial_sparsity: float = 0.0
+    final_sparsity: float = 0.8
+    begin_step: int = 0
+    end_step: int = 0
+    end_fraction: float = 0.75
+    frequency: int = 50
+    m_by_n: tuple[int, ...] = ()
+    include: tuple[str, ...] = (".*",)
+    exclude: tuple[str, ...] = ("embeddings_.*", "classifier")
+    train: FinetuneConfig = field(default_factory=lambda: FinetuneConfig(
+        epochs=3, learning_rate=5e-5, warmup_fraction=0.0))
+
+    def __post_init__(self) -> None:
+        _check(self.schedule in PRUNE_SCHEDULES, "prune.schedule",
+               f"expected one of {', '.join(PRUNE_SCHEDULES)}, found {self.schedule!r}")
+        _check(0 <= self.initial_sparsity < 1, "prune.initial_sparsity", "expected [0, 1)")
+        _check(0 < self.final_sparsity < 1, "prune.final_sparsity", "expected (0, 1)")
+        _check(self.initial_sparsity <= self.final_sparsity, "prune.initial_sparsity",
+               "must not exceed final_sparsity")
+        _check(self.begin_step >= 0 and self.end_step >= 0, "prune.begin_step",
+               "steps must be >= 0")
+        _check(self.end_step == 0 or self.end_step > self.begin_step, "prune.end_step",
+               "must come after begin_step")
+        _check(0 < self.end_fraction <= 1, "prune.end_fraction", "expected (0, 1]")
+        _check(self.frequency > 0, "prune.frequency", "must be positive")
+        pair = list(self.m_by_n)
+        _check(not pair or (len(pair) == 2 and 0 < pair[0] < pair[1]), "prune.m_by_n",
+               f"expected [] or [M, N] with 0 < M < N (e.g. [2, 4]), found {pair}")
+        for key in ("include", "exclude"):
+            for pattern in getattr(self, key):
+                try:
+                    re.compile(pattern)
+                except re.error as err:
+                    raise ConfigError(f"invalid config value for 'prune.{key}': "
+                                      f"{pattern!r} is not a regular expression ({err})") \
+                        from None
+
+
 @dataclass(frozen=True)
 class PipelineConfig:
     """The whole pipeline: a seed and one section per stage."""
@@ -256,6 +321,7 @@ class PipelineConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
+    prune: PruneConfig = field(default_factory=PruneConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return _plain(dataclasses.asdict(self))
@@ -288,8 +354,11 @@ def _type_name(tp: Any) -> str:
     return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
 
 
-def _coerce(value: Any, tp: Any, key: str) -> Any:
-    """Check `value` against annotation `tp`; returns the value in the field's type."""
+def _coerce(value: Any, tp: Any, key: str, base: Any = None) -> Any:
+    """Check `value` against annotation `tp`; returns the value in the field's type.
+
+    `base` is the field's default when it is a section: keys not given keep its values.
+    """
     origin = typing.get_origin(tp)
     if origin in (typing.Union, types.UnionType):
         options = typing.get_args(tp)
@@ -308,7 +377,7 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         if not isinstance(value, dict):
             raise ConfigError(f"config key '{key}' is a section: expected a mapping, "
                               f"found {value!r}")
-        return _build(tp, value, key)
+        return _build(tp, value, key, base)
     if origin is tuple:
         if isinstance(value, str) or not isinstance(value, (list, tuple)):
             raise ConfigError(f"config key '{key}' expects a list, found {value!r}")
@@ -338,9 +407,10 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     raise ConfigError(f"config key '{key}' expects {_type_name(tp)}, found {value!r}")
 
 
-def _build(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
+def _build(cls: type, data: dict[str, Any], prefix: str = "", base: Any = None) -> Any:
     hints = typing.get_type_hints(cls)
-    names = [f.name for f in dataclasses.fields(cls)]
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    names = list(fields)
     kwargs = {}
     for key, value in data.items():
         full = f"{prefix}.{key}" if prefix else str(key)
@@ -349,9 +419,13 @@ def _build(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
             hint = f" (did you mean '{close[0]}'?)" if close else ""
             raise ConfigError(f"unknown config key '{full}'{hint}; valid keys here: "
                               f"{', '.join(names)}")
-        kwargs[key] = _coerce(value, hints[key], full)
+        default = getattr(base, key) if base is not None else (
+            fields[key].default_factory()
+            if fields[key].default_factory is not dataclasses.MISSING else None)
+        kwargs[key] = _coerce(value, hints[key], full,
+                              default if dataclasses.is_dataclass(default) else None)
     try:
-        return cls(**kwargs)
+        return dataclasses.replace(base, **kwargs) if base is not None else cls(**kwargs)
     except TypeError as err:
         raise ConfigError(f"invalid config section '{prefix or '<root>'}': {err}") from None
 

@@ -84,28 +84,38 @@ def predict_keras(model, prep_dir: Path, split: str, batch_size: int
     return np.concatenate(labels), np.concatenate(probs)
 
 
+def evaluate_model(model, meta: dict, prep_dir: Path, config: PipelineConfig,
+                   out_dir: Path | None = None) -> dict[str, Any]:
+    """Metrics on `evaluate.split` and validation, and the blessing, for a Keras model.
+
+    With `out_dir`, writes metrics.json, blessing.json and predictions.npz there. Every
+    stage that makes a Keras model reports it through here, so metrics compare directly.
+    """
+    names = meta["labels"]
+    split = config.evaluate.split
+    results: dict[str, Any] = {}
+    for name in dict.fromkeys([split, "validation"]):
+        y, probs = predict_keras(model, prep_dir, name, config.finetune.eval_batch_size)
+        results[name] = classification_metrics(y, probs.argmax(-1), names)
+        if out_dir is not None and name == split:
+            np.savez_compressed(out_dir / "predictions.npz", labels=y, probabilities=probs)
+        log.info("%s: accuracy %.4f, macro-F1 %.4f on %d examples", name,
+                 results[name]["accuracy"], results[name]["macro_f1"], results[name]["examples"])
+    blessing = bless(results[split], config.evaluate)
+    log.info("blessed: %s", blessing["blessed"])
+    if out_dir is not None:
+        (out_dir / "metrics.json").write_text(json.dumps(results, indent=2) + "\n")
+        (out_dir / "blessing.json").write_text(json.dumps(blessing, indent=2) + "\n")
+    return {"split": split, **results[split], "validation": results["validation"],
+            "blessing": blessing}
+
+
 def run(config: PipelineConfig, inputs: dict[str, Path], out_dir: Path,
         work_dir: Path) -> dict[str, Any]:
     from models.artifact import load_model
 
     model, meta = load_model(inputs["finetune"])
-    names = meta["labels"]
-    results: dict[str, Any] = {}
-    for split in dict.fromkeys([config.evaluate.split, "validation"]):
-        y, probs = predict_keras(model, inputs["prepare"], split,
-                                 config.finetune.eval_batch_size)
-        results[split] = classification_metrics(y, probs.argmax(-1), names)
-        if split == config.evaluate.split:
-            np.savez_compressed(out_dir / "predictions.npz", labels=y, probabilities=probs)
-        log.info("%s: accuracy %.4f, macro-F1 %.4f on %d examples", split,
-                 results[split]["accuracy"], results[split]["macro_f1"],
-                 results[split]["examples"])
-    blessing = bless(results[config.evaluate.split], config.evaluate)
-    log.info("blessed: %s", blessing["blessed"])
-    (out_dir / "metrics.json").write_text(json.dumps(results, indent=2) + "\n")
-    (out_dir / "blessing.json").write_text(json.dumps(blessing, indent=2) + "\n")
-    return {"split": config.evaluate.split, **results[config.evaluate.split],
-            "validation": results["validation"], "blessing": blessing}
+    return evaluate_model(model, meta, inputs["prepare"], config, out_dir)
 
 
 if __name__ == "__main__":

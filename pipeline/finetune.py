@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.cli import stage_main
-from pipeline.config import ConfigError, PipelineConfig
+from pipeline.config import ConfigError, FinetuneConfig, PipelineConfig
 from pipeline.progress import progress
 
 log = logging.getLogger(__name__)
@@ -82,26 +82,41 @@ def make_train_step(strategy, model, optimizer, loss_fn, metrics=(), xla: bool =
 
 
 class Trainer:
-    """The training loop: one replica step under `strategy.run`, checkpoints, validation."""
+    """The training loop: one replica step under `strategy.run`, checkpoints, validation.
 
-    def __init__(self, config: PipelineConfig, prep_dir: Path, work_dir: Path) -> None:
+    Args:
+        config: the pipeline config (seed).
+        train_cfg: the training settings (`finetune`, or `prune.train`, ...).
+        prep_dir: the prepare artifact.
+        work_dir: scratch that survives a crash (checkpoints, history, logs).
+        arch: the encoder's architecture, checked against the prepared data.
+        build_model: `build_model(trainer) -> (model, report)`, called inside the
+            strategy scope once the step counts are known.
+        hooks: objects with any of `on_train_begin`, `on_step_begin`, `on_epoch_end`,
+            each called with the trainer.
+
+    A hook or `build_model` may set `trainer.best_from_step`: epochs ending earlier are
+    never kept as the best (e.g. before pruning reaches its target sparsity).
+    """
+
+    def __init__(self, config: PipelineConfig, train_cfg: FinetuneConfig, prep_dir: Path,
+                 work_dir: Path, arch, build_model, hooks=()) -> None:
         import numpy as np
         import tensorflow as tf
         import tf_keras as keras
 
         from data.input import bucket_lengths, count_bucket_batches, example_lengths, read_split
         from models.artifact import read_labels
-        from models.bert import build_classifier
-        from models.checkpoints import architecture, load_weights
         from models.optimization import make_optimizer
         from pipeline.distribute import is_chief, make_strategy, num_input_pipelines, task_name
 
-        ft = config.finetune
-        self.config, self.prep_dir, self.tf = config, prep_dir, tf
+        ft = train_cfg
+        self.config, self.train_cfg, self.prep_dir, self.tf = config, ft, prep_dir, tf
+        self.hooks, self.best_from_step = list(hooks), 0
         self.labels = read_labels(prep_dir)
         info = json.loads((prep_dir / "tokenizer.json").read_text())
         self.max_len = info["max_seq_length"]
-        self.arch = dataclasses.replace(architecture(config.model))
+        self.arch = arch
         if self.arch.max_positions < self.max_len:
             raise ConfigError(f"data.max_seq_length {self.max_len} exceeds the checkpoint's "
                               f"{self.arch.max_positions} positions")
@@ -141,9 +156,7 @@ class Trainer:
         self.train_examples = train
 
         with self.strategy.scope():
-            self.model = build_classifier(self.arch, len(self.labels),
-                                          pooling=config.model.pooling)
-            self.checkpoint_report = load_weights(self.model, config.model)
+            self.model, self.checkpoint_report = build_model(self)
             optimizer = make_optimizer(
                 peak_lr=ft.learning_rate, total_steps=self.total_steps,
                 warmup_steps=int(ft.warmup_fraction * self.total_steps),
@@ -176,7 +189,7 @@ class Trainer:
         model = self.model
         self.train_step = make_train_step(
             self.strategy, model, self.optimizer, self.loss_fn,
-            (self.train_loss, self.train_accuracy), xla=self.config.finetune.xla)
+            (self.train_loss, self.train_accuracy), xla=self.train_cfg.xla)
 
         @self.tf.function(reduce_retracing=True)
         def predict_step(features):
@@ -188,7 +201,7 @@ class Trainer:
         """The distributed batches of `epoch`, without its first `skip` steps."""
         from data.input import bucket_examples
 
-        tf, ft = self.tf, self.config.finetune
+        tf, ft = self.tf, self.train_cfg
 
         def dataset_fn(context: tf.distribute.InputContext) -> tf.data.Dataset:
             examples = self.train_examples.shard(context.num_input_pipelines,
@@ -207,7 +220,7 @@ class Trainer:
 
         np = self.np
         data = batch_examples(read_split(self.prep_dir, "validation", with_text=False),
-                              self.config.finetune.eval_batch_size)
+                              self.train_cfg.eval_batch_size)
         correct = total = 0
         loss_sum = 0.0
         for features, labels in data:
@@ -219,6 +232,12 @@ class Trainer:
 
     # === Loop ===
 
+    def _call_hooks(self, event: str) -> None:
+        for hook in self.hooks:
+            method = getattr(hook, event, None)
+            if method is not None:
+                method(self)
+
     def _summaries(self):
         tf = self.tf
         if not self.chief:
@@ -227,7 +246,7 @@ class Trainer:
                 tf.summary.create_file_writer(str(self.log_dir / "validation")))
 
     def fit(self) -> dict[str, Any]:
-        tf, ft = self.tf, self.config.finetune
+        tf, ft = self.tf, self.train_cfg
         resumed_from = 0
         if self.manager.latest_checkpoint:
             self.ckpt.restore(self.manager.latest_checkpoint).assert_existing_objects_matched()
@@ -238,6 +257,7 @@ class Trainer:
             else []
         step = resumed_from
         history = [h for h in history if h["epoch"] < step // self.steps_per_epoch + 1]
+        self._call_hooks("on_train_begin")
         train_writer, val_writer = self._summaries()
         train_seconds, trained_steps = 0.0, 0
         bar = progress(total=self.total_steps, initial=step, desc="finetune", unit="step",
@@ -252,6 +272,7 @@ class Trainer:
             self.train_accuracy.reset_state()
             started = time.perf_counter()
             for features, labels in self.epoch_batches(epoch, in_epoch):
+                self._call_hooks("on_step_begin")
                 self.train_step(features, labels)
                 step += 1
                 bar.update(1)
@@ -271,6 +292,7 @@ class Trainer:
                     self.manager.save(checkpoint_number=step)
                 if step >= self.total_steps or step % self.steps_per_epoch == 0:
                     break
+            self._call_hooks("on_epoch_end")
             seconds = time.perf_counter() - started
             train_seconds += seconds
             trained_steps += step - epoch * self.steps_per_epoch - in_epoch
@@ -281,7 +303,8 @@ class Trainer:
             with val_writer.as_default(step=step):
                 tf.summary.scalar("loss", record["val_loss"])
                 tf.summary.scalar("accuracy", record["val_accuracy"])
-            if record["val_accuracy"] > float(self.best.numpy()):
+            eligible = step >= min(self.best_from_step, self.total_steps)
+            if eligible and record["val_accuracy"] > float(self.best.numpy()):
                 self.best.assign(record["val_accuracy"])
                 self.best_ckpt.write(self.best_path)
                 record["best"] = True
@@ -294,7 +317,8 @@ class Trainer:
             self.manager.save(checkpoint_number=step)
         bar.close()
         self.best_ckpt.read(self.best_path).assert_existing_objects_matched()
-        best = max(history, key=lambda h: h["val_accuracy"])
+        best = next(h for h in history if h.get("best") and h["step"] == max(
+            x["step"] for x in history if x.get("best")))
         return {"history": history, "best_epoch": best["epoch"],
                 "best_val_accuracy": best["val_accuracy"], "steps": step,
                 "steps_per_epoch": self.steps_per_epoch, "epochs": self.epochs,
@@ -309,8 +333,15 @@ class Trainer:
 def run(config: PipelineConfig, inputs: dict[str, Path], out_dir: Path,
         work_dir: Path) -> dict[str, Any]:
     from models.artifact import save_model
+    from models.bert import build_classifier
+    from models.checkpoints import architecture, load_weights
 
-    trainer = Trainer(config, inputs["prepare"], work_dir)
+    def build_model(trainer: Trainer):
+        model = build_classifier(trainer.arch, len(trainer.labels), pooling=config.model.pooling)
+        return model, load_weights(model, config.model)
+
+    trainer = Trainer(config, config.finetune, inputs["prepare"], work_dir,
+                      architecture(config.model), build_model)
     metrics = trainer.fit()
     meta = {"architecture": dataclasses.asdict(trainer.arch), "pooling": config.model.pooling,
             "num_classes": len(trainer.labels), "max_seq_length": trainer.max_len,

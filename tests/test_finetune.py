@@ -16,55 +16,14 @@ import tf_keras as keras
 
 from models.artifact import load_model
 from models.optimization import WarmupLinearDecay, make_optimizer
-from pipeline.cli import main
 from pipeline.config import EvaluateConfig
 from pipeline.evaluate import bless, classification_metrics, predict_keras
 
-from .conftest import REPO
-
-TINY = str(REPO / "configs" / "tiny.yaml")
+from .conftest import REPO, TINY, manifest, run_stage
 
 
-def run_stage(stage, run_dir, *overrides, config=TINY):
-    args = [stage, "--config", config, "--run-dir", str(run_dir)]
-    for item in overrides:
-        args += ["--set", item]
-    return main(args)
-
-
-def manifest(run_dir, stage):
-    return json.loads((run_dir / stage / "manifest.json").read_text())
-
-
-@pytest.fixture(scope="module")
-def easy_data(tmp_path_factory):
-    """A task a tiny model must learn: the label is which of two words the text has."""
-    folder = tmp_path_factory.mktemp("easy")
-    rng = np.random.default_rng(0)
-    filler = ["the", "movie", "was", "a", "plot", "with", "actors", "and", "scenes", "it"]
-    lines = ["text,label"]
-    for i in range(480):
-        label = "pos" if i % 2 else "neg"
-        words = list(rng.choice(filler, size=rng.integers(3, 12)))
-        words.insert(int(rng.integers(0, len(words))), "wonderful" if i % 2 else "awful")
-        lines.append(f"{' '.join(words)},{label}")
-    path = folder / "easy.csv"
-    path.write_text("\n".join(lines) + "\n")
-    return [f"data.tfds_data_dir={folder / 'tfds'}", "data.source=files", f"data.path={path}",
-            "data.labels=[neg, pos]", "data.max_examples=0"]
-
-
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory, easy_data):
-    run_dir = tmp_path_factory.mktemp("run")
-    overrides = [*easy_data, "finetune.epochs=4", "finetune.batch_size=16",
-                 "finetune.learning_rate=0.002", "evaluate.min_accuracy=0.9"]
-    for stage in ("prepare", "finetune", "evaluate"):
-        assert run_stage(stage, run_dir, *overrides) == 0
-    return run_dir
-
-
-def test_tiny_model_learns_and_is_blessed(trained):
+def test_tiny_model_learns_and_is_blessed(trained_run):
+    trained = trained_run
     ft = manifest(trained, "finetune")["metrics"]
     assert len(ft["history"]) == 4 == ft["epochs"]
     assert ft["steps"] == 4 * ft["steps_per_epoch"]
@@ -77,7 +36,8 @@ def test_tiny_model_learns_and_is_blessed(trained):
     assert (trained / "finetune" / "logs" / "train").is_dir()
 
 
-def test_saved_model_reproduces_evaluation(trained):
+def test_saved_model_reproduces_evaluation(trained_run):
+    trained = trained_run
     model, meta = load_model(trained / "finetune")
     assert meta["labels"] == ["neg", "pos"] and meta["made_by"] == "finetune"
     labels, probs = predict_keras(model, trained / "prepare", "test", 32)

@@ -1,0 +1,107 @@
+"""Prune: magnitude-prune the fine-tuned model with tfmot while fine-tuning it further.
+
+Wraps the layers selected by `prune.include`/`prune.exclude` (by default every encoder
+linear kernel: attention query/key/value/output, FFN in/out, pooler) with
+`prune_low_magnitude` on the `prune.schedule` (PolynomialDecay or ConstantSparsity,
+optionally M:N structured), trains with `UpdatePruningStep` under the `prune.train`
+settings (same keys and resume behaviour as `finetune`), keeps the best epoch at full
+target sparsity, strips the wrappers and evaluates the result like the evaluate stage.
+
+    <run-dir>/prune/
+        model.keras, model.json      the stripped (plain) sparse classifier
+        labels.txt, vocab.txt, tokenizer.json
+        sparsity.json                measured sparsity of every pruned kernel
+        metrics.json, blessing.json, predictions.npz   as written by evaluate
+        history.json, logs/          the pruning fine-tune
+        config.yaml, manifest.json   manifest metrics: sparsity (overall, per-layer
+                                     range), parameter counts, gzip sizes before/after
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+from pipeline.cli import stage_main
+from pipeline.config import PipelineConfig
+
+log = logging.getLogger(__name__)
+
+INPUTS = ("prepare", "finetune")
+
+
+def fingerprint_config(config: PipelineConfig) -> dict[str, Any]:
+    return {"seed": config.seed, "prune": config.prune, "evaluate": config.evaluate,
+            "eval_batch_size": config.finetune.eval_batch_size}
+
+
+def run(config: PipelineConfig, inputs: dict[str, Path], out_dir: Path,
+        work_dir: Path) -> dict[str, Any]:
+    import shutil
+
+    from models import pruning
+    from models.artifact import load_model, read_meta, save_model
+    from models.bert import BertArchitecture
+    from pipeline.evaluate import evaluate_model
+    from pipeline.finetune import Trainer
+
+    cfg = config.prune
+    source = inputs["finetune"]
+    meta = read_meta(source)
+    selected: list[str] = []
+    schedule_info: dict[str, Any] = {}
+
+    def build_model(trainer: Trainer):
+        model, _ = load_model(source)
+        schedule = pruning.make_schedule(cfg, trainer.total_steps)
+        trainer.best_from_step = pruning.schedule_end_step(schedule)
+        selected.extend(pruning.select_layers(model, cfg.include, cfg.exclude))
+        schedule_info.update(schedule.get_config())
+        wrapped = pruning.wrap_for_pruning(model, schedule, cfg.include, cfg.exclude,
+                                           tuple(cfg.m_by_n) or None)
+        return wrapped, {"source": str(source), "pruned_layers": list(selected)}
+
+    float_model, _ = load_model(source)
+    size_before = pruning.gzipped_weights_size(float_model)
+    del float_model
+
+    arch = BertArchitecture(**meta["architecture"])
+    trainer = Trainer(config, cfg.train, inputs["prepare"], work_dir, arch, build_model,
+                      hooks=[pruning.PruningStepHook()])
+    training = trainer.fit()
+    stripped = pruning.strip(trainer.model)
+
+    kernels = pruning.kernel_sparsity(stripped, selected)
+    zeros = sum(k["zeros"] for k in kernels.values())
+    params = sum(k["parameters"] for k in kernels.values())
+    values = [k["sparsity"] for k in kernels.values()]
+    size_after = pruning.gzipped_weights_size(stripped)
+    summary = {"overall": round(zeros / params, 6), "min": min(values), "max": max(values),
+               "target": cfg.final_sparsity, "kernels": len(kernels),
+               "m_by_n": list(cfg.m_by_n) or None}
+    log.info("sparsity of %d pruned kernels: overall %.4f (range %.4f..%.4f); gzip size "
+             "%.1f MB -> %.1f MB", len(kernels), summary["overall"], summary["min"],
+             summary["max"], size_before["gzip_bytes"] / 1e6, size_after["gzip_bytes"] / 1e6)
+
+    new_meta = {**{k: v for k, v in meta.items() if k != "labels"}, "made_by": "prune",
+                "sparsity": summary, "pruned_layers": selected,
+                "best_epoch": training["best_epoch"]}
+    save_model(stripped, out_dir, new_meta, tokenizer_from=source)
+    (out_dir / "sparsity.json").write_text(json.dumps(kernels, indent=2) + "\n")
+    (out_dir / "history.json").write_text(json.dumps(training["history"], indent=2) + "\n")
+    if trainer.log_dir.is_dir():
+        shutil.copytree(trainer.log_dir, out_dir / "logs")
+    evaluation = evaluate_model(stripped, read_meta(out_dir), inputs["prepare"], config,
+                                out_dir)
+    return {"evaluation": evaluation, "sparsity": summary,
+            "parameters": pruning.parameter_counts(stripped, selected),
+            "size": {"before": size_before, "after": size_after,
+                     "gzip_ratio": round(size_before["gzip_bytes"]
+                                         / size_after["gzip_bytes"], 3)},
+            "schedule": schedule_info, "pruned_layers": selected, "training": training}
+
+
+if __name__ == "__main__":
+    stage_main("prune")

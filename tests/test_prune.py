@@ -1,0 +1,106 @@
+"""Pruning with tfmot on tiny models: measured sparsity, strip parity, m:n, artifact."""
+
+import shutil
+
+import numpy as np
+import pytest
+import tensorflow as tf
+import tensorflow_model_optimization as tfmot
+
+from data.input import batch_examples, read_split
+from models import pruning
+from models.artifact import load_model
+from pipeline.config import PruneConfig
+
+from .conftest import TRAINED, manifest, run_stage
+
+PRUNE = ["prune.final_sparsity=0.75", "prune.frequency=1", "prune.train.epochs=2",
+         "prune.train.batch_size=16", "prune.train.learning_rate=0.001"]
+
+
+def fresh_run(trained_run, tmp_path):
+    for stage in ("prepare", "finetune"):
+        shutil.copytree(trained_run / stage, tmp_path / stage)
+    return tmp_path
+
+
+def test_prune_stage_reaches_target_sparsity(trained_run, tmp_path, easy_data):
+    run_dir = fresh_run(trained_run, tmp_path)
+    assert run_stage("prune", run_dir, *easy_data, *TRAINED, *PRUNE) == 0
+    m = manifest(run_dir, "prune")["metrics"]
+    names = m["pruned_layers"]
+    assert sorted(names) == sorted([f"layer_{i}_{part}" for i in range(2)
+                                    for part in ("attention", "ffn_in", "ffn_out")])
+    kernels = (run_dir / "prune" / "sparsity.json").read_text()
+    model, meta = load_model(run_dir / "prune")
+    measured = pruning.kernel_sparsity(model, names)
+    assert len(measured) == 12  # q, k, v, o + ffn in/out, in 2 layers
+    for name, info in measured.items():
+        assert info["sparsity"] == pytest.approx(0.75, abs=0.01), name
+        assert name in kernels
+    assert any("attention/query" in n for n in measured)
+    for layer in ("embeddings_word", "classifier"):
+        weights = model.get_layer(layer).get_weights()[0]
+        assert np.mean(weights == 0) < 0.01  # left dense
+    assert m["sparsity"]["overall"] == pytest.approx(0.75, abs=0.01)
+    assert m["size"]["after"]["gzip_bytes"] < m["size"]["before"]["gzip_bytes"]
+    assert m["parameters"]["nonzero"] < m["parameters"]["total"]
+    assert meta["made_by"] == "prune" and meta["labels"] == ["neg", "pos"]
+    # Evaluated like the evaluate stage; the easy task survives 75% sparsity.
+    assert m["evaluation"]["accuracy"] >= 0.85
+    assert (run_dir / "prune" / "metrics.json").is_file()
+
+
+def test_stripped_model_predicts_like_the_wrapped_one(trained_run):
+    model, _ = load_model(trained_run / "finetune")
+    schedule = pruning.make_schedule(PruneConfig(schedule="constant", final_sparsity=0.6,
+                                                 frequency=1), total_steps=10)
+    wrapped = pruning.wrap_for_pruning(model, schedule, (".*",), ("embeddings_.*",))
+    features, labels = next(iter(batch_examples(
+        read_split(trained_run / "prepare", "train", with_text=False), 16)))
+    optimizer = tf.keras.optimizers.SGD(0.01)
+    wrapped.optimizer = optimizer
+    callback = tfmot.sparsity.keras.UpdatePruningStep()
+    callback.set_model(wrapped)
+    callback.on_train_begin()
+    for _ in range(3):
+        callback.on_train_batch_begin(batch=-1)
+        with tf.GradientTape() as tape:
+            loss = tf.reduce_mean(tf.keras.losses.sparse_categorical_crossentropy(
+                labels, wrapped(features, training=True), from_logits=True))
+        grads = tape.gradient(loss, wrapped.trainable_variables)
+        optimizer.apply_gradients(zip(grads, wrapped.trainable_variables))
+    callback.on_epoch_end(batch=-1)
+    stripped = pruning.strip(wrapped)
+    assert not any(type(layer).__name__ == "PruneLowMagnitude" for layer in stripped.layers)
+    np.testing.assert_allclose(stripped(features, training=False).numpy(),
+                               wrapped(features, training=False).numpy(), atol=1e-5)
+    sparsities = pruning.kernel_sparsity(stripped, pruning.select_layers(
+        stripped, (".*",), ("embeddings_.*",)))
+    assert sparsities["classifier/kernel"]["sparsity"] == pytest.approx(0.6, abs=0.02)
+    assert all(v["sparsity"] == pytest.approx(0.6, abs=0.02) for v in sparsities.values())
+
+
+def test_two_four_sparsity_on_dense_and_clear_error_on_attention(trained_run, tmp_path,
+                                                                  easy_data, capsys):
+    run_dir = fresh_run(trained_run, tmp_path)
+    assert run_stage("prune", run_dir, *easy_data, *TRAINED, *PRUNE,
+                     "prune.m_by_n=[2, 4]") == 2
+    err = capsys.readouterr().err
+    assert "prune.m_by_n 2:4 needs 2-D kernels" in err and "layer_0_attention" in err
+    assert not (run_dir / "prune").exists()
+    assert run_stage("prune", run_dir, *easy_data, *TRAINED, *PRUNE, "prune.m_by_n=[2, 4]",
+                     "prune.exclude=[embeddings_.*, classifier, .*_attention]") == 0
+    model, _ = load_model(run_dir / "prune")
+    for name in ("layer_0_ffn_in", "layer_1_ffn_out"):
+        kernel = model.get_layer(name).get_weights()[0]
+        groups = kernel.T.reshape(-1, 4)  # 4 consecutive inputs of each output unit
+        assert (np.count_nonzero(groups == 0, axis=1) >= 2).all(), name
+
+
+def test_selection_errors(trained_run):
+    model, _ = load_model(trained_run / "finetune")
+    with pytest.raises(Exception, match="select no prunable layer"):
+        pruning.select_layers(model, ("nothing",), ())
+    assert pruning.select_layers(model, ("layer_1_.*",), ()) == \
+        ["layer_1_attention", "layer_1_ffn_in", "layer_1_ffn_out"]
