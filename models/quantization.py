@@ -1,0 +1,642 @@
+"""Quantization of our BERT: quantization-aware training (tfmot) and TFLite conversion.
+
+Quantization-aware training (QAT) follows the recipe that works for this model:
+`clone_model` + `quantize_annotate_layer` with our own `QuantizeConfig`s where tfmot's
+default 8-bit registry has none, then `quantize_apply` inside `quantize_scope`:
+
+=====================================  ==============================================
+layer                                  how it is quantized
+=====================================  ==============================================
+`Dense` (FFN, pooler, classifier)      default registry: 8-bit kernel + activation
+`BertSelfAttention`                    `AttentionQuantizeConfig`: its q/k/v/o kernels
+                                       (8-bit, each with uniquely named range
+                                       variables), no output quantizer
+`LayerNormalization`,                  `OutputQuantizeConfig`: output only
+`PositionEmbedding`
+`Add`, `Dropout`                       default registry (Add: output)
+`ClsToken`                             `NoOpQuantizeConfig`
+`Embedding` (token ids),               never annotated: they are fed by int32 inputs,
+`AttentionMask`, `MaskedMeanPooling`   and tfmot would fake-quantize those inputs
+=====================================  ==============================================
+
+The embedding sum (`embeddings_add`) is quantized at its output; the word and segment
+lookups before it keep float outputs in training, and the converter calibrates them
+from the representative dataset. The FFN's exact GELU is tfmot's "gelu" (recognized by
+name, quantized before and after the activation, as TFLite runs GELU as its own op);
+a `Dense` with an activation tfmot does not know (our `gelu_approximate`) gets
+`DenseQuantizeConfig`: 8-bit kernel, quantized output.
+
+Pruned models keep their sparsity through QAT with `preserve_sparsity=True`: Dense
+layers use tfmot's prune-preserving scheme, and our attention kernels multiply a 0/1
+mask (captured when quantizing, stored as a non-trainable variable) into the kernel
+before fake quantization, so zeros stay zero whatever the optimizer does.
+
+The QAT model converts to TFLite directly (fake-quant ops carry the ranges): there is
+nothing to strip (`strip_for_export` only drops the wrappers' training-time state by
+returning the model itself; see its docstring).
+
+Example:
+    >>> qat = quantize_for_training(model)
+    >>> ... train qat with a GradientTape loop ...
+    >>> flat = to_tflite(qat, "qat_int8", seq_len=128, representative=examples)
+    >>> op_census(flat)["float_matmuls"]
+    0
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import numpy as np
+import tensorflow as tf
+import tensorflow_model_optimization as tfmot
+import tf_keras as keras
+from tensorflow_model_optimization.python.core.quantization.keras import quant_ops
+
+from models.bert import (
+    INPUT_NAMES,
+    AttentionMask,
+    BertSelfAttention,
+    ClsToken,
+    MaskedMeanPooling,
+    PositionEmbedding,
+    gelu_approximate,
+)
+
+log = logging.getLogger(__name__)
+
+quantize = tfmot.quantization.keras
+KINDS = ("float32", "dynamic_int8", "float16", "full_int8", "qat_int8")
+MATMUL_OPS = ("FULLY_CONNECTED", "BATCH_MATMUL")
+# Activation functions tfmot's QuantizeAwareActivation knows by name.
+TFMOT_ACTIVATIONS = frozenset({"linear", "relu", "swish", "gelu", "softmax", "sigmoid",
+                               "tanh"})
+
+
+# === Quantizers ===
+
+
+def _resolve(obj: Any, path: str) -> Any:
+    """`_resolve(layer, "_query_dense.kernel")` -> layer._query_dense.kernel."""
+    for part in path.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+class KernelQuantizer(quantize.quantizers.LastValueQuantizer):
+    """8-bit symmetric per-tensor weight quantizer for one named kernel of a layer.
+
+    tfmot names a quantizer's range variables after the weight ("kernel_min"); the four
+    attention kernels are all called "kernel", so each quantizer here carries its own
+    `name` ("query_kernel", ...). With `preserve_sparsity`, `build` captures the kernel's
+    0/1 mask (kernel != 0) as a non-trainable variable and `__call__` multiplies it into
+    the kernel before fake quantization: pruned weights stay exactly zero and get no
+    gradient.
+
+    Args:
+        name: str. Prefix of the range (and mask) variables; unique within the layer.
+        attribute: str. Path of the kernel in the wrapped layer ("_query_dense.kernel").
+        preserve_sparsity: bool. Re-apply the kernel's zero pattern at every call.
+    """
+
+    def __init__(self, name: str, attribute: str, preserve_sparsity: bool = False):
+        super().__init__(num_bits=8, per_axis=False, symmetric=True, narrow_range=True)
+        self.name = name
+        self.attribute = attribute
+        self.preserve_sparsity = bool(preserve_sparsity)
+
+    def build(self, tensor_shape, name, layer) -> dict:
+        weights = super().build(tensor_shape, self.name, layer)
+        if self.preserve_sparsity:
+            kernel = _resolve(layer.layer, self.attribute)
+            mask = layer.add_weight(f"{self.name}_sparsity_mask", shape=tensor_shape,
+                                    initializer=keras.initializers.Ones(),
+                                    trainable=False)
+            with tf.init_scope():
+                mask.assign(tf.cast(tf.not_equal(kernel, 0), mask.dtype))
+            weights["sparsity_mask"] = mask
+        return weights
+
+    def __call__(self, inputs, training, weights, **kwargs):
+        if "sparsity_mask" in weights:
+            inputs = inputs * tf.cast(weights["sparsity_mask"], inputs.dtype)
+        return quant_ops.LastValueQuantize(
+            inputs, weights["min_var"], weights["max_var"], is_training=training,
+            num_bits=self.num_bits, per_channel=self.per_axis, symmetric=self.symmetric,
+            narrow_range=self.narrow_range)
+
+    def get_config(self) -> dict:
+        return {"name": self.name, "attribute": self.attribute,
+                "preserve_sparsity": self.preserve_sparsity}
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, KernelQuantizer) and self.get_config() == other.get_config()
+
+    def __ne__(self, other) -> bool:
+        return not self.__eq__(other)
+
+
+def _output_quantizer() -> quantize.quantizers.Quantizer:
+    """tfmot's default 8-bit activation quantizer (asymmetric, moving average)."""
+    return quantize.quantizers.MovingAverageQuantizer(
+        num_bits=8, per_axis=False, symmetric=False, narrow_range=False)
+
+
+# === QuantizeConfigs ===
+
+
+class KernelsQuantizeConfig(quantize.QuantizeConfig):
+    """Quantizes the named kernels of a layer and, optionally, its output.
+
+    Base of the configs below; the kernels are attribute paths inside the layer, so one
+    config reaches weights of inner layers (MultiHeadAttention's EinsumDense).
+
+    Args:
+        kernels: dict. Quantizer name -> attribute path of the kernel.
+        quantize_output: bool. Fake-quantize the layer's output.
+        preserve_sparsity: bool. Keep the kernels' zeros (see `KernelQuantizer`).
+    """
+
+    def __init__(self, kernels: dict[str, str] | None = None, quantize_output: bool = False,
+                 preserve_sparsity: bool = False):
+        self.kernels = dict(kernels or {})
+        self.quantize_output = bool(quantize_output)
+        self.preserve_sparsity = bool(preserve_sparsity)
+
+    def get_weights_and_quantizers(self, layer):
+        return [(_resolve(layer, path),
+                 KernelQuantizer(name, path, preserve_sparsity=self.preserve_sparsity))
+                for name, path in self.kernels.items()]
+
+    def set_quantize_weights(self, layer, quantize_weights) -> None:
+        if len(quantize_weights) != len(self.kernels):
+            raise ValueError(f"{layer.name}: {len(quantize_weights)} quantized weights for "
+                             f"{len(self.kernels)} kernels {list(self.kernels)}")
+        for path, weight in zip(self.kernels.values(), quantize_weights):
+            owner_path, _, attr = path.rpartition(".")
+            setattr(_resolve(layer, owner_path) if owner_path else layer, attr, weight)
+
+    def get_activations_and_quantizers(self, layer):
+        return []
+
+    def set_quantize_activations(self, layer, quantize_activations) -> None:
+        pass
+
+    def get_output_quantizers(self, layer):
+        return [_output_quantizer()] if self.quantize_output else []
+
+    def get_config(self) -> dict:
+        return {"kernels": self.kernels, "quantize_output": self.quantize_output,
+                "preserve_sparsity": self.preserve_sparsity}
+
+    @classmethod
+    def from_config(cls, config: dict):
+        return cls(**config)
+
+
+ATTENTION_KERNELS = {"query_kernel": "_query_dense.kernel", "key_kernel": "_key_dense.kernel",
+                     "value_kernel": "_value_dense.kernel",
+                     "output_kernel": "_output_dense.kernel"}
+
+
+class AttentionQuantizeConfig(KernelsQuantizeConfig):
+    """`BertSelfAttention`: 8-bit q/k/v/o kernels, no output quantizer.
+
+    The output is left to the next layer (the residual `Add` quantizes its own output);
+    an output quantizer on a MultiHeadAttention wrapper breaks its keyword call.
+    """
+
+    def __init__(self, preserve_sparsity: bool = False, **kwargs):
+        kwargs.pop("kernels", None)
+        kwargs.pop("quantize_output", None)
+        super().__init__(ATTENTION_KERNELS, quantize_output=False,
+                         preserve_sparsity=preserve_sparsity)
+
+    def get_weights_and_quantizers(self, layer):
+        _build_projections(layer)
+        return super().get_weights_and_quantizers(layer)
+
+    def get_config(self) -> dict:
+        return {"preserve_sparsity": self.preserve_sparsity}
+
+
+def _build_projections(layer: BertSelfAttention) -> None:
+    """Create the q/k/v/o kernels of an attention layer rebuilt from its config.
+
+    A layer loaded from a file has its EinsumDense sub-layers but no kernels until its
+    first call; the QuantizeWrapper needs them when it builds.
+    """
+    if not getattr(layer, "_built_from_signature", False):
+        raise ValueError(f"{layer.name}: attention layer without input shapes; call it "
+                         "once before quantizing")
+    query_shape = tf.TensorShape(layer._query_shape)  # noqa: SLF001
+    projections = ((layer._query_dense, query_shape),  # noqa: SLF001
+                   (layer._key_dense, tf.TensorShape(layer._key_shape)),  # noqa: SLF001
+                   (layer._value_dense, tf.TensorShape(layer._value_shape)),  # noqa: SLF001
+                   (layer._output_dense, query_shape[:-1].concatenate(  # noqa: SLF001
+                       [layer._num_heads, layer._value_dim])))  # noqa: SLF001
+    for dense, shape in projections:
+        if not dense.built:
+            with tf.init_scope():
+                dense.build(shape)
+
+
+class OutputQuantizeConfig(KernelsQuantizeConfig):
+    """Output only (LayerNormalization, PositionEmbedding): no kernel is quantized."""
+
+    def __init__(self, **kwargs):
+        super().__init__({}, quantize_output=True)
+
+    def get_config(self) -> dict:
+        return {}
+
+
+class NoOpQuantizeConfig(KernelsQuantizeConfig):
+    """Nothing quantized (ClsToken: a slice keeps its input's range)."""
+
+    def __init__(self, **kwargs):
+        super().__init__({}, quantize_output=False)
+
+    def get_config(self) -> dict:
+        return {}
+
+
+class DenseQuantizeConfig(KernelsQuantizeConfig):
+    """`Dense` with an activation tfmot does not know: 8-bit kernel, quantized output."""
+
+    def __init__(self, preserve_sparsity: bool = False, **kwargs):
+        super().__init__({"kernel": "kernel"}, quantize_output=True,
+                         preserve_sparsity=preserve_sparsity)
+
+    def get_config(self) -> dict:
+        return {"preserve_sparsity": self.preserve_sparsity}
+
+
+def custom_objects() -> dict[str, Any]:
+    """Everything `quantize_scope` needs to clone, save and load our QAT models."""
+    return {cls.__name__: cls for cls in (
+        AttentionMask, BertSelfAttention, ClsToken, MaskedMeanPooling, PositionEmbedding,
+        KernelQuantizer, KernelsQuantizeConfig, AttentionQuantizeConfig,
+        OutputQuantizeConfig, NoOpQuantizeConfig, DenseQuantizeConfig)} | {
+        "gelu_approximate": gelu_approximate}
+
+
+# === Quantization-aware training ===
+
+
+def _fed_by_inputs(model: keras.Model) -> set[str]:
+    """Names of layers that take one of the model's Input tensors directly."""
+    names = set()
+    for input_layer in model._input_layers:  # noqa: SLF001 (tfmot uses the same)
+        for node in input_layer._outbound_nodes:  # noqa: SLF001
+            names.add(node.outbound_layer.name)
+    return names
+
+
+def _activation_name(layer: keras.layers.Layer) -> str:
+    activation = getattr(layer, "activation", None)
+    return getattr(activation, "__name__", type(activation).__name__)
+
+
+def _config_for(layer: keras.layers.Layer, preserve_sparsity: bool
+                ) -> quantize.QuantizeConfig | None:
+    """Our QuantizeConfig for `layer`, or None for tfmot's default registry."""
+    if isinstance(layer, BertSelfAttention):
+        return AttentionQuantizeConfig(preserve_sparsity=preserve_sparsity)
+    if isinstance(layer, (keras.layers.LayerNormalization, PositionEmbedding)):
+        return OutputQuantizeConfig()
+    if isinstance(layer, ClsToken):
+        return NoOpQuantizeConfig()
+    if isinstance(layer, keras.layers.Dense) and \
+            _activation_name(layer) not in TFMOT_ACTIVATIONS:
+        return DenseQuantizeConfig(preserve_sparsity=preserve_sparsity)
+    return None
+
+
+def _annotate(model: keras.Model, preserve_sparsity: bool) -> keras.Model:
+    skip = _fed_by_inputs(model)
+    registry = quantize.default_8bit.Default8BitQuantizeRegistry()
+
+    def clone(layer):
+        if layer.name in skip or isinstance(layer, keras.layers.InputLayer):
+            return layer.__class__.from_config(layer.get_config())
+        config = _config_for(layer, preserve_sparsity)
+        if config is None and not registry.supports(layer):
+            log.info("quantization: leaving %s (%s) in float", layer.name,
+                     type(layer).__name__)
+            return layer.__class__.from_config(layer.get_config())
+        return quantize.quantize_annotate_layer(
+            layer.__class__.from_config(layer.get_config()), quantize_config=config)
+
+    with quantize.quantize_scope(custom_objects()):
+        annotated = keras.models.clone_model(model, clone_function=clone)
+    annotated.set_weights(model.get_weights())
+    return annotated
+
+
+class _PrunePreserveScheme(tfmot.experimental.combine.Default8BitPrunePreserveQuantizeScheme):
+    """tfmot's prune-preserving 8-bit scheme, minus one trap.
+
+    Its registry claims to support every layer without trainable weights, then fails on
+    any it does not know (`MaskedMeanPooling` feeding the head, when `quantize_apply`
+    asks for that layer's output quantizer). Such layers are supported only if the
+    default registry knows them.
+    """
+
+    def get_quantize_registry(self):
+        registry = super().get_quantize_registry()
+        default = quantize.default_8bit.Default8BitQuantizeRegistry()
+        claims = registry.supports
+
+        def supports(layer) -> bool:
+            return claims(layer) and default.supports(layer)
+
+        registry.supports = supports
+        return registry
+
+
+def quantize_for_training(model: keras.Model, *, preserve_sparsity: bool = False
+                          ) -> keras.Model:
+    """A quantization-aware training copy of a classifier or encoder from `models.bert`.
+
+    Weights are copied (the input model is left untouched). The result trains with a
+    plain `tf.GradientTape` loop and converts with `to_tflite(..., "qat_int8")`.
+
+    Args:
+        model: keras.Model. A functional model built by `models.bert` (float32).
+        preserve_sparsity: bool. The model was pruned: keep every zero of the Dense
+            and attention kernels through training (tfmot's prune-preserving scheme
+            for Dense, a captured 0/1 mask for attention).
+
+    Returns:
+        A new functional `keras.Model` whose quantized layers are `QuantizeWrapperV2`s.
+
+    Example:
+        >>> qat = quantize_for_training(model)
+        >>> [l.name for l in qat.layers if "attention" in l.name][:1]
+        ['quant_layer_0_attention']
+    """
+    annotated = _annotate(model, preserve_sparsity)
+    scheme = (_PrunePreserveScheme()
+              if preserve_sparsity else quantize.default_8bit.Default8BitQuantizeScheme())
+    with quantize.quantize_scope(custom_objects()):
+        return quantize.quantize_apply(annotated, scheme)
+
+
+def effective_kernels(qat_model: keras.Model) -> dict[str, np.ndarray]:
+    """The float kernels a QAT model's weight quantizers see, by variable name.
+
+    That is each quantized kernel times its sparsity mask when it has one (tfmot's
+    prune-preserving quantizer and `KernelQuantizer` both call it "sparsity_mask"):
+    the values that training uses and that conversion quantizes.
+    """
+    out = {}
+    for layer in qat_model.layers:
+        for weight, _, variables in getattr(layer, "_weight_vars", []):
+            value = np.asarray(weight.numpy() if hasattr(weight, "numpy") else weight)
+            mask = variables.get("sparsity_mask")
+            if mask is not None:
+                value = value * np.asarray(mask)
+            out[weight.name.split(":")[0]] = value
+    return out
+
+
+def strip_for_export(qat_model: keras.Model) -> keras.Model:
+    """The model to convert after QAT: the QAT model itself.
+
+    The TFLite converter reads the fake-quant ops of a QAT model as quantization ranges
+    (weights are quantized from their fake-quant ranges, sparsity masks are constant-
+    folded), so nothing needs stripping; this exists so that callers do not have to know.
+    """
+    return qat_model
+
+
+# === TFLite conversion ===
+
+
+def _concrete_function(model: keras.Model, seq_len: int):
+    specs = [tf.TensorSpec([None, seq_len], tf.int32, name=name) for name in INPUT_NAMES]
+
+    @tf.function(input_signature=specs)
+    def serve(input_ids, input_mask, segment_ids):
+        logits = model({"input_ids": input_ids, "input_mask": input_mask,
+                        "segment_ids": segment_ids}, training=False)
+        return {"logits": logits}
+
+    return serve.get_concrete_function()
+
+
+def to_tflite(model: keras.Model, kind: str, *, seq_len: int,
+              representative: Callable[[], Iterable[dict]] | None = None) -> bytes:
+    """Convert a classifier to a TFLite flatbuffer (builtin ops only, never Flex).
+
+    Args:
+        model: keras.Model. Float classifier, or a QAT model for `qat_int8`.
+        kind: str. One of `KINDS`:
+            `float32`; `dynamic_int8` (int8 weights, float activations); `float16`
+            (float16 weights); `full_int8` (int8 weights and activations from a
+            representative dataset, int8 logits; token ids stay int32); `qat_int8`
+            (a QAT model, with a representative dataset for the ranges QAT did not
+            learn, so that every matmul runs in int8).
+        seq_len: int. Fixed sequence length of the inputs.
+        representative: callable returning an iterable of feature dicts
+            ({"input_ids", "input_mask", "segment_ids"}: int32 [1, seq_len]); needed by
+            `full_int8` and `qat_int8`.
+
+    Returns:
+        The flatbuffer: inputs input_ids/input_mask/segment_ids int32 [1, seq_len]
+        (batch resizable), output logits [1, num_classes].
+    """
+    if kind not in KINDS:
+        raise ValueError(f"kind must be one of {KINDS}, found {kind!r}")
+    if kind in ("full_int8", "qat_int8") and representative is None:
+        raise ValueError(f"to_tflite kind {kind!r} needs representative data")
+    function = _concrete_function(model, seq_len)
+    converter = tf.lite.TFLiteConverter.from_concrete_functions([function], model)
+    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
+    if kind != "float32":
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    if kind == "float16":
+        converter.target_spec.supported_types = [tf.float16]
+    if kind in ("full_int8", "qat_int8"):
+        def dataset():
+            for features in representative():
+                # A dict, matched by signature input name: the flatbuffer's input
+                # order is not the function's argument order.
+                yield {name: np.asarray(features[name], dtype=np.int32).reshape(1, seq_len)
+                       for name in INPUT_NAMES}
+
+        converter.representative_dataset = dataset
+    if kind == "full_int8":
+        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+        converter.inference_input_type = tf.int8
+        converter.inference_output_type = tf.int8
+    flatbuffer = converter.convert()
+    census = op_census(flatbuffer)
+    if census["flex_ops"] or census["custom_ops"]:
+        raise RuntimeError(f"{kind} TFLite model needs ops no runtime here has: "
+                           f"flex {census['flex_ops']}, custom {census['custom_ops']}")
+    return flatbuffer
+
+
+# === Inspection and inference ===
+
+
+def _enum_names(cls) -> dict[int, str]:
+    return {value: key for key, value in vars(cls).items()
+            if not key.startswith("_") and isinstance(value, int)}
+
+
+def op_census(tflite: bytes) -> dict[str, Any]:
+    """Operators of a TFLite model by type and tensor dtypes.
+
+    Args:
+        tflite: bytes. A flatbuffer.
+
+    Returns:
+        {"ops": {"FULLY_CONNECTED int8,int8,int32->int8": count, ...} (op type, dtypes
+        of all present inputs -> outputs), "float_matmuls", "int8_matmuls",
+        "hybrid_matmuls" (float activations x int8 weights, dynamic-range kernels),
+        "other_matmuls", "matmuls" (FULLY_CONNECTED + BATCH_MATMUL), "total_ops",
+        "custom_ops" and "flex_ops" (names)}. Only the main subgraph is counted.
+    """
+    from ai_edge_litert import schema_py_generated as schema
+
+    ops_names = _enum_names(schema.BuiltinOperator)
+    type_names = {k: v.lower() for k, v in _enum_names(schema.TensorType).items()}
+    model = schema.Model.GetRootAs(tflite, 0)
+    codes = []
+    for i in range(model.OperatorCodesLength()):
+        code = model.OperatorCodes(i)
+        builtin = max(code.BuiltinCode(), code.DeprecatedBuiltinCode())
+        custom = code.CustomCode()
+        codes.append(custom.decode() if custom else ops_names.get(builtin, str(builtin)))
+    graph = model.Subgraphs(0)
+
+    def dtype(index: int) -> str:
+        return type_names[graph.Tensors(index).Type()]
+
+    ops: Counter = Counter()
+    matmuls = Counter()
+    custom, flex = [], []
+    for i in range(graph.OperatorsLength()):
+        op = graph.Operators(i)
+        name = codes[op.OpcodeIndex()]
+        custom_code = model.OperatorCodes(op.OpcodeIndex()).CustomCode()
+        if custom_code:
+            (flex if name.startswith("Flex") else custom).append(name)
+        inputs = [dtype(j) for j in op.InputsAsNumpy() if j >= 0] \
+            if op.InputsLength() else []
+        outputs = [dtype(j) for j in op.OutputsAsNumpy()] if op.OutputsLength() else []
+        ops[f"{name} {','.join(inputs)}->{','.join(outputs)}"] += 1
+        if name in MATMUL_OPS:
+            activation, weight = inputs[0], inputs[1]
+            if activation == weight == "float32":
+                matmuls["float"] += 1
+            elif activation == weight == "int8":
+                matmuls["int8"] += 1
+            elif activation == "float32" and weight == "int8":
+                matmuls["hybrid"] += 1
+            else:
+                matmuls["other"] += 1
+    return {"ops": dict(sorted(ops.items())), "float_matmuls": matmuls["float"],
+            "int8_matmuls": matmuls["int8"], "hybrid_matmuls": matmuls["hybrid"],
+            "other_matmuls": matmuls["other"], "matmuls": sum(matmuls.values()),
+            "total_ops": graph.OperatorsLength(), "custom_ops": sorted(set(custom)),
+            "flex_ops": sorted(set(flex))}
+
+
+def matmul_weight_sparsity(tflite: bytes) -> dict[str, float]:
+    """Zero fraction of every constant weight operand of the model's matmuls.
+
+    The weights as the runtime reads them (int8 or float), keyed by tensor name: shows
+    whether pruning survived conversion. Rounding to int8 can add a few zeros.
+    """
+    from ai_edge_litert import schema_py_generated as schema
+
+    dtypes = {schema.TensorType.FLOAT32: np.float32, schema.TensorType.FLOAT16: np.float16,
+              schema.TensorType.INT8: np.int8}
+    ops_names = _enum_names(schema.BuiltinOperator)
+    model = schema.Model.GetRootAs(tflite, 0)
+    graph = model.Subgraphs(0)
+    out = {}
+    for i in range(graph.OperatorsLength()):
+        op = graph.Operators(i)
+        code = model.OperatorCodes(op.OpcodeIndex())
+        if ops_names.get(max(code.BuiltinCode(), code.DeprecatedBuiltinCode())) \
+                not in MATMUL_OPS:
+            continue
+        tensor = graph.Tensors(int(op.Inputs(1)))
+        buffer = model.Buffers(tensor.Buffer())
+        if buffer.Offset() > 1:  # stored after the flatbuffer (models over 2 GB)
+            data = np.frombuffer(tflite, np.uint8, buffer.Size(), buffer.Offset())
+        elif buffer.DataLength():
+            data = buffer.DataAsNumpy()
+        else:
+            continue  # an activation (BATCH_MATMUL of scores and values)
+        if tensor.Type() not in dtypes:
+            continue
+        values = np.frombuffer(data.tobytes(), dtypes[tensor.Type()])
+        name = tensor.Name().decode()
+        out[name if name not in out else f"{name}#{i}"] = float(np.mean(values == 0))
+    return out
+
+
+def _rows(batches) -> Iterable[dict[str, np.ndarray]]:
+    """Single examples ([1, L] int32 features) from batches of features or
+    (features, labels) pairs."""
+    for batch in batches:
+        features = batch[0] if isinstance(batch, (tuple, list)) else batch
+        arrays = {name: np.asarray(features[name]) for name in INPUT_NAMES}
+        for i in range(arrays["input_ids"].shape[0]):
+            yield {name: value[i:i + 1].astype(np.int32) for name, value in arrays.items()}
+
+
+def run_tflite(tflite: bytes, batches, *, num_threads: int | None = None) -> np.ndarray:
+    """Logits of a TFLite classifier, one example at a time, with ai-edge-litert.
+
+    Args:
+        tflite: bytes. A flatbuffer from `to_tflite`.
+        batches: iterable of feature dicts or (features, labels) pairs, features int32
+            [B, L] with L <= the model's sequence length (shorter rows are padded).
+        num_threads: int | None. Interpreter threads (None: the runtime's default).
+
+    Returns:
+        float32 [N, num_classes] (int8 logits are dequantized).
+    """
+    from ai_edge_litert.interpreter import Interpreter
+
+    interpreter = Interpreter(model_content=tflite, num_threads=num_threads)
+    interpreter.allocate_tensors()
+    by_name = {}
+    for detail in interpreter.get_input_details():
+        name = next((n for n in INPUT_NAMES if n in detail["name"]), None)
+        if name is None:
+            raise ValueError(f"unexpected TFLite input {detail['name']!r}")
+        by_name[name] = detail
+    output = interpreter.get_output_details()[0]
+    seq_len = int(by_name["input_ids"]["shape"][1])
+    scale, zero_point = output["quantization"]
+    logits = []
+    for row in _rows(batches):
+        length = row["input_ids"].shape[1]
+        if length > seq_len:
+            raise ValueError(f"example of length {length} > the model's {seq_len}")
+        for name, detail in by_name.items():
+            value = np.pad(row[name], ((0, 0), (0, seq_len - length)))
+            interpreter.set_tensor(detail["index"], value.astype(detail["dtype"]))
+        interpreter.invoke()
+        out = interpreter.get_tensor(output["index"])
+        if output["dtype"] != np.float32:
+            out = (out.astype(np.float32) - zero_point) * scale
+        logits.append(out[0])
+    return np.stack(logits).astype(np.float32)
+
+
+__all__ = ["AttentionQuantizeConfig", "DenseQuantizeConfig", "KINDS", "KernelQuantizer",
+           "KernelsQuantizeConfig", "NoOpQuantizeConfig", "OutputQuantizeConfig",
+           "custom_objects", "op_census", "quantize_for_training", "run_tflite",
+           "strip_for_export", "to_tflite"]
