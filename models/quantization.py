@@ -14,7 +14,7 @@ layer                                  how it is quantized
 `LayerNormalization`,                  `OutputQuantizeConfig`: output only
 `PositionEmbedding`
 `Add`, `Dropout`                       default registry (Add: output)
-`ClsToken`                             `NoOpQuantizeConfig`
+`ClsToken`                             `PassThroughQuantizeConfig` (nothing)
 `Embedding` (token ids),               never annotated: they are fed by int32 inputs,
 `AttentionMask`, `MaskedMeanPooling`   and tfmot would fake-quantize those inputs
 =====================================  ==============================================
@@ -254,7 +254,7 @@ class OutputQuantizeConfig(KernelsQuantizeConfig):
         return {}
 
 
-class NoOpQuantizeConfig(KernelsQuantizeConfig):
+class PassThroughQuantizeConfig(KernelsQuantizeConfig):
     """Nothing quantized (ClsToken: a slice keeps its input's range)."""
 
     def __init__(self, **kwargs):
@@ -280,7 +280,7 @@ def custom_objects() -> dict[str, Any]:
     return {cls.__name__: cls for cls in (
         AttentionMask, BertSelfAttention, ClsToken, MaskedMeanPooling, PositionEmbedding,
         KernelQuantizer, KernelsQuantizeConfig, AttentionQuantizeConfig,
-        OutputQuantizeConfig, NoOpQuantizeConfig, DenseQuantizeConfig)} | {
+        OutputQuantizeConfig, PassThroughQuantizeConfig, DenseQuantizeConfig)} | {
         "gelu_approximate": gelu_approximate}
 
 
@@ -309,7 +309,7 @@ def _config_for(layer: keras.layers.Layer, preserve_sparsity: bool
     if isinstance(layer, (keras.layers.LayerNormalization, PositionEmbedding)):
         return OutputQuantizeConfig()
     if isinstance(layer, ClsToken):
-        return NoOpQuantizeConfig()
+        return PassThroughQuantizeConfig()
     if isinstance(layer, keras.layers.Dense) and \
             _activation_name(layer) not in TFMOT_ACTIVATIONS:
         return DenseQuantizeConfig(preserve_sparsity=preserve_sparsity)
@@ -358,8 +358,8 @@ class _PrunePreserveScheme(tfmot.experimental.combine.Default8BitPrunePreserveQu
         return registry
 
 
-def quantize_for_training(model: keras.Model, *, preserve_sparsity: bool = False
-                          ) -> keras.Model:
+def quantize_for_training(model: keras.Model, *, preserve_sparsity: bool = False,
+                          calibration: Iterable | None = None) -> keras.Model:
     """A quantization-aware training copy of a classifier or encoder from `models.bert`.
 
     Weights are copied (the input model is left untouched). The result trains with a
@@ -370,9 +370,16 @@ def quantize_for_training(model: keras.Model, *, preserve_sparsity: bool = False
         preserve_sparsity: bool. The model was pruned: keep every zero of the Dense
             and attention kernels through training (tfmot's prune-preserving scheme
             for Dense, a captured 0/1 mask for attention).
+        calibration: iterable | None. A few batches (feature dicts or (features,
+            labels) pairs) to start the activation ranges from (`calibrate_ranges`).
+            Without it they start at tfmot's [-6, 6] and follow a moving average
+            (decay 0.999) during training, which takes thousands of steps to settle.
 
     Returns:
         A new functional `keras.Model` whose quantized layers are `QuantizeWrapperV2`s.
+        Its weight quantizers already hold the kernels' ranges (tfmot starts them at
+        [-6, 6] until the first training step), so it predicts like the float model
+        before any training.
 
     Example:
         >>> qat = quantize_for_training(model)
@@ -383,7 +390,63 @@ def quantize_for_training(model: keras.Model, *, preserve_sparsity: bool = False
     scheme = (_PrunePreserveScheme()
               if preserve_sparsity else quantize.default_8bit.Default8BitQuantizeScheme())
     with quantize.quantize_scope(custom_objects()):
-        return quantize.quantize_apply(annotated, scheme)
+        qat_model = quantize.quantize_apply(annotated, scheme)
+    for layer in qat_model.layers:
+        for weight, quantizer, variables in getattr(layer, "_weight_vars", []):
+            quantizer(weight, True, weights=variables)  # training mode: sets the range
+    if calibration is not None:
+        calibrate_ranges(qat_model, calibration)
+    return qat_model
+
+
+class _RangeRecorder:
+    """Stands in for an activation quantizer: records the float range, passes through."""
+
+    def __init__(self, seen: dict):
+        self.seen = seen
+
+    def __call__(self, inputs, training, weights, **kwargs):
+        low, high = float(tf.reduce_min(inputs)), float(tf.reduce_max(inputs))
+        _, old_low, old_high = self.seen.get(id(weights), (weights, low, high))
+        self.seen[id(weights)] = (weights, min(old_low, low), max(old_high, high))
+        return inputs
+
+
+def calibrate_ranges(qat_model: keras.Model, batches: Iterable) -> int:
+    """Set a QAT model's activation ranges to the float ranges seen on `batches`.
+
+    Runs the model eagerly (inference mode) with every activation and output quantizer
+    replaced by a recorder, then writes min(observed, 0) / max(observed, 0) into its
+    range variables, as post-training calibration would. Weights stay fake-quantized.
+
+    Args:
+        qat_model: keras.Model. From `quantize_for_training`.
+        batches: iterable of feature dicts or (features, labels) pairs.
+
+    Returns:
+        int. Number of ranges set.
+    """
+    seen: dict = {}
+    recorder = _RangeRecorder(seen)
+    saved = []
+    for layer in qat_model.layers:
+        if getattr(layer, "_output_quantizers", None):
+            saved.append((layer, "_output_quantizers", layer._output_quantizers))  # noqa: SLF001
+            layer._output_quantizers = [recorder]  # noqa: SLF001
+        for activation in getattr(layer, "_quantize_activations", []):
+            saved.append((activation, "quantizer", activation.quantizer))
+            activation.quantizer = recorder
+    try:
+        for batch in batches:
+            features = batch[0] if isinstance(batch, (tuple, list)) else batch
+            qat_model(features, training=False)
+    finally:
+        for owner, attribute, value in saved:
+            setattr(owner, attribute, value)
+    for variables, low, high in seen.values():
+        variables["min_var"].assign(min(low, 0.0))
+        variables["max_var"].assign(max(high, 0.0))
+    return len(seen)
 
 
 def effective_kernels(qat_model: keras.Model) -> dict[str, np.ndarray]:
@@ -636,7 +699,8 @@ def run_tflite(tflite: bytes, batches, *, num_threads: int | None = None) -> np.
     return np.stack(logits).astype(np.float32)
 
 
-__all__ = ["AttentionQuantizeConfig", "DenseQuantizeConfig", "KINDS", "KernelQuantizer",
-           "KernelsQuantizeConfig", "NoOpQuantizeConfig", "OutputQuantizeConfig",
+__all__ = ["AttentionQuantizeConfig", "calibrate_ranges", "effective_kernels",
+           "matmul_weight_sparsity", "DenseQuantizeConfig", "KINDS", "KernelQuantizer",
+           "KernelsQuantizeConfig", "PassThroughQuantizeConfig", "OutputQuantizeConfig",
            "custom_objects", "op_census", "quantize_for_training", "run_tflite",
            "strip_for_export", "to_tflite"]

@@ -94,13 +94,14 @@ class Trainer:
             strategy scope once the step counts are known.
         hooks: objects with any of `on_train_begin`, `on_step_begin`, `on_epoch_end`,
             each called with the trainer.
+        name: what progress lines call this run.
 
     A hook or `build_model` may set `trainer.best_from_step`: epochs ending earlier are
     never kept as the best (e.g. before pruning reaches its target sparsity).
     """
 
     def __init__(self, config: PipelineConfig, train_cfg: FinetuneConfig, prep_dir: Path,
-                 work_dir: Path, arch, build_model, hooks=()) -> None:
+                 work_dir: Path, arch, build_model, hooks=(), name: str = "finetune") -> None:
         import numpy as np
         import tensorflow as tf
         import tf_keras as keras
@@ -112,7 +113,7 @@ class Trainer:
 
         ft = train_cfg
         self.config, self.train_cfg, self.prep_dir, self.tf = config, ft, prep_dir, tf
-        self.hooks, self.best_from_step = list(hooks), 0
+        self.hooks, self.best_from_step, self.name = list(hooks), 0, name
         self.labels = read_labels(prep_dir)
         info = json.loads((prep_dir / "tokenizer.json").read_text())
         self.max_len = info["max_seq_length"]
@@ -260,7 +261,7 @@ class Trainer:
         self._call_hooks("on_train_begin")
         train_writer, val_writer = self._summaries()
         train_seconds, trained_steps = 0.0, 0
-        bar = progress(total=self.total_steps, initial=step, desc="finetune", unit="step",
+        bar = progress(total=self.total_steps, initial=step, desc=self.name, unit="step",
                        items_per_unit=self.mean_batch)
         log.info("training %d steps (%d epochs of %d batches, batch %d, buckets %s) on %d "
                  "replica(s)", self.total_steps, self.epochs, self.steps_per_epoch,

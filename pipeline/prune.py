@@ -69,7 +69,7 @@ def run(config: PipelineConfig, inputs: dict[str, Path], out_dir: Path,
 
     arch = BertArchitecture(**meta["architecture"])
     trainer = Trainer(config, cfg.train, inputs["prepare"], work_dir, arch, build_model,
-                      hooks=[pruning.PruningStepHook()])
+                      hooks=[pruning.PruningStepHook()], name="prune")
     training = trainer.fit()
     stripped = pruning.strip(trainer.model)
 

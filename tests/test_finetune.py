@@ -168,3 +168,20 @@ def test_vocabulary_mismatch_is_an_error(tmp_path, easy_data, capsys):
 def test_keras_is_legacy():
     assert keras.__name__ == "tf_keras"
     assert tf.keras.layers.Dense is keras.layers.Dense
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("option", ["finetune.xla=true", "finetune.precision=mixed_bfloat16",
+                                    "finetune.precision=mixed_float16"])
+def test_precision_and_xla_options_train(option, tmp_path, easy_data):
+    overrides = [*easy_data, "finetune.epochs=3", "finetune.batch_size=16",
+                 "finetune.learning_rate=0.002", option]
+    try:
+        assert run_stage("prepare", tmp_path, *overrides) == 0
+        assert run_stage("finetune", tmp_path, *overrides) == 0
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    m = manifest(tmp_path, "finetune")["metrics"]
+    assert m["best_val_accuracy"] >= 0.85
+    model, _ = load_model(tmp_path / "finetune")
+    assert model.get_layer("classifier").dtype == "float32"

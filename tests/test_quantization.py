@@ -1,0 +1,328 @@
+"""Quantization on the tiny trained model: QAT wrappers and training, sparsity through
+pruning-preserving QAT, every TFLite variant against the Keras model, op census."""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+import tensorflow_model_optimization as tfmot
+import tf_keras as keras
+from ai_edge_litert.interpreter import Interpreter
+
+from data.input import batch_examples, read_split
+from models import pruning
+from models import quantization as quant
+from models.artifact import load_model
+from models.bert import BertArchitecture, build_classifier, num_transformer_layers
+from pipeline.config import PruneConfig
+
+ATTENTION_KERNELS = ("query", "key", "value", "attention_output")
+REPRESENTATIVE_EXAMPLES = 32
+
+
+@pytest.fixture(scope="module")
+def tiny(trained_run):
+    """The float model, its sequence length, padded test/train batches, representative
+    examples and the float model's test logits."""
+    model, meta = load_model(trained_run / "finetune")
+    seq_len = meta["max_seq_length"]
+    prep = trained_run / "prepare"
+    test = list(batch_examples(read_split(prep, "test", with_text=False), 16, pad_to=seq_len))
+    train = list(batch_examples(read_split(prep, "train", with_text=False), 16,
+                                pad_to=seq_len))
+
+    def representative():
+        rows = ({name: value[i:i + 1] for name, value in features.items()}
+                for features, _ in train for i in range(features["input_ids"].shape[0]))
+        for _, row in zip(range(REPRESENTATIVE_EXAMPLES), rows):
+            yield row
+
+    return {"model": model, "seq_len": seq_len, "prep": prep, "test": test, "train": train,
+            "representative": representative, "logits": predict(model, test)}
+
+
+def predict(model, batches) -> np.ndarray:
+    return np.concatenate([model(features, training=False).numpy()
+                           for features, _ in batches])
+
+
+def agreement(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.mean(a.argmax(-1) == b.argmax(-1)))
+
+
+def train_steps(model, batches, steps: int, learning_rate: float = 1e-3) -> float:
+    """`steps` Adam steps in a GradientTape loop (as the trainer runs them)."""
+    optimizer = keras.optimizers.Adam(learning_rate)
+
+    @tf.function
+    def step(features, labels):
+        with tf.GradientTape() as tape:
+            logits = model(features, training=True)
+            loss = tf.reduce_mean(keras.losses.sparse_categorical_crossentropy(
+                labels, logits, from_logits=True))
+        grads = tape.gradient(loss, model.trainable_variables)
+        optimizer.apply_gradients(zip(grads, model.trainable_variables))
+        return loss
+
+    for i in range(steps):
+        loss = step(*batches[i % len(batches)])
+    return float(loss)
+
+
+def expected_matmuls(model) -> int:
+    """Per layer q, k, v, o, scores, context, ffn_in, ffn_out; plus the head's Dense."""
+    heads = [layer for layer in model.layers if isinstance(layer, keras.layers.Dense)
+             and not layer.name.startswith("layer_")]
+    return 8 * num_transformer_layers(model) + len(heads)
+
+
+def wrapper(model, name):
+    return model.get_layer(f"quant_{name}")
+
+
+# === Quantization-aware training ===
+
+
+@pytest.fixture(scope="module")
+def qat(tiny):
+    """A QAT copy of the tiny model (activation ranges calibrated on 2 training batches),
+    its test logits before training, its variables, and the loss after 5 steps."""
+    model = quant.quantize_for_training(
+        tiny["model"], calibration=[features for features, _ in tiny["train"][:2]])
+    before = predict(model, tiny["test"])
+    variables = {v.name: v.numpy().copy() for v in model.variables}
+    loss = train_steps(model, tiny["train"], steps=5)
+    return {"model": model, "before": before, "variables": variables, "loss": loss}
+
+
+def test_qat_quantizes_every_attention_kernel(tiny, qat):
+    model = qat["model"]
+    for i in range(num_transformer_layers(tiny["model"])):
+        layer = wrapper(model, f"layer_{i}_attention")
+        assert isinstance(layer.quantize_config, quant.AttentionQuantizeConfig)
+        assert layer.quantize_config.get_output_quantizers(layer.layer) == []
+        kernels = [(w.name, q, v) for w, q, v in layer._weight_vars]
+        assert [name for name, _, _ in kernels] == [
+            f"layer_{i}_attention/{part}/kernel:0" for part in ATTENTION_KERNELS]
+        for weight, quantizer, variables in layer._weight_vars:
+            assert isinstance(quantizer, quant.KernelQuantizer)
+            assert quantizer.num_bits == 8 and quantizer.symmetric
+            # Fake quantization (training mode: the range follows the kernel): at most
+            # 255 levels, within half a level of the kernel.
+            fake = quantizer(weight, True, weights=variables).numpy()
+            assert len(np.unique(fake)) <= 255
+            step = variables["max_var"].numpy() / 127
+            assert variables["max_var"].numpy() == pytest.approx(np.abs(weight.numpy()).max())
+            assert np.abs(fake - weight.numpy()).max() <= step / 2 + 1e-6
+        names = [w.name for w in layer.weights]
+        assert len(names) == len(set(names))  # range variables do not collide
+        assert sum("_kernel_min" in n for n in names) == 4
+    # Int32-fed layers stay unwrapped; the embedding sum, LayerNorm and FFN are wrapped.
+    names = [layer.name for layer in model.layers]
+    for name in ("embeddings_word", "embeddings_type", "attention_mask", "mean_pooling"):
+        assert name in names
+    ffn = wrapper(model, "layer_0_ffn_in")
+    assert ffn.layer.activation.__name__ == "gelu"  # exact GELU, known to tfmot by name
+    assert [w.name for w, _, _ in ffn._weight_vars] == ["layer_0_ffn_in/kernel:0"]
+    assert len(ffn._quantize_activations) == 1  # quantized before and after GELU
+    for name in ("embeddings_add", "embeddings_norm", "embeddings_position",
+                 "layer_1_ffn_norm"):
+        assert wrapper(model, name)._output_quantizers, name
+
+
+def test_qat_starts_close_to_float_and_trains(tiny, qat):
+    assert agreement(qat["before"], tiny["logits"]) == 1.0
+    assert np.abs(qat["before"] - tiny["logits"]).max() < 0.05
+    assert np.isfinite(qat["loss"])
+    changed = {v.name for v in qat["model"].variables
+               if not np.array_equal(v.numpy(), qat["variables"][v.name])}
+    for i in range(2):
+        for part in ATTENTION_KERNELS:
+            assert f"layer_{i}_attention/{part}/kernel:0" in changed
+        assert f"layer_{i}_ffn_in/kernel:0" in changed
+    assert "quant_layer_1_ffn_norm/output_max:0" in changed  # ranges follow training
+    assert "embeddings_word/embeddings:0" in changed
+
+
+def test_calibration_sets_activation_ranges(tiny, qat):
+    """Without calibration, activation ranges start at tfmot's [-6, 6]: the model still
+    predicts like the float one, less closely."""
+    norm = wrapper(qat["model"], "layer_1_ffn_norm")._output_quantizer_vars
+    assert -6.0 < norm["min_var"].numpy() < 0 < norm["max_var"].numpy() < 6.0
+    gelu = wrapper(qat["model"], "layer_0_ffn_in")._quantize_activations[0]
+    assert 0 < gelu._pre_activation_vars["max_var"].numpy() < 6.0
+
+    plain = quant.quantize_for_training(tiny["model"])
+    norm = wrapper(plain, "layer_1_ffn_norm")._output_quantizer_vars
+    assert (norm["min_var"].numpy(), norm["max_var"].numpy()) == (-6.0, 6.0)
+    logits = predict(plain, tiny["test"])
+    assert agreement(logits, tiny["logits"]) >= 0.9
+    assert np.abs(logits - tiny["logits"]).max() > np.abs(qat["before"] - tiny["logits"]).max()
+
+
+def test_other_activation_and_cls_pooling():
+    """`gelu_approximate` (unknown to tfmot) gets DenseQuantizeConfig; [CLS] pooling."""
+    arch = BertArchitecture(vocab_size=50, hidden_size=16, num_layers=1, num_heads=2,
+                            intermediate_size=32, max_positions=16, type_vocab_size=2,
+                            hidden_act="gelu_approximate")
+    model = build_classifier(arch, 3, pooling="cls")
+    qat_model = quant.quantize_for_training(model)
+    assert isinstance(wrapper(qat_model, "layer_0_ffn_in").quantize_config,
+                      quant.DenseQuantizeConfig)
+    assert isinstance(wrapper(qat_model, "cls_token").quantize_config,
+                      quant.PassThroughQuantizeConfig)
+    ids = np.random.default_rng(0).integers(1, 50, size=(4, 12)).astype("int32")
+    features = {"input_ids": ids, "input_mask": np.ones_like(ids),
+                "segment_ids": np.zeros_like(ids)}
+    flat = quant.to_tflite(qat_model, "qat_int8", seq_len=12, representative=lambda: (
+        {name: value[i:i + 1] for name, value in features.items()} for i in range(4)))
+    census = quant.op_census(flat)
+    assert census["float_matmuls"] == 0
+    assert census["int8_matmuls"] == expected_matmuls(model) == 10
+    assert "GELU int8->int8" in census["ops"]
+    np.testing.assert_allclose(quant.run_tflite(flat, [features]),
+                               model(features).numpy(), atol=0.05)
+
+
+# === Pruning-preserving QAT ===
+
+
+def prune(model, batches, sparsity: float = 0.5):
+    """Prune the encoder's attention and FFN kernels to `sparsity` in 2 steps."""
+    schedule = pruning.make_schedule(PruneConfig(schedule="constant",
+                                                 final_sparsity=sparsity, frequency=1),
+                                     total_steps=2)
+    wrapped = pruning.wrap_for_pruning(model, schedule, ("layer_.*",), ())
+    optimizer = keras.optimizers.SGD(0.01)
+    wrapped.optimizer = optimizer
+    callback = tfmot.sparsity.keras.UpdatePruningStep()
+    callback.set_model(wrapped)
+    callback.on_train_begin()
+    for features, labels in batches[:2]:
+        callback.on_train_batch_begin(batch=-1)
+        with tf.GradientTape() as tape:
+            loss = tf.reduce_mean(keras.losses.sparse_categorical_crossentropy(
+                labels, wrapped(features, training=True), from_logits=True))
+        grads = tape.gradient(loss, wrapped.trainable_variables)
+        optimizer.apply_gradients(zip(grads, wrapped.trainable_variables))
+    callback.on_epoch_end(batch=-1)
+    return pruning.strip(wrapped)
+
+
+def pruned_kernel_sparsity(qat_model) -> dict[str, float]:
+    return {name: float(np.mean(value == 0))
+            for name, value in quant.effective_kernels(qat_model).items()
+            if name.startswith("layer_")}
+
+
+def test_pqat_keeps_sparsity_in_attention_and_ffn(tiny, trained_run):
+    # A fresh copy: pruning wraps (and so changes) the source model's layers.
+    pruned = prune(load_model(trained_run / "finetune")[0], tiny["train"])
+    names = pruning.select_layers(pruned, ("layer_.*",), ())
+    before = pruning.kernel_sparsity(pruned, names)
+    assert len(before) == 12 and all(v["sparsity"] == 0.5 for v in before.values())
+
+    qat_model = quant.quantize_for_training(pruned, preserve_sparsity=True)
+    train_steps(qat_model, tiny["train"], steps=48, learning_rate=1e-3)
+    measured = pruned_kernel_sparsity(qat_model)
+    assert sorted(measured) == sorted(before)  # q, k, v, o, ffn_in, ffn_out x 2 layers
+    assert all(s >= 0.49 for s in measured.values()), measured
+    layer = wrapper(qat_model, "layer_0_attention")
+    assert all(not v["sparsity_mask"].trainable for _, _, v in layer._weight_vars)
+
+    # What the converted model computes with: the int8 weights of the 12 matmuls.
+    flat = quant.to_tflite(qat_model, "qat_int8", seq_len=tiny["seq_len"],
+                           representative=tiny["representative"])
+    weights = quant.matmul_weight_sparsity(flat)
+    encoder = {name: s for name, s in weights.items() if "layer_" in name}
+    assert len(encoder) == 12
+    assert all(s >= 0.49 for s in encoder.values()), encoder
+    assert agreement(quant.run_tflite(flat, tiny["test"]), predict(pruned, tiny["test"])) \
+        >= 0.9
+
+    # Without preserve_sparsity, Adam revives the pruned weights within a few steps.
+    plain = quant.quantize_for_training(pruned)
+    train_steps(plain, tiny["train"], steps=10, learning_rate=1e-3)
+    assert max(pruned_kernel_sparsity(plain).values()) < 0.1
+
+
+# === TFLite variants ===
+
+
+@pytest.fixture(scope="module")
+def flatbuffers(tiny, qat):
+    out = {}
+    for kind in quant.KINDS:
+        model = qat["model"] if kind == "qat_int8" else tiny["model"]
+        representative = tiny["representative"] if kind in ("full_int8", "qat_int8") \
+            else None
+        out[kind] = quant.to_tflite(model, kind, seq_len=tiny["seq_len"],
+                                    representative=representative)
+    return out
+
+
+@pytest.mark.parametrize("kind", quant.KINDS)
+def test_variant_runs_and_agrees_with_keras(tiny, flatbuffers, kind):
+    flat = flatbuffers[kind]
+    census = quant.op_census(flat)
+    assert census["flex_ops"] == [] and census["custom_ops"] == []
+    interpreter = Interpreter(model_content=flat)
+    inputs = {d["name"]: d for d in interpreter.get_input_details()}
+    assert sorted(inputs) == [f"serving_default_{n}:0" for n in
+                              ("input_ids", "input_mask", "segment_ids")]
+    for detail in inputs.values():
+        assert detail["dtype"] == np.int32
+        assert list(detail["shape"]) == [1, tiny["seq_len"]]
+        assert list(detail["shape_signature"]) == [-1, tiny["seq_len"]]
+    (output,) = interpreter.get_output_details()
+    assert list(output["shape"]) == [1, 2]
+    assert output["dtype"] == (np.int8 if kind == "full_int8" else np.float32)
+
+    logits = quant.run_tflite(flat, tiny["test"], num_threads=1)
+    assert logits.shape == tiny["logits"].shape
+    assert agreement(logits, tiny["logits"]) >= 0.9
+    tolerance = {"float32": 1e-4, "float16": 1e-2, "dynamic_int8": 0.05,
+                 "full_int8": 0.1, "qat_int8": 0.2}[kind]
+    assert np.abs(logits - tiny["logits"]).max() < tolerance
+
+
+def test_op_census(tiny, flatbuffers):
+    model = tiny["model"]
+    matmuls = expected_matmuls(model)
+    assert matmuls == 17
+    census = {kind: quant.op_census(flat) for kind, flat in flatbuffers.items()}
+    for kind in ("full_int8", "qat_int8"):
+        assert census[kind]["float_matmuls"] == 0, kind
+        assert census[kind]["hybrid_matmuls"] == 0, kind
+        assert census[kind]["int8_matmuls"] == matmuls, kind
+        assert census[kind]["ops"]["BATCH_MATMUL int8,int8->int8"] == 4, kind
+    assert census["full_int8"]["ops"]["QUANTIZE float32->int8"] == 1  # the 0/1 mask
+    # Dynamic range: int8 weights with float activations for the 12 encoder
+    # projections; the 4 attention batch matmuls (two activations) and the classifier
+    # (64 weights, under the converter's 1024-element threshold) stay float.
+    dynamic = census["dynamic_int8"]
+    assert dynamic["hybrid_matmuls"] == 12 and dynamic["float_matmuls"] == 5
+    assert dynamic["int8_matmuls"] == 0
+    # float16: weights stored as float16 and dequantized; all matmuls in float32.
+    half = census["float16"]
+    assert half["float_matmuls"] == matmuls
+    assert half["ops"]["DEQUANTIZE float16->float32"] > 0
+    assert not any("int8" in key for key in half["ops"])
+    assert census["float32"]["float_matmuls"] == matmuls
+    sizes = {kind: len(flat) for kind, flat in flatbuffers.items()}
+    assert sizes["dynamic_int8"] < sizes["float16"] < sizes["float32"]
+    assert sizes["full_int8"] < 0.3 * sizes["float32"]
+
+
+def test_run_tflite_pads_shorter_examples(tiny, flatbuffers):
+    """Batches padded to their longest example run through the fixed-length model."""
+    batches = list(batch_examples(read_split(tiny["prep"], "test", with_text=False), 16))
+    assert max(f["input_ids"].shape[1] for f, _ in batches) < tiny["seq_len"]
+    logits = quant.run_tflite(flatbuffers["float32"], batches)
+    np.testing.assert_allclose(logits, tiny["logits"], atol=1e-4)
+
+
+def test_conversion_errors(tiny):
+    with pytest.raises(ValueError, match="kind must be one of"):
+        quant.to_tflite(tiny["model"], "int4", seq_len=8)
+    with pytest.raises(ValueError, match="needs representative data"):
+        quant.to_tflite(tiny["model"], "full_int8", seq_len=8)
