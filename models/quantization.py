@@ -7,7 +7,7 @@ default 8-bit registry has none, then `quantize_apply` inside `quantize_scope`:
 =====================================  ==============================================
 layer                                  how it is quantized
 =====================================  ==============================================
-`Dense` (FFN, pooler, classifier)      default registry: 8-bit kernel + activation
+`Dense` (FFN, pooler)                  default registry: 8-bit kernel + activation
 `BertSelfAttention`                    `AttentionQuantizeConfig`: its q/k/v/o kernels
                                        (8-bit, each with uniquely named range
                                        variables), no output quantizer
@@ -15,6 +15,8 @@ layer                                  how it is quantized
 `PositionEmbedding`
 `Add`, `Dropout`                       default registry (Add: output)
 `ClsToken`                             `PassThroughQuantizeConfig` (nothing)
+the logits `Dense` (model output)      `DenseQuantizeConfig`: 8-bit kernel, output left
+                                       to the converter's calibration
 `Embedding` (token ids),               never annotated: they are fed by int32 inputs,
 `AttentionMask`, `MaskedMeanPooling`   and tfmot would fake-quantize those inputs
 =====================================  ==============================================
@@ -31,9 +33,13 @@ layers use tfmot's prune-preserving scheme, and our attention kernels multiply a
 mask (captured when quantizing, stored as a non-trainable variable) into the kernel
 before fake quantization, so zeros stay zero whatever the optimizer does.
 
-The QAT model converts to TFLite directly (fake-quant ops carry the ranges): there is
-nothing to strip (`strip_for_export` only drops the wrappers' training-time state by
-returning the model itself; see its docstring).
+Activation ranges start at tfmot's [-6, 6] and follow a slow moving average; pass a few
+batches as `calibration` to start them from the data (`calibrate_ranges`). Weight
+ranges are set from the kernels at once.
+
+The QAT model converts to TFLite directly (fake-quant ops carry the ranges; the
+representative dataset fills in the tensors QAT does not quantize, e.g. inside
+attention): `strip_for_export` returns it unchanged.
 
 Example:
     >>> qat = quantize_for_training(model)
@@ -46,6 +52,7 @@ Example:
 from __future__ import annotations
 
 import logging
+import warnings
 from collections import Counter
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -265,14 +272,26 @@ class PassThroughQuantizeConfig(KernelsQuantizeConfig):
 
 
 class DenseQuantizeConfig(KernelsQuantizeConfig):
-    """`Dense` with an activation tfmot does not know: 8-bit kernel, quantized output."""
+    """`Dense` outside tfmot's defaults: 8-bit kernel, activation left as it is.
 
-    def __init__(self, preserve_sparsity: bool = False, **kwargs):
-        super().__init__({"kernel": "kernel"}, quantize_output=True,
+    Used for an activation tfmot does not know (the output after it is quantized) and
+    for the logits layer (output not quantized: a range fixed by calibration or a slow
+    moving average would clip logits that training keeps growing; the converter takes
+    the final range from the representative dataset instead).
+
+    Args:
+        preserve_sparsity: bool. Keep the kernel's zeros.
+        quantize_output: bool. Fake-quantize the output (after the activation).
+    """
+
+    def __init__(self, preserve_sparsity: bool = False, quantize_output: bool = True,
+                 **kwargs):
+        super().__init__({"kernel": "kernel"}, quantize_output=quantize_output,
                          preserve_sparsity=preserve_sparsity)
 
     def get_config(self) -> dict:
-        return {"preserve_sparsity": self.preserve_sparsity}
+        return {"preserve_sparsity": self.preserve_sparsity,
+                "quantize_output": self.quantize_output}
 
 
 def custom_objects() -> dict[str, Any]:
@@ -301,9 +320,13 @@ def _activation_name(layer: keras.layers.Layer) -> str:
     return getattr(activation, "__name__", type(activation).__name__)
 
 
-def _config_for(layer: keras.layers.Layer, preserve_sparsity: bool
+def _config_for(layer: keras.layers.Layer, preserve_sparsity: bool, is_output: bool
                 ) -> quantize.QuantizeConfig | None:
     """Our QuantizeConfig for `layer`, or None for tfmot's default registry."""
+    if isinstance(layer, keras.layers.Dense) and is_output and \
+            _activation_name(layer) == "linear":
+        return DenseQuantizeConfig(preserve_sparsity=preserve_sparsity,
+                                   quantize_output=False)
     if isinstance(layer, BertSelfAttention):
         return AttentionQuantizeConfig(preserve_sparsity=preserve_sparsity)
     if isinstance(layer, (keras.layers.LayerNormalization, PositionEmbedding)):
@@ -318,12 +341,13 @@ def _config_for(layer: keras.layers.Layer, preserve_sparsity: bool
 
 def _annotate(model: keras.Model, preserve_sparsity: bool) -> keras.Model:
     skip = _fed_by_inputs(model)
+    outputs = {t._keras_history.layer.name for t in tf.nest.flatten(model.outputs)}  # noqa: SLF001
     registry = quantize.default_8bit.Default8BitQuantizeRegistry()
 
     def clone(layer):
         if layer.name in skip or isinstance(layer, keras.layers.InputLayer):
             return layer.__class__.from_config(layer.get_config())
-        config = _config_for(layer, preserve_sparsity)
+        config = _config_for(layer, preserve_sparsity, layer.name in outputs)
         if config is None and not registry.supports(layer):
             log.info("quantization: leaving %s (%s) in float", layer.name,
                      type(layer).__name__)
@@ -537,7 +561,9 @@ def to_tflite(model: keras.Model, kind: str, *, seq_len: int,
         converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
         converter.inference_input_type = tf.int8
         converter.inference_output_type = tf.int8
-    flatbuffer = converter.convert()
+    with warnings.catch_warnings():  # the converter's calibrator uses tf.lite.Interpreter
+        warnings.filterwarnings("ignore", message=".*tf.lite.Interpreter is deprecated")
+        flatbuffer = converter.convert()
     census = op_census(flatbuffer)
     if census["flex_ops"] or census["custom_ops"]:
         raise RuntimeError(f"{kind} TFLite model needs ops no runtime here has: "
