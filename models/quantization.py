@@ -684,7 +684,8 @@ def _rows(batches) -> Iterable[dict[str, np.ndarray]]:
             yield {name: value[i:i + 1].astype(np.int32) for name, value in arrays.items()}
 
 
-def run_tflite(tflite: bytes, batches, *, num_threads: int | None = None) -> np.ndarray:
+def run_tflite(tflite: bytes, batches, *, num_threads: int | None = None,
+               on_example: Callable[[], Any] | None = None) -> np.ndarray:
     """Logits of a TFLite classifier, one example at a time, with ai-edge-litert.
 
     Args:
@@ -692,6 +693,7 @@ def run_tflite(tflite: bytes, batches, *, num_threads: int | None = None) -> np.
         batches: iterable of feature dicts or (features, labels) pairs, features int32
             [B, L] with L <= the model's sequence length (shorter rows are padded).
         num_threads: int | None. Interpreter threads (None: the runtime's default).
+        on_example: called after each example (a progress bar's `update`).
 
     Returns:
         float32 [N, num_classes] (int8 logits are dequantized).
@@ -722,6 +724,8 @@ def run_tflite(tflite: bytes, batches, *, num_threads: int | None = None) -> np.
         if output["dtype"] != np.float32:
             out = (out.astype(np.float32) - zero_point) * scale
         logits.append(out[0])
+        if on_example is not None:
+            on_example()
     return np.stack(logits).astype(np.float32)
 
 

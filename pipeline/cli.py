@@ -2,7 +2,8 @@
 
 Every stage is also runnable as `python -m pipeline.<stage>` with the same options.
 A stage is a module `pipeline.<stage>` with:
-    INPUTS: names of the upstream stages whose artifacts it reads;
+    INPUTS: names of the upstream stages whose artifacts it reads (or a function
+        `input_names(config)` when that depends on the config);
     fingerprint_config(config): the part of the config its output depends on;
     run(config, inputs, out_dir, work_dir) -> metrics: writes its files into out_dir.
 out_dir is a temporary folder renamed into place when the stage returns; work_dir is
@@ -44,7 +45,8 @@ def stage_module(name: str) -> ModuleType:
 def execute(name: str, config: PipelineConfig, run_dir: Path, force: bool = False) -> Path:
     """Run stage `name` into `<run_dir>/<name>/` unless its artifact is up to date."""
     module = stage_module(name)
-    inputs = {dep: run_dir / dep for dep in module.INPUTS}
+    names = module.input_names(config) if hasattr(module, "input_names") else module.INPUTS
+    inputs = {dep: run_dir / dep for dep in names}
     for dep, path in inputs.items():
         if not (path / artifacts.MANIFEST).is_file():
             raise artifacts.ArtifactError(

@@ -312,6 +312,55 @@ class PruneConfig:
                         from None
 
 
+QUANTIZE_SOURCES = ("finetune", "prune")
+POST_TRAINING_KINDS = ("float32", "dynamic_int8", "float16", "full_int8")
+
+
+@dataclass(frozen=True)
+class QuantizeConfig:
+    """Quantization (stage `quantize`): QAT with tfmot and post-training TFLite variants.
+
+    Attributes:
+        sources: the artifacts to quantize: `finetune` (the float model) and/or `prune`
+            (the sparse model; its QAT keeps every pruned zero).
+        post_training: TFLite variants converted from each source without training:
+            `float32` (reference), `dynamic_int8` (int8 weights, float activations),
+            `float16` (float16 weights), `full_int8` (int8 weights and activations,
+            int8 logits, ranges from `representative_examples`).
+        qat: run quantization-aware training on each source and convert it to an int8
+            TFLite model (`qat_int8`; from a pruned source: prune-preserving QAT).
+        representative_examples: training examples that calibrate full-int8 ranges
+            and the ranges QAT leaves to the converter.
+        calibration_batches: training batches that set the QAT model's activation
+            ranges before training (0 = tfmot's [-6, 6] start).
+        train: the QAT fine-tune (same keys as `finetune`).
+    """
+
+    sources: tuple[str, ...] = QUANTIZE_SOURCES
+    post_training: tuple[str, ...] = POST_TRAINING_KINDS
+    qat: bool = True
+    representative_examples: int = 256
+    calibration_batches: int = 8
+    train: FinetuneConfig = field(default_factory=lambda: FinetuneConfig(
+        epochs=1, learning_rate=1e-5, warmup_fraction=0.1))
+
+    def __post_init__(self) -> None:
+        _check(len(self.sources) > 0 and len(set(self.sources)) == len(self.sources)
+               and all(s in QUANTIZE_SOURCES for s in self.sources), "quantize.sources",
+               f"expected distinct names from {', '.join(QUANTIZE_SOURCES)}, "
+               f"found {list(self.sources)}")
+        _check(all(k in POST_TRAINING_KINDS for k in self.post_training)
+               and len(set(self.post_training)) == len(self.post_training),
+               "quantize.post_training",
+               f"expected distinct names from {', '.join(POST_TRAINING_KINDS)}, "
+               f"found {list(self.post_training)}")
+        _check(self.qat or self.post_training, "quantize.post_training",
+               "nothing to do: empty and quantize.qat is false")
+        _check(self.representative_examples > 0, "quantize.representative_examples",
+               "must be positive")
+        _check(self.calibration_batches >= 0, "quantize.calibration_batches", "must be >= 0")
+
+
 @dataclass(frozen=True)
 class PipelineConfig:
     """The whole pipeline: a seed and one section per stage."""
@@ -322,6 +371,7 @@ class PipelineConfig:
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
     prune: PruneConfig = field(default_factory=PruneConfig)
+    quantize: QuantizeConfig = field(default_factory=QuantizeConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return _plain(dataclasses.asdict(self))

@@ -1,0 +1,230 @@
+"""Quantize: QAT int8 and post-training TFLite variants of the float and pruned models.
+
+For every source in `quantize.sources` (`finetune`: the float model, `prune`: the sparse
+one) it converts the `quantize.post_training` variants (float32, dynamic-range int8,
+float16, full-integer int8 calibrated on `quantize.representative_examples` training
+examples) and, with `quantize.qat`, runs quantization-aware training with tfmot
+(prune-preserving for the pruned source: every pruned zero survives) under the
+`quantize.train` settings (same keys and resume behaviour as `finetune`) and converts
+the result to an int8 TFLite model. Every TFLite model is run in ai-edge-litert on the
+test split; its accuracy, agreement with its Keras source, size and op census (op type x
+tensor dtypes; encoder matmuls in int8 or float) go into the manifest.
+
+    <run-dir>/quantize/
+        <source>/<kind>.tflite     e.g. finetune/qat_int8.tflite, prune/full_int8.tflite
+        <source>/qat_history.json  the QAT fine-tune, per epoch
+        labels.txt, vocab.txt, tokenizer.json
+        variants.json              per variant: file, bytes, gzip bytes, test metrics,
+                                   agreement with the source, op census, sparsity
+        config.yaml, manifest.json
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import logging
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pipeline.cli import stage_main
+from pipeline.config import PipelineConfig
+
+log = logging.getLogger(__name__)
+
+SOURCE_LABELS = {"finetune": "float", "prune": "pruned"}
+
+
+def input_names(config: PipelineConfig) -> tuple[str, ...]:
+    return ("prepare", *config.quantize.sources)
+
+
+def fingerprint_config(config: PipelineConfig) -> dict[str, Any]:
+    return {"seed": config.seed, "quantize": config.quantize,
+            "split": config.evaluate.split,
+            "eval_batch_size": config.finetune.eval_batch_size}
+
+
+def _representative(prep_dir: Path, count: int, seq_len: int, seed: int) -> list[dict]:
+    """`count` training examples (shuffled with the seed), each int32 [1, seq_len]."""
+    from data.input import batch_examples, read_split
+
+    train = read_split(prep_dir, "train", with_text=False)
+    examples = train.shuffle(100_000, seed=seed, reshuffle_each_iteration=False).take(count)
+    return [{name: value.numpy() for name, value in features.items()}
+            for features, _ in batch_examples(examples, 1, pad_to=seq_len)]
+
+
+def _calibration(prep_dir: Path, batches: int, batch_size: int, seed: int) -> list[dict]:
+    from data.input import batch_examples, read_split
+
+    train = read_split(prep_dir, "train", with_text=False)
+    shuffled = train.shuffle(100_000, seed=seed + 1, reshuffle_each_iteration=False)
+    return [features for features, _ in batch_examples(shuffled, batch_size).take(batches)]
+
+
+def _sparsity_summary(values: dict[str, float]) -> dict[str, Any] | None:
+    if not values:
+        return None
+    return {"kernels": len(values), "min": round(min(values.values()), 6),
+            "max": round(max(values.values()), 6),
+            "mean": round(float(np.mean(list(values.values()))), 6)}
+
+
+def _pruned_sparsity(kernels: dict[str, np.ndarray], pruned: list[str]) -> dict[str, float]:
+    """Zero fraction of the kernels (name -> array) that belong to the pruned layers."""
+    return {name: float(np.mean(value == 0)) for name, value in kernels.items()
+            if name.split("/")[0] in pruned}
+
+
+def _evaluate_tflite(flat: bytes, prep_dir: Path, split: str, batch_size: int,
+                     labels: list[str], reference: np.ndarray, desc: str) -> dict[str, Any]:
+    """Test metrics of a TFLite model run in ai-edge-litert, and its agreement with the
+    Keras model it came from (`reference`: that model's predicted classes)."""
+    from data.input import batch_examples, read_split
+    from models.quantization import run_tflite
+    from pipeline.evaluate import classification_metrics
+    from pipeline.progress import progress
+
+    batches = list(batch_examples(read_split(prep_dir, split, with_text=False), batch_size))
+    y_true = np.concatenate([y.numpy() for _, y in batches])
+    bar = progress(total=len(y_true), desc=desc, unit="ex")
+    try:
+        logits = run_tflite(flat, batches, on_example=bar.update)
+    finally:
+        bar.close()
+    predicted = logits.argmax(-1)
+    metrics = classification_metrics(y_true, predicted, labels)
+    metrics["agreement_with_source"] = round(float(np.mean(predicted == reference)), 6)
+    return metrics
+
+
+def _census_summary(census: dict[str, Any]) -> dict[str, Any]:
+    return {key: census[key] for key in ("matmuls", "int8_matmuls", "hybrid_matmuls",
+                                         "float_matmuls", "other_matmuls", "total_ops")}
+
+
+def _qat(config: PipelineConfig, source: str, source_dir: Path, prep_dir: Path,
+         work_dir: Path, preserve_sparsity: bool, pruned: list[str]):
+    """QAT-train a copy of the source model; returns (qat model, training report)."""
+    from models import quantization as quant
+    from models.artifact import load_model, read_meta
+    from models.bert import BertArchitecture
+    from pipeline.finetune import Trainer
+
+    cfg = config.quantize
+    meta = read_meta(source_dir)
+    report: dict[str, Any] = {}
+
+    def build_model(trainer: Trainer):
+        model, _ = load_model(source_dir)
+        calibration = _calibration(prep_dir, cfg.calibration_batches, cfg.train.batch_size,
+                                   config.seed) if cfg.calibration_batches else None
+        qat_model = quant.quantize_for_training(model, preserve_sparsity=preserve_sparsity,
+                                                calibration=calibration)
+        if preserve_sparsity:
+            report["sparsity_before"] = _sparsity_summary(_pruned_sparsity(
+                quant.effective_kernels(qat_model), pruned))
+        return qat_model, {"source": str(source_dir), "preserve_sparsity": preserve_sparsity}
+
+    trainer = Trainer(config, cfg.train, prep_dir, work_dir,
+                      BertArchitecture(**meta["architecture"]), build_model,
+                      name=f"qat {source}")
+    training = trainer.fit()
+    if preserve_sparsity:
+        report["sparsity_after"] = _sparsity_summary(_pruned_sparsity(
+            quant.effective_kernels(trainer.model), pruned))
+    return trainer.model, {**report, "training": training}
+
+
+def run(config: PipelineConfig, inputs: dict[str, Path], out_dir: Path,
+        work_dir: Path) -> dict[str, Any]:
+    from models import quantization as quant
+    from models.artifact import TOKENIZER_FILES, load_model, read_meta
+    from pipeline.evaluate import predict_keras
+
+    cfg = config.quantize
+    prep_dir = inputs["prepare"]
+    split = config.evaluate.split
+    batch_size = config.finetune.eval_batch_size
+    first = inputs[cfg.sources[0]]
+    for name in TOKENIZER_FILES:
+        shutil.copyfile(first / name, out_dir / name)
+    seq_len = read_meta(first)["max_seq_length"]
+    representative_rows = _representative(prep_dir, cfg.representative_examples, seq_len,
+                                          config.seed)
+    log.info("representative dataset: %d training examples", len(representative_rows))
+
+    def representative():
+        return iter(representative_rows)
+
+    variants: dict[str, dict[str, Any]] = {}
+    qat_reports: dict[str, Any] = {}
+    for source in cfg.sources:
+        source_dir = inputs[source]
+        model, meta = load_model(source_dir)
+        labels = meta["labels"]
+        pruned = list(meta.get("pruned_layers", []))
+        _, probabilities = predict_keras(model, prep_dir, split, batch_size)
+        reference = probabilities.argmax(-1)
+        (out_dir / source).mkdir()
+        jobs = [(kind, model) for kind in cfg.post_training]
+        if cfg.qat:
+            qat_model, report = _qat(config, source, source_dir, prep_dir,
+                                     work_dir / source, bool(pruned), pruned)
+            (out_dir / source / "qat_history.json").write_text(
+                json.dumps(report["training"]["history"], indent=2) + "\n")
+            y_true, qat_probs = predict_keras(qat_model, prep_dir, split, batch_size)
+            report["keras_fake_quant_accuracy"] = round(float(np.mean(
+                qat_probs.argmax(-1) == y_true)), 6)
+            qat_reports[source] = report
+            jobs.append(("qat_int8", qat_model))
+        for kind, keras_model in jobs:
+            name = f"{source}/{kind}"
+            log.info("%s: converting", name)
+            flat = quant.to_tflite(keras_model, kind, seq_len=seq_len,
+                                   representative=representative
+                                   if kind in ("full_int8", "qat_int8") else None)
+            path = out_dir / source / f"{kind}.tflite"
+            path.write_bytes(flat)
+            census = quant.op_census(flat)
+            metrics = _evaluate_tflite(flat, prep_dir, split, batch_size, labels, reference,
+                                       desc=name)
+            weights = quant.matmul_weight_sparsity(flat)
+            variant = {
+                "source": source, "kind": kind,
+                "description": f"{SOURCE_LABELS[source]} {kind}"
+                               + (" (prune-preserving QAT)" if pruned and kind == "qat_int8"
+                                  else ""),
+                "file": str(path.relative_to(out_dir)), "bytes": len(flat),
+                "gzip_bytes": len(gzip.compress(flat, compresslevel=9)),
+                "accuracy": metrics["accuracy"], "macro_f1": metrics["macro_f1"],
+                "agreement_with_source": metrics["agreement_with_source"],
+                "metrics": metrics, "census": _census_summary(census),
+                "ops": census["ops"]}
+            if pruned:
+                variant["sparsity"] = _sparsity_summary(
+                    {k: v for k, v in weights.items() if any(p in k for p in pruned)})
+            variants[name] = variant
+            log.info("%s: accuracy %.4f (agreement %.4f), %.2f MB, matmuls int8 %d / "
+                     "hybrid %d / float %d", name, metrics["accuracy"],
+                     metrics["agreement_with_source"], len(flat) / 1e6,
+                     census["int8_matmuls"], census["hybrid_matmuls"],
+                     census["float_matmuls"])
+        del model
+    (out_dir / "variants.json").write_text(json.dumps(variants, indent=2) + "\n")
+    summary = {name: {key: v[key] for key in ("accuracy", "macro_f1", "agreement_with_source",
+                                              "bytes", "gzip_bytes")}
+               | {"int8_matmuls": v["census"]["int8_matmuls"],
+                  "float_matmuls": v["census"]["float_matmuls"],
+                  "hybrid_matmuls": v["census"]["hybrid_matmuls"]}
+               for name, v in variants.items()}
+    return {"split": split, "variants": summary, "qat": qat_reports,
+            "representative_examples": len(representative_rows)}
+
+
+if __name__ == "__main__":
+    stage_main("quantize")

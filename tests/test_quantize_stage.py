@@ -1,0 +1,109 @@
+"""The quantize stage on the tiny easy-task run: QAT and PQAT int8 TFLite models evaluated
+in ai-edge-litert, post-training variants, manifest, inputs chosen by the config."""
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+from ai_edge_litert.interpreter import Interpreter
+
+from data.input import read_split
+from models import quantization as quant
+
+from .conftest import TRAINED, manifest, run_stage
+
+PRUNE = ["prune.final_sparsity=0.75", "prune.frequency=1", "prune.train.epochs=2",
+         "prune.train.batch_size=16", "prune.train.learning_rate=0.001"]
+QUANTIZE = ["quantize.post_training=[dynamic_int8, full_int8]",
+            "quantize.train.learning_rate=0.0002"]
+
+
+@pytest.fixture(scope="module")
+def quantized(trained_run, tmp_path_factory, easy_data):
+    """prepare/finetune copied from the trained run, then prune and quantize."""
+    run_dir = tmp_path_factory.mktemp("quantized")
+    for stage in ("prepare", "finetune"):
+        shutil.copytree(trained_run / stage, run_dir / stage)
+    assert run_stage("prune", run_dir, *easy_data, *TRAINED, *PRUNE) == 0
+    assert run_stage("quantize", run_dir, *easy_data, *TRAINED, *PRUNE, *QUANTIZE) == 0
+    return run_dir
+
+
+def test_every_variant_is_written_evaluated_and_integer(quantized):
+    m = manifest(quantized, "quantize")
+    assert sorted(m["inputs"]) == ["finetune", "prepare", "prune"]
+    variants = json.loads((quantized / "quantize" / "variants.json").read_text())
+    assert sorted(variants) == [f"{s}/{k}" for s in ("finetune", "prune")
+                                for k in ("dynamic_int8", "full_int8", "qat_int8")]
+    test_size = sum(1 for _ in read_split(quantized / "prepare", "test", with_text=False))
+    for name, v in variants.items():
+        path = quantized / "quantize" / v["file"]
+        assert path.stat().st_size == v["bytes"] == m["metrics"]["variants"][name]["bytes"]
+        assert v["metrics"]["examples"] == test_size
+        # The easy task (float accuracy >= 0.9) survives every quantization.
+        assert v["accuracy"] >= 0.85, name
+        assert v["agreement_with_source"] >= 0.9, name
+        census = v["census"]
+        assert census["matmuls"] == 17  # 8 per layer x 2 + classifier
+        if v["kind"] in ("full_int8", "qat_int8"):
+            assert census["int8_matmuls"] == 17 and census["float_matmuls"] == 0, name
+            assert v["ops"]["BATCH_MATMUL int8,int8->int8"] == 4
+        else:
+            assert census["hybrid_matmuls"] == 12, name
+    # Files are what the manifest says: reload one and recompute its accuracy.
+    flat = (quantized / "quantize" / "finetune" / "qat_int8.tflite").read_bytes()
+    assert quant.op_census(flat)["int8_matmuls"] == 17
+    Interpreter(model_content=flat).allocate_tensors()
+    for name in ("labels.txt", "vocab.txt", "tokenizer.json"):
+        assert (quantized / "quantize" / name).read_bytes() == \
+            (quantized / "prepare" / name).read_bytes()
+
+
+def test_prune_preserving_qat_keeps_the_sparsity(quantized):
+    m = manifest(quantized, "quantize")["metrics"]
+    report = m["qat"]["prune"]
+    assert report["sparsity_before"]["kernels"] == 12
+    assert report["sparsity_before"]["min"] == pytest.approx(0.75, abs=0.01)
+    assert report["sparsity_after"]["min"] >= report["sparsity_before"]["min"]
+    assert report["training"]["steps"] > 0
+    variants = json.loads((quantized / "quantize" / "variants.json").read_text())
+    # In the int8 weights the runtime reads: 12 encoder kernels, still >= 75% zeros.
+    converted = variants["prune/qat_int8"]["sparsity"]
+    assert converted["kernels"] == 12 and converted["min"] >= 0.74
+    assert "sparsity" not in variants["finetune/qat_int8"]
+    assert "sparsity_before" not in m["qat"]["finetune"]
+    history = json.loads((quantized / "quantize" / "prune" / "qat_history.json").read_text())
+    assert history and np.isfinite(history[-1]["val_accuracy"])
+
+
+def test_sources_decide_the_inputs(trained_run, tmp_path, easy_data):
+    """Quantizing only the float model needs no prune artifact; asking for the pruned
+    one without it is one clear error and leaves nothing behind."""
+    for stage in ("prepare", "finetune"):
+        shutil.copytree(trained_run / stage, tmp_path / stage)
+    only_float = ["quantize.sources=[finetune]", "quantize.qat=false",
+                  "quantize.post_training=[float16]"]
+    assert run_stage("quantize", tmp_path, *easy_data, *TRAINED, *only_float) == 0
+    m = manifest(tmp_path, "quantize")
+    assert sorted(m["inputs"]) == ["finetune", "prepare"]
+    assert list(m["metrics"]["variants"]) == ["finetune/float16"]
+    assert m["metrics"]["variants"]["finetune/float16"]["agreement_with_source"] == 1.0
+
+    shutil.rmtree(tmp_path / "quantize")
+    assert run_stage("quantize", tmp_path, *easy_data, *TRAINED,
+                     "quantize.sources=[prune]") == 2
+    assert not (tmp_path / "quantize").exists()
+
+
+@pytest.mark.parametrize("override,message", [
+    ("quantize.sources=[finetune, finetune]", "quantize.sources"),
+    ("quantize.sources=[evaluate]", "quantize.sources"),
+    ("quantize.post_training=[int4]", "quantize.post_training"),
+    ("quantize.representative_examples=0", "quantize.representative_examples"),
+    ("quantize.trian.epochs=1", "did you mean 'train'"),
+])
+def test_config_errors(override, message, capsys, tmp_path):
+    assert run_stage("quantize", tmp_path, override) == 2
+    assert message in capsys.readouterr().err
+    assert not any(tmp_path.iterdir())
