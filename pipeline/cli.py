@@ -5,7 +5,9 @@ A stage is a module `pipeline.<stage>` with:
     INPUTS: names of the upstream stages whose artifacts it reads (or a function
         `input_names(config)` when that depends on the config);
     fingerprint_config(config): the part of the config its output depends on;
-    run(config, inputs, out_dir, work_dir) -> metrics: writes its files into out_dir.
+    run(config, inputs, out_dir, work_dir) -> metrics: writes its files into out_dir
+        (a stage whose run takes `force` also gets --force, e.g. to keep exports that
+        fail verification).
 out_dir is a temporary folder renamed into place when the stage returns; work_dir is
 scratch space that survives a crash (training checkpoints, so a rerun resumes) and is
 removed after success. This module turns that into an artifact directory with a manifest
@@ -17,6 +19,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import importlib.util
+import inspect
 import logging
 import shutil
 import sys
@@ -64,7 +67,9 @@ def execute(name: str, config: PipelineConfig, run_dir: Path, force: bool = Fals
     work_dir.mkdir(parents=True, exist_ok=True)
     try:
         with artifacts.atomic_dir(out_dir) as tmp:
-            metrics = module.run(config, inputs, tmp, work_dir)
+            extra = {"force": force} if "force" in inspect.signature(module.run).parameters \
+                else {}
+            metrics = module.run(config, inputs, tmp, work_dir, **extra)
             artifacts.write_manifest(tmp, stage=name, config=config, fingerprint=fingerprint,
                                      inputs=inputs, metrics=metrics, started=started)
         for done in work_root.glob(f"{name}-*"):
@@ -87,7 +92,8 @@ def _common_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--run-dir", metavar="DIR", type=Path,
                         help="where stage artifacts go (default: runs/<config name>)")
     parser.add_argument("--force", action="store_true",
-                        help="rerun even if the artifact is up to date")
+                        help="rerun even if the artifact is up to date; for export, also "
+                             "keep models that fail verification and unblessed models")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
 
 
@@ -108,6 +114,23 @@ def build_parser() -> argparse.ArgumentParser:
                                description=doc,
                                formatter_class=argparse.RawDescriptionHelpFormatter)
         _common_options(stage)
+    predict = sub.add_parser(
+        "predict", help="classify texts with an exported model (SavedModel or TFLite)",
+        description="Classify texts with any deliverable of `slimbert export`: a SavedModel "
+                    "version folder or a .tflite file (its labels.txt, vocab.txt and "
+                    "tokenizer.json beside it). Prints one line per text: label, its "
+                    "probability, text (or JSON lines with --json).")
+    predict.add_argument("model", type=Path, metavar="MODEL",
+                         help="e.g. runs/default/export/tflite/slimbert-cpu.tflite or "
+                              "runs/default/export/saved_model/slimbert/1")
+    predict.add_argument("texts", nargs="*", metavar="TEXT", help="texts to classify")
+    predict.add_argument("--file", type=Path, metavar="FILE",
+                         help="also classify every non-empty line of this UTF-8 file "
+                              "('-' for standard input)")
+    predict.add_argument("--json", action="store_true",
+                         help="JSON lines with every class probability")
+    predict.add_argument("--threads", type=int, default=None, help="TFLite threads")
+    predict.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     show = sub.add_parser("config", help="print the resolved config as YAML",
                           description="Print the config that --config and --set resolve to. "
                                       "Every key is documented in pipeline/config.py.")
@@ -132,6 +155,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     setup_logging(args.verbose)
     try:
+        if args.command == "predict":
+            return predict_command(args)
         config = load_config(args.config, args.overrides)
         if args.command == "config":
             print(config.to_yaml(), end="")
@@ -157,6 +182,50 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("slimbert: interrupted", file=sys.stderr)
         return 130
+
+
+def _read_lines(path: Path) -> list[str]:
+    try:
+        data = sys.stdin.buffer.read() if str(path) == "-" else path.read_bytes()
+    except OSError as err:
+        raise SlimbertError(f"cannot read {path}: {err.strerror}") from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line = data[:err.start].count(b"\n") + 1
+        raise SlimbertError(f"{path}:{line}: not UTF-8 (byte {data[err.start]:#04x}); "
+                            "save the file as UTF-8") from None
+    return [line for line in text.splitlines() if line.strip()]
+
+
+def predict_command(args: argparse.Namespace) -> int:
+    """`slimbert predict MODEL [TEXT ...] [--file F] [--json]`."""
+    import json
+
+    from export.predictor import Predictor, model_format
+
+    texts = list(args.texts) + (_read_lines(args.file) if args.file else [])
+    if not texts:
+        raise SlimbertError("nothing to classify: give texts as arguments or --file FILE")
+    if not args.model.exists():
+        raise SlimbertError(f"{args.model} does not exist; exported models are under "
+                            "<run-dir>/export/ (run `slimbert export`)")
+    try:
+        model_format(args.model)
+    except ValueError as err:
+        raise SlimbertError(str(err)) from None
+    predictor = Predictor(args.model, num_threads=args.threads)
+    probabilities = predictor.predict_texts(texts)
+    for text, probs in zip(texts, probabilities):
+        best = int(probs.argmax())
+        if args.json:
+            print(json.dumps({"text": text, "label": predictor.labels[best],
+                              "probabilities": {name: round(float(p), 6) for name, p
+                                                in zip(predictor.labels, probs)}},
+                             ensure_ascii=False))
+        else:
+            print(f"{predictor.labels[best]}\t{probs[best]:.4f}\t{text}")
+    return 0
 
 
 def stage_main(name: str) -> None:

@@ -361,6 +361,53 @@ class QuantizeConfig:
         _check(self.calibration_batches >= 0, "quantize.calibration_batches", "must be >= 0")
 
 
+EXPORT_TARGETS = ("savedmodel", "cpu", "gpu", "int8", "qat", "pruned-qat", "text")
+EXPORT_MODELS = ("finetune", "prune")
+
+
+@dataclass(frozen=True)
+class ExportConfig:
+    """Deliverables (stage `export`) and their verification gate.
+
+    Attributes:
+        model: the Keras model behind the SavedModel and the `cpu`, `gpu`, `int8` and
+            `text` TFLite models: `finetune` (float) or `prune` (sparse).
+        name: model name (TF Serving folder `saved_model/<name>/<version>`, TFLite files
+            `<name>-<target>.tflite`).
+        version: TF Serving version number.
+        targets: what to export: `savedmodel` (raw strings in, TF Serving layout),
+            `cpu` (dynamic-range int8 TFLite), `gpu` (float16 TFLite), `int8` (full
+            integer TFLite), `qat` and `pruned-qat` (the quantize stage's QAT int8 models
+            of the float and pruned model), `text` (raw-string TFLite with the
+            tokenizer as TF Text ops).
+        max_accuracy_drop: the gate: an export's test accuracy must be within this of
+            the model it came from ...
+        min_agreement: ... and agree with its predictions on at least this fraction.
+        warmup_requests: write TF Serving warm-up requests into the SavedModel.
+    """
+
+    model: str = "finetune"
+    name: str = "slimbert"
+    version: int = 1
+    targets: tuple[str, ...] = EXPORT_TARGETS
+    max_accuracy_drop: float = 0.005
+    min_agreement: float = 0.99
+    warmup_requests: bool = True
+
+    def __post_init__(self) -> None:
+        _check(self.model in EXPORT_MODELS, "export.model",
+               f"expected one of {', '.join(EXPORT_MODELS)}, found {self.model!r}")
+        _check(re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", self.name) is not None,
+               "export.name", f"expected letters, digits, '_', '.', '-', found {self.name!r}")
+        _check(self.version > 0, "export.version", "must be positive")
+        _check(len(self.targets) > 0 and len(set(self.targets)) == len(self.targets)
+               and all(t in EXPORT_TARGETS for t in self.targets), "export.targets",
+               f"expected distinct names from {', '.join(EXPORT_TARGETS)}, "
+               f"found {list(self.targets)}")
+        _check(0 <= self.max_accuracy_drop <= 1, "export.max_accuracy_drop", "expected 0..1")
+        _check(0 <= self.min_agreement <= 1, "export.min_agreement", "expected 0..1")
+
+
 @dataclass(frozen=True)
 class PipelineConfig:
     """The whole pipeline: a seed and one section per stage."""
@@ -372,6 +419,17 @@ class PipelineConfig:
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
     prune: PruneConfig = field(default_factory=PruneConfig)
     quantize: QuantizeConfig = field(default_factory=QuantizeConfig)
+    export: ExportConfig = field(default_factory=ExportConfig)
+
+    def __post_init__(self) -> None:
+        needs = {"qat": "finetune", "pruned-qat": "prune"}
+        for target, source in needs.items():
+            if target in self.export.targets and not (
+                    self.quantize.qat and source in self.quantize.sources):
+                raise ConfigError(
+                    f"invalid config value for 'export.targets': {target!r} needs "
+                    f"quantize.qat true and {source!r} in quantize.sources (or drop "
+                    f"{target!r} from export.targets)")
 
     def to_dict(self) -> dict[str, Any]:
         return _plain(dataclasses.asdict(self))

@@ -13,6 +13,8 @@ tensor dtypes; encoder matmuls in int8 or float) go into the manifest.
     <run-dir>/quantize/
         <source>/<kind>.tflite     e.g. finetune/qat_int8.tflite, prune/full_int8.tflite
         <source>/qat_history.json  the QAT fine-tune, per epoch
+        <source>/qat_predictions.npz  the QAT Keras (fake-quant) model's test-split
+                                   labels and probabilities (export compares with them)
         labels.txt, vocab.txt, tokenizer.json
         variants.json              per variant: file, bytes, gzip bytes, test metrics,
                                    agreement with the source, op census, sparsity
@@ -178,6 +180,8 @@ def run(config: PipelineConfig, inputs: dict[str, Path], out_dir: Path,
             (out_dir / source / "qat_history.json").write_text(
                 json.dumps(report["training"]["history"], indent=2) + "\n")
             y_true, qat_probs = predict_keras(qat_model, prep_dir, split, batch_size)
+            np.savez_compressed(out_dir / source / "qat_predictions.npz", labels=y_true,
+                                probabilities=qat_probs)
             report["keras_fake_quant_accuracy"] = round(float(np.mean(
                 qat_probs.argmax(-1) == y_true)), 6)
             qat_reports[source] = report

@@ -77,13 +77,13 @@ def test_prune_preserving_qat_keeps_the_sparsity(quantized):
     assert history and np.isfinite(history[-1]["val_accuracy"])
 
 
-def test_sources_decide_the_inputs(trained_run, tmp_path, easy_data):
+def test_sources_decide_the_inputs(trained_run, tmp_path, easy_data, capsys):
     """Quantizing only the float model needs no prune artifact; asking for the pruned
     one without it is one clear error and leaves nothing behind."""
     for stage in ("prepare", "finetune"):
         shutil.copytree(trained_run / stage, tmp_path / stage)
     only_float = ["quantize.sources=[finetune]", "quantize.qat=false",
-                  "quantize.post_training=[float16]"]
+                  "quantize.post_training=[float16]", "export.targets=[cpu]"]
     assert run_stage("quantize", tmp_path, *easy_data, *TRAINED, *only_float) == 0
     m = manifest(tmp_path, "quantize")
     assert sorted(m["inputs"]) == ["finetune", "prepare"]
@@ -91,8 +91,9 @@ def test_sources_decide_the_inputs(trained_run, tmp_path, easy_data):
     assert m["metrics"]["variants"]["finetune/float16"]["agreement_with_source"] == 1.0
 
     shutil.rmtree(tmp_path / "quantize")
-    assert run_stage("quantize", tmp_path, *easy_data, *TRAINED,
-                     "quantize.sources=[prune]") == 2
+    assert run_stage("quantize", tmp_path, *easy_data, *TRAINED, "quantize.sources=[prune]",
+                     "export.targets=[pruned-qat]") == 2
+    assert "needs the 'prune' artifact" in capsys.readouterr().err
     assert not (tmp_path / "quantize").exists()
 
 

@@ -1,0 +1,185 @@
+"""Run any exported model on texts or token ids: a SavedModel, a token-id TFLite model, or
+the raw-string `text` TFLite model. Used by `slimbert predict`, by the export gate (in a
+fresh process, see `export.verify`) and by the server.
+
+    SavedModel        tf.saved_model.load (after `import tensorflow_text`)
+    <name>-<t>.tflite the runtime adapter (ai-edge-litert first); texts are tokenized
+                      with the vocabulary beside the file (needs TensorFlow)
+    <name>-text.tflite the runtime adapter with tensorflow_text's op registerers
+
+Label names come from `labels.txt` (SavedModel: `assets/labels.txt`; TFLite: beside it).
+
+Example:
+    >>> p = Predictor("runs/default/export/tflite/slimbert-cpu.tflite")
+    >>> p.labels, p.predict_texts(["a fine film"]).round(2)
+    (['fresh', 'rotten'], array([[0.93, 0.07]], dtype=float32))
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+
+INPUT_NAMES = ("input_ids", "input_mask", "segment_ids")
+
+
+def model_format(path: Path) -> str:
+    """`savedmodel`, `tflite` or `tflite-text`, or ValueError naming what was expected."""
+    path = Path(path)
+    if path.is_dir() and (path / "saved_model.pb").is_file():
+        return "savedmodel"
+    if path.is_file() and path.suffix == ".tflite":
+        return "tflite-text" if path.stem.endswith("-text") else "tflite"
+    raise ValueError(f"{path} is neither a SavedModel folder (with saved_model.pb) nor a "
+                     ".tflite file")
+
+
+def _softmax(logits: np.ndarray) -> np.ndarray:
+    shifted = logits - logits.max(axis=-1, keepdims=True)
+    exp = np.exp(shifted)
+    return (exp / exp.sum(axis=-1, keepdims=True)).astype(np.float32)
+
+
+class Predictor:
+    """One exported model, loaded once.
+
+    Args:
+        path: a SavedModel version folder or a .tflite file from `slimbert export`.
+        num_threads: TFLite interpreter threads (None: the runtime's default).
+
+    Attributes:
+        format: `savedmodel`, `tflite` or `tflite-text`.
+        labels: label names, in the order of the probabilities.
+        runtime: what runs it (`tensorflow`, `ai_edge_litert`, ...).
+        seq_len: fixed sequence length of a token-id TFLite model (else None).
+    """
+
+    def __init__(self, path: str | Path, num_threads: int | None = None) -> None:
+        self.path = Path(path)
+        self.format = model_format(self.path)
+        self.seq_len: int | None = None
+        self._tokenizer = None
+        if self.format == "savedmodel":
+            import tensorflow as tf
+            import tensorflow_text  # noqa: F401  (registers the tokenizer's ops)
+
+            self._loaded = tf.saved_model.load(str(self.path))
+            self.runtime = "tensorflow"
+            self.labels = (self.path / "assets" / "labels.txt").read_text(
+                encoding="utf-8").splitlines()
+            return
+        from export.runtime import make_interpreter
+
+        self.interpreter, self.runtime = make_interpreter(
+            model_path=self.path, num_threads=num_threads,
+            custom_ops=self.format == "tflite-text")
+        self.labels = (self.path.parent / "labels.txt").read_text(
+            encoding="utf-8").splitlines()
+        self._inputs = {}
+        for detail in self.interpreter.get_input_details():
+            name = next((n for n in (*INPUT_NAMES, "text") if n in detail["name"]), None)
+            if name is None:
+                raise ValueError(f"{self.path}: unexpected TFLite input {detail['name']!r}")
+            self._inputs[name] = detail
+        self._output = self.interpreter.get_output_details()[0]
+        if self.format == "tflite":
+            self.seq_len = int(self._inputs["input_ids"]["shape"][1])
+
+    # --- texts ---
+
+    def predict_texts(self, texts: Sequence[str], batch_size: int = 64,
+                      on_batch: Callable[[int], object] | None = None) -> np.ndarray:
+        """Probabilities float32 [N, C] for raw texts."""
+        texts = list(texts)
+        if not texts:
+            return np.zeros((0, len(self.labels)), np.float32)
+        if self.format == "savedmodel":
+            import tensorflow as tf
+
+            serve = self._loaded.signatures["serving_default"]
+            out = []
+            for start in range(0, len(texts), batch_size):
+                chunk = texts[start:start + batch_size]
+                out.append(serve(text=tf.constant(chunk))["probabilities"].numpy())
+                if on_batch:
+                    on_batch(len(chunk))
+            return np.concatenate(out)
+        if self.format == "tflite-text":
+            out = []
+            detail = self._inputs["text"]
+            if list(detail["shape"]) != [1]:
+                self.interpreter.resize_tensor_input(detail["index"], [1])
+                self.interpreter.allocate_tensors()
+                self._inputs["text"] = detail = self.interpreter.get_input_details()[0]
+            for text in texts:
+                self.interpreter.set_tensor(detail["index"],
+                                            np.array([text.encode("utf-8")], dtype=object))
+                self.interpreter.invoke()
+                out.append(self._read_output()[0])
+                if on_batch:
+                    on_batch(1)
+            return np.stack(out)
+        return self.predict_ids(self._tokenize(texts), on_batch=on_batch)
+
+    def _tokenize(self, texts: Sequence[str]) -> dict[str, np.ndarray]:
+        if self._tokenizer is None:
+            import tensorflow as tf  # noqa: F401
+
+            from data.tokenizer import BertTokenizer
+
+            info = json.loads((self.path.parent / "tokenizer.json").read_text())
+            self._tokenizer = BertTokenizer(self.path.parent / "vocab.txt",
+                                            lower_case=info["lower_case"],
+                                            max_seq_length=self.seq_len)
+        import tensorflow as tf
+
+        return {k: v.numpy() for k, v in self._tokenizer(tf.constant(list(texts))).items()}
+
+    # --- token ids ---
+
+    def predict_ids(self, features: dict[str, np.ndarray],
+                    on_batch: Callable[[int], object] | None = None) -> np.ndarray:
+        """Probabilities float32 [N, C] for int32 [N, L] features (padded with 0)."""
+        arrays = {name: np.asarray(features[name], dtype=np.int32) for name in INPUT_NAMES}
+        n, length = arrays["input_ids"].shape
+        if self.format == "savedmodel":
+            import tensorflow as tf
+
+            serve = self._loaded.signatures["token_ids"]
+            out = []
+            for start in range(0, n, 64):
+                chunk = {k: tf.constant(v[start:start + 64]) for k, v in arrays.items()}
+                out.append(serve(**chunk)["probabilities"].numpy())
+                if on_batch:
+                    on_batch(min(64, n - start))
+            return np.concatenate(out) if out else np.zeros((0, len(self.labels)),
+                                                              np.float32)
+        if self.format != "tflite":
+            raise ValueError(f"{self.path} takes raw text, not token ids")
+        if length > self.seq_len:
+            raise ValueError(f"token ids of length {length} > the model's {self.seq_len}")
+        out = []
+        for i in range(n):
+            for name, detail in self._inputs.items():
+                row = np.pad(arrays[name][i:i + 1], ((0, 0), (0, self.seq_len - length)))
+                self.interpreter.set_tensor(detail["index"], row.astype(detail["dtype"]))
+            self.interpreter.invoke()
+            out.append(self._read_output()[0])
+            if on_batch:
+                on_batch(1)
+        return np.stack(out) if out else np.zeros((0, len(self.labels)), np.float32)
+
+    def _read_output(self) -> np.ndarray:
+        value = self.interpreter.get_tensor(self._output["index"])
+        if value.dtype != np.float32:
+            scale, zero_point = self._output["quantization"]
+            value = (value.astype(np.float32) - zero_point) * scale
+        if self.format == "tflite":  # token-id models return logits
+            return _softmax(value)
+        return value.astype(np.float32)
+
+
+__all__ = ["Predictor", "model_format"]

@@ -1,0 +1,75 @@
+"""Run one exported model on a test split in this (fresh) process: the export gate's probe.
+
+    python -m export.verify MODEL DATA.npz OUT.npz
+
+DATA.npz holds the split as `export.verify.write_split` saves it: token ids (int32
+[N, L]) and the texts. A SavedModel and the `text` TFLite model get the raw texts (what
+their users send); token-id TFLite models get the ids. The runtime a user would use loads
+the model: `tf.saved_model.load`, or the TFLite runtime adapter (ai-edge-litert first).
+OUT.npz receives `probabilities` and a JSON `info` (runtime, load and run seconds).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+
+def write_split(path: Path, features: dict[str, np.ndarray], texts: list[str],
+                labels: np.ndarray) -> None:
+    np.savez_compressed(path, **features, labels=labels,
+                        texts=np.array(json.dumps(texts, ensure_ascii=False)))
+
+
+def verify(model: Path, data: Path, out: Path) -> dict:
+    started = time.perf_counter()
+    from export.predictor import Predictor
+
+    predictor = Predictor(model)
+    loaded = time.perf_counter()
+    split = np.load(data)
+    if predictor.format == "tflite":
+        probabilities = predictor.predict_ids({k: split[k] for k in
+                                               ("input_ids", "input_mask", "segment_ids")})
+        fed = "token_ids"
+    else:
+        probabilities = predictor.predict_texts(json.loads(str(split["texts"])))
+        fed = "text"
+    info = {"format": predictor.format, "runtime": predictor.runtime, "input": fed,
+            "labels": predictor.labels, "load_seconds": round(loaded - started, 3),
+            "run_seconds": round(time.perf_counter() - loaded, 3),
+            "examples": int(probabilities.shape[0])}
+    np.savez_compressed(out, probabilities=probabilities, info=np.array(json.dumps(info)))
+    return info
+
+
+def verify_in_fresh_process(model: Path, data: Path, out: Path, timeout: float = 3600
+                            ) -> tuple[np.ndarray, dict]:
+    """Run `verify` in a new Python process; returns (probabilities, info)."""
+    result = subprocess.run([sys.executable, "-m", "export.verify", str(model), str(data),
+                             str(out)], capture_output=True, text=True, timeout=timeout,
+                            cwd=Path(__file__).resolve().parents[1])
+    if result.returncode != 0:
+        tail = "\n".join(result.stderr.strip().splitlines()[-15:])
+        raise RuntimeError(f"{model} failed to run in a fresh process:\n{tail}")
+    saved = np.load(out)
+    return saved["probabilities"], json.loads(str(saved["info"]))
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) != 3:
+        print(__doc__, file=sys.stderr)
+        return 2
+    info = verify(Path(args[0]), Path(args[1]), Path(args[2]))
+    print(json.dumps(info))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
