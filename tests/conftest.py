@@ -66,3 +66,22 @@ def trained_run(tmp_path_factory, easy_data):
     for stage in ("prepare", "finetune", "evaluate"):
         assert run_stage(stage, run_dir, *easy_data, *TRAINED) == 0
     return run_dir
+
+
+PRUNE = ["prune.final_sparsity=0.75", "prune.frequency=1", "prune.train.epochs=2",
+         "prune.train.batch_size=16", "prune.train.learning_rate=0.001"]
+QUANTIZE = ["quantize.post_training=[dynamic_int8, full_int8]",
+            "quantize.train.learning_rate=0.0002"]
+
+
+@pytest.fixture(scope="session")
+def quantized_run(trained_run, tmp_path_factory, easy_data):
+    """The trained run's prepare/finetune/evaluate, then prune and quantize (read-only)."""
+    import shutil
+
+    run_dir = tmp_path_factory.mktemp("quantized")
+    for stage in ("prepare", "finetune", "evaluate"):
+        shutil.copytree(trained_run / stage, run_dir / stage)
+    assert run_stage("prune", run_dir, *easy_data, *TRAINED, *PRUNE) == 0
+    assert run_stage("quantize", run_dir, *easy_data, *TRAINED, *PRUNE, *QUANTIZE) == 0
+    return run_dir

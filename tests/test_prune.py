@@ -12,10 +12,7 @@ from models import pruning
 from models.artifact import load_model
 from pipeline.config import PruneConfig
 
-from .conftest import TRAINED, manifest, run_stage
-
-PRUNE = ["prune.final_sparsity=0.75", "prune.frequency=1", "prune.train.epochs=2",
-         "prune.train.batch_size=16", "prune.train.learning_rate=0.001"]
+from .conftest import PRUNE, TRAINED, manifest, run_stage
 
 
 def fresh_run(trained_run, tmp_path):

@@ -13,32 +13,16 @@ from models import quantization as quant
 
 from .conftest import TRAINED, manifest, run_stage
 
-PRUNE = ["prune.final_sparsity=0.75", "prune.frequency=1", "prune.train.epochs=2",
-         "prune.train.batch_size=16", "prune.train.learning_rate=0.001"]
-QUANTIZE = ["quantize.post_training=[dynamic_int8, full_int8]",
-            "quantize.train.learning_rate=0.0002"]
 
-
-@pytest.fixture(scope="module")
-def quantized(trained_run, tmp_path_factory, easy_data):
-    """prepare/finetune copied from the trained run, then prune and quantize."""
-    run_dir = tmp_path_factory.mktemp("quantized")
-    for stage in ("prepare", "finetune"):
-        shutil.copytree(trained_run / stage, run_dir / stage)
-    assert run_stage("prune", run_dir, *easy_data, *TRAINED, *PRUNE) == 0
-    assert run_stage("quantize", run_dir, *easy_data, *TRAINED, *PRUNE, *QUANTIZE) == 0
-    return run_dir
-
-
-def test_every_variant_is_written_evaluated_and_integer(quantized):
-    m = manifest(quantized, "quantize")
+def test_every_variant_is_written_evaluated_and_integer(quantized_run):
+    m = manifest(quantized_run, "quantize")
     assert sorted(m["inputs"]) == ["finetune", "prepare", "prune"]
-    variants = json.loads((quantized / "quantize" / "variants.json").read_text())
+    variants = json.loads((quantized_run / "quantize" / "variants.json").read_text())
     assert sorted(variants) == [f"{s}/{k}" for s in ("finetune", "prune")
                                 for k in ("dynamic_int8", "full_int8", "qat_int8")]
-    test_size = sum(1 for _ in read_split(quantized / "prepare", "test", with_text=False))
+    test_size = sum(1 for _ in read_split(quantized_run / "prepare", "test", with_text=False))
     for name, v in variants.items():
-        path = quantized / "quantize" / v["file"]
+        path = quantized_run / "quantize" / v["file"]
         assert path.stat().st_size == v["bytes"] == m["metrics"]["variants"][name]["bytes"]
         assert v["metrics"]["examples"] == test_size
         # The easy task (float accuracy >= 0.9) survives every quantization.
@@ -52,28 +36,28 @@ def test_every_variant_is_written_evaluated_and_integer(quantized):
         else:
             assert census["hybrid_matmuls"] == 12, name
     # Files are what the manifest says: reload one and recompute its accuracy.
-    flat = (quantized / "quantize" / "finetune" / "qat_int8.tflite").read_bytes()
+    flat = (quantized_run / "quantize" / "finetune" / "qat_int8.tflite").read_bytes()
     assert quant.op_census(flat)["int8_matmuls"] == 17
     Interpreter(model_content=flat).allocate_tensors()
     for name in ("labels.txt", "vocab.txt", "tokenizer.json"):
-        assert (quantized / "quantize" / name).read_bytes() == \
-            (quantized / "prepare" / name).read_bytes()
+        assert (quantized_run / "quantize" / name).read_bytes() == \
+            (quantized_run / "prepare" / name).read_bytes()
 
 
-def test_prune_preserving_qat_keeps_the_sparsity(quantized):
-    m = manifest(quantized, "quantize")["metrics"]
+def test_prune_preserving_qat_keeps_the_sparsity(quantized_run):
+    m = manifest(quantized_run, "quantize")["metrics"]
     report = m["qat"]["prune"]
     assert report["sparsity_before"]["kernels"] == 12
     assert report["sparsity_before"]["min"] == pytest.approx(0.75, abs=0.01)
     assert report["sparsity_after"]["min"] >= report["sparsity_before"]["min"]
     assert report["training"]["steps"] > 0
-    variants = json.loads((quantized / "quantize" / "variants.json").read_text())
+    variants = json.loads((quantized_run / "quantize" / "variants.json").read_text())
     # In the int8 weights the runtime reads: 12 encoder kernels, still >= 75% zeros.
     converted = variants["prune/qat_int8"]["sparsity"]
     assert converted["kernels"] == 12 and converted["min"] >= 0.74
     assert "sparsity" not in variants["finetune/qat_int8"]
     assert "sparsity_before" not in m["qat"]["finetune"]
-    history = json.loads((quantized / "quantize" / "prune" / "qat_history.json").read_text())
+    history = json.loads((quantized_run / "quantize" / "prune" / "qat_history.json").read_text())
     assert history and np.isfinite(history[-1]["val_accuracy"])
 
 

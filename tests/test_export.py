@@ -1,0 +1,240 @@
+"""The export stage on the tiny easy-task run: every target written, verified in a fresh
+process and gated; the SavedModel and raw-string TFLite model used as their users would;
+`slimbert predict`; the runtime adapter."""
+
+import json
+import shutil
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+from export.predictor import Predictor
+from export.runtime import available_runtimes, make_interpreter
+from export.savedmodel import read_warmup
+from models.artifact import load_model
+from pipeline.cli import main
+
+from .conftest import PRUNE, QUANTIZE, REPO, TRAINED, manifest, run_stage
+
+TARGETS = ("savedmodel", "cpu", "gpu", "int8", "qat", "pruned-qat", "text")
+TEXTS = ["a moving, beautifully acted film", "dull, tedious and far too long", "",
+         "Ünïcödé and emoji 🎬 are fine"]
+
+
+def copy_run(quantized_run, tmp_path):
+    for stage in ("prepare", "finetune", "evaluate", "prune", "quantize"):
+        shutil.copytree(quantized_run / stage, tmp_path / stage)
+    return tmp_path
+
+
+@pytest.fixture(scope="module")
+def exported(quantized_run, tmp_path_factory, easy_data):
+    run_dir = copy_run(quantized_run, tmp_path_factory.mktemp("exported"))
+    assert run_stage("export", run_dir, *easy_data, *TRAINED, *PRUNE, *QUANTIZE) == 0
+    return run_dir
+
+
+def keras_probabilities(run_dir, texts):
+    """The fine-tuned Keras model on `texts`, tokenized by the data stage's tokenizer."""
+    import tensorflow as tf
+
+    from data.tokenizer import BertTokenizer
+
+    model, meta = load_model(run_dir / "finetune")
+    info = json.loads((run_dir / "finetune" / "tokenizer.json").read_text())
+    tokenizer = BertTokenizer(run_dir / "finetune" / "vocab.txt",
+                              lower_case=info["lower_case"],
+                              max_seq_length=meta["max_seq_length"])
+    return tf.nn.softmax(model(tokenizer(tf.constant(texts)))).numpy()
+
+
+def test_every_target_is_exported_and_passes_the_gate(exported):
+    export = exported / "export"
+    m = manifest(exported, "export")["metrics"]
+    assert m["gate"]["passed"] and not m["gate"]["forced"] and m["blessing"]
+    assert sorted(m["targets"]) == sorted(TARGETS)
+    version = export / "saved_model" / "slimbert" / "1"
+    for name in ("saved_model.pb", "assets/vocab.txt", "assets/labels.txt",
+                 "assets.extra/tf_serving_warmup_requests"):
+        assert (version / name).is_file(), name
+    assert any((version / "variables").glob("variables.data-*"))
+    for name in ("labels.txt", "vocab.txt", "tokenizer.json"):
+        assert (export / "tflite" / name).read_bytes() == \
+            (exported / "finetune" / name).read_bytes()
+    verification = json.loads((export / "verification.json").read_text())
+    for target, result in m["targets"].items():
+        assert verification["targets"][target] == result
+        if target != "savedmodel":
+            assert (export / result["path"]).name == f"slimbert-{target}.tflite"
+        assert (export / result["path"]).exists()
+        assert result["passed"], target
+        assert result["agreement"] >= 0.99 and result["accuracy"] >= 0.85, target
+        assert abs(result["accuracy_difference"]) <= 0.005
+        run = result["verified_with"]
+        assert run["examples"] == m["gate"]["examples"] > 0
+        assert run["runtime"] == ("tensorflow" if target == "savedmodel"
+                                  else "ai_edge_litert"), target
+        assert run["input"] == ("text" if target in ("savedmodel", "text")
+                                else "token_ids"), target
+        if target != "savedmodel":
+            assert result["census"]["flex_ops"] == [], target
+    assert m["targets"]["qat"]["source"] == "finetune"
+    assert m["targets"]["pruned-qat"]["source"] == "prune"
+    # The QAT exports are the quantize stage's files, compared with its QAT models.
+    for target, source in (("qat", "finetune"), ("pruned-qat", "prune")):
+        assert (export / m["targets"][target]["path"]).read_bytes() == \
+            (exported / "quantize" / source / "qat_int8.tflite").read_bytes()
+    int8 = m["targets"]["int8"]
+    assert int8["census"]["int8_matmuls"] == int8["census"]["matmuls"] == 17
+    assert m["targets"]["cpu"]["census"]["hybrid_matmuls"] == 12
+    # TF Text's TFLite ops (registered by its op registerer), nothing else custom.
+    assert m["targets"]["text"]["census"]["custom_ops"] == [
+        "FastBertNormalize", "FastWordpieceTokenizeWithOffsets", "RaggedTensorToTensor"]
+    assert m["targets"]["savedmodel"]["warmup_requests"] == 3
+
+
+def test_savedmodel_in_a_fresh_process(exported):
+    """What a TF Serving user's client sees: raw strings in, labels and probabilities out;
+    token ids through the second signature."""
+    version = exported / "export" / "saved_model" / "slimbert" / "1"
+    script = textwrap.dedent(f"""
+        import json, sys
+        import tensorflow as tf
+        import tensorflow_text  # noqa: F401
+        served = tf.saved_model.load({str(version)!r})
+        texts = json.loads(sys.stdin.read())
+        out = served.signatures["serving_default"](text=tf.constant(texts))
+        ids = served.signatures["token_ids"](
+            input_ids=tf.constant([[101, 102, 0]]), input_mask=tf.constant([[1, 1, 0]]),
+            segment_ids=tf.constant([[0, 0, 0]]))
+        print(json.dumps({{
+            "signatures": sorted(served.signatures),
+            "probabilities": out["probabilities"].numpy().tolist(),
+            "label": [x.decode() for x in out["label"].numpy()],
+            "label_id": out["label_id"].numpy().tolist(),
+            "classes": [[x.decode() for x in row] for row in out["classes"].numpy()],
+            "ids_probabilities": ids["probabilities"].numpy().tolist()}}))
+    """)
+    result = subprocess.run([sys.executable, "-c", script], input=json.dumps(TEXTS),
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    out = json.loads(result.stdout.strip().splitlines()[-1])
+    assert out["signatures"] == ["serving_default", "token_ids"]
+    probabilities = np.array(out["probabilities"])
+    np.testing.assert_allclose(probabilities, keras_probabilities(exported, TEXTS),
+                               atol=1e-5)
+    np.testing.assert_allclose(probabilities.sum(-1), 1.0, atol=1e-5)
+    assert out["classes"] == [["neg", "pos"]] * len(TEXTS)
+    assert out["label"] == [["neg", "pos"][i] for i in out["label_id"]]
+    assert out["label_id"] == probabilities.argmax(-1).tolist()
+    np.testing.assert_allclose(np.array(out["ids_probabilities"]),
+                               keras_probabilities(exported, [""]), atol=1e-5)
+    warmup = read_warmup(version / "assets.extra" / "tf_serving_warmup_requests")
+    assert [len(batch) for batch in warmup] == [1, 4, 16]
+
+
+def test_text_tflite_takes_raw_strings(exported):
+    predictor = Predictor(exported / "export" / "tflite" / "slimbert-text.tflite")
+    assert predictor.format == "tflite-text" and predictor.runtime == "ai_edge_litert"
+    assert predictor.labels == ["neg", "pos"]
+    probabilities = predictor.predict_texts(TEXTS)
+    expected = keras_probabilities(exported, TEXTS)
+    np.testing.assert_allclose(probabilities, expected, atol=0.05)  # int8 weights
+    assert (probabilities.argmax(-1) == expected.argmax(-1)).all()
+    # The token-id cpu model, fed by the tokenizer beside it, gives the same answers.
+    cpu = Predictor(exported / "export" / "tflite" / "slimbert-cpu.tflite")
+    np.testing.assert_allclose(cpu.predict_texts(TEXTS), probabilities, atol=1e-4)
+
+
+def test_gate_failure_fails_the_stage_unless_forced(quantized_run, tmp_path, easy_data,
+                                                    capsys):
+    """A QAT model that disagrees with its source (the reference predictions flipped, as a
+    broken conversion would look) fails the export and leaves nothing; --force keeps it
+    and records the failure."""
+    run_dir = copy_run(quantized_run, tmp_path)
+    path = run_dir / "quantize" / "finetune" / "qat_predictions.npz"
+    saved = dict(np.load(path))
+    np.savez_compressed(path, labels=saved["labels"],
+                        probabilities=saved["probabilities"][:, ::-1])
+    args = [*easy_data, *TRAINED, *PRUNE, *QUANTIZE, "export.targets=[cpu, qat]"]
+    assert run_stage("export", run_dir, *args) == 2
+    err = capsys.readouterr().err
+    assert "export verification failed for qat" in err and "--force" in err
+    assert not (run_dir / "export").exists()
+    assert not list(run_dir.glob(".export*"))
+
+    cli = ["export", "--config", str(REPO / "configs" / "tiny.yaml"), "--run-dir",
+           str(run_dir), "--force"] + [x for a in args for x in ("--set", a)]
+    assert main(cli) == 0
+    m = manifest(run_dir, "export")["metrics"]
+    assert m["gate"]["forced"] and not m["gate"]["passed"]
+    assert m["targets"]["cpu"]["passed"] and not m["targets"]["qat"]["passed"]
+    assert m["targets"]["qat"]["agreement"] <= 0.1
+
+
+def test_unblessed_model_is_refused(quantized_run, tmp_path, easy_data, capsys):
+    """The easy task's model is always blessed, so the blessing is edited to what an
+    evaluation below `evaluate.min_accuracy` writes."""
+    run_dir = copy_run(quantized_run, tmp_path)
+    path = run_dir / "evaluate" / "blessing.json"
+    blessing = json.loads(path.read_text())
+    blessing["blessed"] = False
+    blessing["checks"]["accuracy"].update({"min": 1.01, "passed": False})
+    path.write_text(json.dumps(blessing))
+    args = [*easy_data, *TRAINED, *PRUNE, *QUANTIZE, "export.targets=[cpu]"]
+    assert run_stage("export", run_dir, *args) == 2
+    assert "not blessed" in capsys.readouterr().err
+    assert not (run_dir / "export").exists()
+
+
+def test_predict_command(exported, tmp_path, capsys):
+    cpu = exported / "export" / "tflite" / "slimbert-cpu.tflite"
+    version = exported / "export" / "saved_model" / "slimbert" / "1"
+    lines = tmp_path / "texts.txt"
+    lines.write_text("\n".join(TEXTS[:2]) + "\n\n", encoding="utf-8")
+    expected = keras_probabilities(exported, TEXTS[:2])
+    for model in (cpu, version):
+        assert main(["predict", str(model), "--file", str(lines), "--json"]) == 0
+        rows = [json.loads(x) for x in capsys.readouterr().out.strip().splitlines()]
+        assert [r["text"] for r in rows] == TEXTS[:2]
+        probs = np.array([[r["probabilities"]["neg"], r["probabilities"]["pos"]]
+                          for r in rows])
+        np.testing.assert_allclose(probs, expected, atol=0.02)
+        assert [r["label"] for r in rows] == [["neg", "pos"][i] for i in expected.argmax(-1)]
+    assert main(["predict", str(cpu), "one text"]) == 0
+    label, probability, text = capsys.readouterr().out.strip().split("\t")
+    assert label in ("neg", "pos") and 0.5 <= float(probability) <= 1 and text == "one text"
+
+    bad = tmp_path / "bad.txt"
+    bad.write_bytes(b"fine line\ncaf\xe9\n")
+    for args, message in (([str(cpu), "--file", str(bad)], "bad.txt:2: not UTF-8"),
+                          ([str(cpu)], "nothing to classify"),
+                          ([str(tmp_path / "missing.tflite"), "x"], "does not exist"),
+                          ([str(lines), "x"], "neither a SavedModel")):
+        assert main(["predict", *args]) == 2
+        assert message in capsys.readouterr().err
+
+
+def test_runtime_adapter(exported):
+    assert available_runtimes()[0] == "ai_edge_litert"
+    assert "tensorflow" in available_runtimes()
+    path = exported / "export" / "tflite" / "slimbert-int8.tflite"
+    outputs = {}
+    for runtime in ("ai_edge_litert", "tensorflow"):
+        interpreter, used = make_interpreter(model_path=path, runtime=runtime, num_threads=1)
+        assert used == runtime
+        for detail in interpreter.get_input_details():
+            interpreter.set_tensor(detail["index"],
+                                   np.ones(detail["shape"], detail["dtype"]))
+        interpreter.invoke()
+        outputs[runtime] = interpreter.get_tensor(interpreter.get_output_details()[0]["index"])
+    # int8 logits: XNNPACK (ai-edge-litert) and tf.lite's kernels may round differently.
+    difference = outputs["ai_edge_litert"].astype(int) - outputs["tensorflow"].astype(int)
+    assert np.abs(difference).max() <= 1
+    with pytest.raises(ValueError, match="exactly one"):
+        make_interpreter()
+    with pytest.raises(ValueError, match="runtime must be one of"):
+        make_interpreter(model_path=path, runtime="onnx")
