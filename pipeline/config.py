@@ -189,6 +189,10 @@ class FinetuneConfig:
         tpu: TPU address for the `tpu` strategy ("" = the local/colab TPU).
         precision: `float32`, `mixed_float16` (GPU) or `mixed_bfloat16` (TPU, recent CPUs).
         xla: compile the training step with XLA.
+        distill_weight: knowledge distillation from the fine-tuned float model (prune
+            and quantize training only): the loss is (1 - w) * cross-entropy + w * T^2 *
+            KL(teacher || student) at temperature T; 0 = off.
+        distill_temperature: T, the softmax temperature of the distillation term.
     """
 
     epochs: int = 3
@@ -206,6 +210,8 @@ class FinetuneConfig:
     tpu: str = ""
     precision: str = "float32"
     xla: bool = False
+    distill_weight: float = 0.0
+    distill_temperature: float = 2.0
 
     def __post_init__(self) -> None:
         for key in ("epochs", "batch_size", "eval_batch_size", "shuffle_buffer",
@@ -223,6 +229,9 @@ class FinetuneConfig:
                f"expected one of {', '.join(STRATEGIES)}, found {self.strategy!r}")
         _check(self.precision in PRECISIONS, "finetune.precision",
                f"expected one of {', '.join(PRECISIONS)}, found {self.precision!r}")
+        _check(0 <= self.distill_weight <= 1, "finetune.distill_weight", "expected 0..1")
+        _check(self.distill_temperature > 0, "finetune.distill_temperature",
+               "must be positive")
 
 
 @dataclass(frozen=True)
@@ -422,6 +431,10 @@ class PipelineConfig:
     export: ExportConfig = field(default_factory=ExportConfig)
 
     def __post_init__(self) -> None:
+        if self.finetune.distill_weight > 0:
+            raise ConfigError("invalid config value for 'finetune.distill_weight': "
+                              "fine-tuning has no teacher; distillation is for "
+                              "prune.train and quantize.train")
         needs = {"qat": "finetune", "pruned-qat": "prune"}
         for target, source in needs.items():
             if target in self.export.targets and not (

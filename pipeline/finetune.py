@@ -45,21 +45,39 @@ def fingerprint_config(config: PipelineConfig) -> dict[str, Any]:
     return {"seed": config.seed, "model": config.model, "finetune": config.finetune}
 
 
-def make_train_step(strategy, model, optimizer, loss_fn, metrics=(), xla: bool = False):
+def distillation_loss(student_logits, teacher_logits, temperature: float):
+    """Per-example T^2 * KL(softmax(teacher / T) || softmax(student / T))."""
+    import tensorflow as tf
+
+    t = tf.cast(teacher_logits, tf.float32) / temperature
+    s = tf.cast(student_logits, tf.float32) / temperature
+    kl = tf.reduce_sum(tf.nn.softmax(t) * (tf.nn.log_softmax(t) - tf.nn.log_softmax(s)), -1)
+    return kl * temperature * temperature
+
+
+def make_train_step(strategy, model, optimizer, loss_fn, metrics=(), xla: bool = False,
+                    teacher=None, distill_weight: float = 0.0,
+                    distill_temperature: float = 2.0):
     """`train_step(features, labels)`: one optimizer step on a distributed batch.
 
     The loss is averaged over the global batch; `metrics` are (mean loss, accuracy)
     metrics updated with the per-example loss and the logits. With `xla`, the replica
-    step is compiled with XLA.
+    step is compiled with XLA. With a `teacher` model and `distill_weight` w > 0 the
+    per-example loss is (1 - w) * loss_fn + w * `distillation_loss`.
     """
     import tensorflow as tf
 
     scaled = hasattr(optimizer, "get_scaled_loss")  # LossScaleOptimizer (mixed_float16)
+    distill = teacher is not None and distill_weight > 0
 
     def replica_step(features, labels):
         with tf.GradientTape() as tape:
             logits = model(features, training=True)
             per_example = loss_fn(labels, logits)
+            if distill:
+                teacher_logits = tf.stop_gradient(teacher(features, training=False))
+                per_example = (1 - distill_weight) * per_example + distill_weight * \
+                    distillation_loss(logits, teacher_logits, distill_temperature)
             loss = tf.nn.compute_average_loss(per_example)
             if scaled:
                 loss = optimizer.get_scaled_loss(loss)
@@ -98,6 +116,8 @@ class Trainer:
 
     A hook or `build_model` may set `trainer.best_from_step`: epochs ending earlier are
     never kept as the best (e.g. before pruning reaches its target sparsity).
+    `build_model` may set `trainer.teacher` (a Keras model, built in the strategy scope)
+    to distill from it when `train_cfg.distill_weight` > 0.
     """
 
     def __init__(self, config: PipelineConfig, train_cfg: FinetuneConfig, prep_dir: Path,
@@ -114,6 +134,7 @@ class Trainer:
         ft = train_cfg
         self.config, self.train_cfg, self.prep_dir, self.tf = config, ft, prep_dir, tf
         self.hooks, self.best_from_step, self.name = list(hooks), 0, name
+        self.teacher = None  # build_model may set a teacher for distillation
         self.labels = read_labels(prep_dir)
         info = json.loads((prep_dir / "tokenizer.json").read_text())
         self.max_len = info["max_seq_length"]
@@ -188,9 +209,15 @@ class Trainer:
 
     def _build_steps(self) -> None:
         model = self.model
+        ft = self.train_cfg
+        if ft.distill_weight > 0 and self.teacher is None:
+            raise ConfigError(f"{self.name}: distill_weight {ft.distill_weight} needs a "
+                              "teacher; only prune and quantize training distill from the "
+                              "fine-tuned model")
         self.train_step = make_train_step(
             self.strategy, model, self.optimizer, self.loss_fn,
-            (self.train_loss, self.train_accuracy), xla=self.train_cfg.xla)
+            (self.train_loss, self.train_accuracy), xla=ft.xla, teacher=self.teacher,
+            distill_weight=ft.distill_weight, distill_temperature=ft.distill_temperature)
 
         @self.tf.function(reduce_retracing=True)
         def predict_step(features):

@@ -4,7 +4,8 @@ Wraps the layers selected by `prune.include`/`prune.exclude` (by default every e
 linear kernel: attention query/key/value/output, FFN in/out, pooler) with
 `prune_low_magnitude` on the `prune.schedule` (PolynomialDecay or ConstantSparsity,
 optionally M:N structured), trains with `UpdatePruningStep` under the `prune.train`
-settings (same keys and resume behaviour as `finetune`), keeps the best epoch at full
+settings (same keys and resume behaviour as `finetune`; `prune.train.distill_weight`
+adds knowledge distillation from the fine-tuned model), keeps the best epoch at full
 target sparsity, strips the wrappers and evaluates the result like the evaluate stage.
 
     <run-dir>/prune/
@@ -55,6 +56,8 @@ def run(config: PipelineConfig, inputs: dict[str, Path], out_dir: Path,
 
     def build_model(trainer: Trainer):
         model, _ = load_model(source)
+        if cfg.train.distill_weight > 0:
+            trainer.teacher = load_model(source)[0]
         schedule = pruning.make_schedule(cfg, trainer.total_steps)
         trainer.best_from_step = pruning.schedule_end_step(schedule)
         selected.extend(pruning.select_layers(model, cfg.include, cfg.exclude))

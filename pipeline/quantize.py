@@ -5,7 +5,8 @@ one) it converts the `quantize.post_training` variants (float32, dynamic-range i
 float16, full-integer int8 calibrated on `quantize.representative_examples` training
 examples) and, with `quantize.qat`, runs quantization-aware training with tfmot
 (prune-preserving for the pruned source: every pruned zero survives) under the
-`quantize.train` settings (same keys and resume behaviour as `finetune`) and converts
+`quantize.train` settings (same keys and resume behaviour as `finetune`; with
+`quantize.train.distill_weight`, distilling from the fine-tuned model) and converts
 the result to an int8 TFLite model. Every TFLite model is run in ai-edge-litert on the
 test split; its accuracy, agreement with its Keras source, size and op census (op type x
 tensor dtypes; encoder matmuls in int8 or float) go into the manifest.
@@ -41,7 +42,9 @@ SOURCE_LABELS = {"finetune": "float", "prune": "pruned"}
 
 
 def input_names(config: PipelineConfig) -> tuple[str, ...]:
-    return ("prepare", *config.quantize.sources)
+    teacher = ("finetune",) if config.quantize.qat and \
+        config.quantize.train.distill_weight > 0 else ()
+    return tuple(dict.fromkeys(("prepare", *config.quantize.sources, *teacher)))
 
 
 def fingerprint_config(config: PipelineConfig) -> dict[str, Any]:
@@ -110,7 +113,8 @@ def _census_summary(census: dict[str, Any]) -> dict[str, Any]:
 
 
 def _qat(config: PipelineConfig, source: str, source_dir: Path, prep_dir: Path,
-         work_dir: Path, preserve_sparsity: bool, pruned: list[str]):
+         work_dir: Path, preserve_sparsity: bool, pruned: list[str],
+         teacher_dir: Path | None):
     """QAT-train a copy of the source model; returns (qat model, training report)."""
     from models import quantization as quant
     from models.artifact import load_model, read_meta
@@ -123,6 +127,8 @@ def _qat(config: PipelineConfig, source: str, source_dir: Path, prep_dir: Path,
 
     def build_model(trainer: Trainer):
         model, _ = load_model(source_dir)
+        if cfg.train.distill_weight > 0:
+            trainer.teacher = load_model(teacher_dir)[0]
         calibration = _calibration(prep_dir, cfg.calibration_batches, cfg.train.batch_size,
                                    config.seed) if cfg.calibration_batches else None
         qat_model = quant.quantize_for_training(model, preserve_sparsity=preserve_sparsity,
@@ -176,7 +182,8 @@ def run(config: PipelineConfig, inputs: dict[str, Path], out_dir: Path,
         jobs = [(kind, model) for kind in cfg.post_training]
         if cfg.qat:
             qat_model, report = _qat(config, source, source_dir, prep_dir,
-                                     work_dir / source, bool(pruned), pruned)
+                                     work_dir / source, bool(pruned), pruned,
+                                     inputs.get("finetune"))
             (out_dir / source / "qat_history.json").write_text(
                 json.dumps(report["training"]["history"], indent=2) + "\n")
             y_true, qat_probs = predict_keras(qat_model, prep_dir, split, batch_size)
