@@ -18,6 +18,7 @@ from models.artifact import load_model
 from models.optimization import WarmupLinearDecay, make_optimizer
 from pipeline.config import EvaluateConfig
 from pipeline.evaluate import bless, classification_metrics, predict_keras
+from pipeline.finetune import distillation_loss, make_train_step
 
 from .conftest import REPO, TINY, manifest, run_stage
 
@@ -185,3 +186,46 @@ def test_precision_and_xla_options_train(option, tmp_path, easy_data):
     assert m["best_val_accuracy"] >= 0.85
     model, _ = load_model(tmp_path / "finetune")
     assert model.get_layer("classifier").dtype == "float32"
+
+
+def test_distillation_loss_by_hand():
+    student = np.array([[1.0, -1.0, 0.5], [0.0, 0.0, 0.0]], np.float32)
+    teacher = np.array([[2.0, 0.0, -1.0], [0.0, 0.0, 0.0]], np.float32)
+    t = 2.0
+    p = np.exp(teacher / t) / np.exp(teacher / t).sum(-1, keepdims=True)
+    q = np.exp(student / t) / np.exp(student / t).sum(-1, keepdims=True)
+    expected = (p * (np.log(p) - np.log(q))).sum(-1) * t * t
+    got = distillation_loss(tf.constant(student), tf.constant(teacher), t).numpy()
+    np.testing.assert_allclose(got, expected, rtol=1e-5)
+    assert got[1] == 0.0
+
+
+def test_pure_distillation_follows_the_teacher_not_the_labels(trained_run):
+    """distill_weight 1: the labels are ignored (here: all flipped) and the student
+    learns the teacher's answers."""
+    from data.input import batch_examples, read_split
+    from models.bert import BertArchitecture, build_classifier
+
+    teacher, meta = load_model(trained_run / "finetune")
+    keras.utils.set_random_seed(0)
+    student = build_classifier(BertArchitecture(**meta["architecture"]), 2,
+                               pooling=meta["pooling"])
+    batches = list(batch_examples(read_split(trained_run / "prepare", "train",
+                                             with_text=False), 32))
+    loss_fn = keras.losses.SparseCategoricalCrossentropy(
+        from_logits=True, reduction=keras.losses.Reduction.NONE)
+    step = make_train_step(tf.distribute.get_strategy(), student,
+                           keras.optimizers.Adam(2e-3), loss_fn, teacher=teacher,
+                           distill_weight=1.0, distill_temperature=2.0)
+    for i in range(36):
+        features, labels = batches[i % len(batches)]
+        step(features, 1 - labels)
+    _, teacher_probs = predict_keras(teacher, trained_run / "prepare", "test", 64)
+    y, student_probs = predict_keras(student, trained_run / "prepare", "test", 64)
+    agreement = np.mean(student_probs.argmax(-1) == teacher_probs.argmax(-1))
+    assert agreement >= 0.9 and np.mean(student_probs.argmax(-1) == y) >= 0.85
+
+
+def test_finetune_cannot_distill(capsys, tmp_path):
+    assert run_stage("finetune", tmp_path, "finetune.distill_weight=0.5") == 2
+    assert "fine-tuning has no teacher" in capsys.readouterr().err
