@@ -11,9 +11,12 @@ layer                                  how it is quantized
 `BertSelfAttention`                    `AttentionQuantizeConfig`: its q/k/v/o kernels
                                        (8-bit, each with uniquely named range
                                        variables), no output quantizer
-`LayerNormalization`,                  `OutputQuantizeConfig`: output only
-`PositionEmbedding`
-`Add`, `Dropout`                       default registry (Add: output)
+`LayerNormalization`                    `OutputQuantizeConfig`: output only (the
+                                       input of the next matmul)
+`Add` (residuals, embedding sum),      float: the residual stream has outlier channels
+`PositionEmbedding`                    no per-tensor int8 range holds (`Add` gets
+                                       `PassThroughQuantizeConfig`)
+`Dropout`                              default registry (nothing to quantize)
 `ClsToken`                             `PassThroughQuantizeConfig` (nothing)
 the logits `Dense` (model output)      `DenseQuantizeConfig`: 8-bit kernel, output left
                                        to the converter's calibration
@@ -21,12 +24,13 @@ the logits `Dense` (model output)      `DenseQuantizeConfig`: 8-bit kernel, outp
 `AttentionMask`, `MaskedMeanPooling`   and tfmot would fake-quantize those inputs
 =====================================  ==============================================
 
-The embedding sum (`embeddings_add`) is quantized at its output; the word and segment
-lookups before it keep float outputs in training, and the converter calibrates them
-from the representative dataset. The FFN's exact GELU is tfmot's "gelu" (recognized by
-name, quantized before and after the activation, as TFLite runs GELU as its own op);
-a `Dense` with an activation tfmot does not know (our `gelu_approximate`) gets
-`DenseQuantizeConfig`: 8-bit kernel, quantized output.
+The FFN's exact GELU is tfmot's "gelu" (recognized by name, quantized before and after
+the activation, as TFLite runs GELU as its own int8 op); a `Dense` with an activation
+tfmot does not know (our `gelu_approximate`) gets `DenseQuantizeConfig`: 8-bit kernel,
+quantized output. The `qat_int8` conversion mirrors this: every matmul (projections,
+FFN, the two attention batch matmuls) runs in int8, and the residual adds and
+LayerNorm's arithmetic (`QAT_FLOAT_OPS`) stay float; the attention internals that QAT
+does not simulate (scores, softmax, context) take ranges from the representative data.
 
 Pruned models keep their sparsity through QAT with `preserve_sparsity=True`: Dense
 layers use tfmot's prune-preserving scheme, and our attention kernels multiply a 0/1
@@ -320,16 +324,34 @@ def _activation_name(layer: keras.layers.Layer) -> str:
     return getattr(activation, "__name__", type(activation).__name__)
 
 
+# The residual stream stays float: the sums that feed LayerNorm (`Add`, including the
+# embedding sum, and the position embeddings added into it) have outlier channels that
+# no per-tensor 8-bit range represents (measured on the default model: fake-quantizing
+# only these outputs flips 7% of the test predictions; only the LayerNorm outputs, 1%).
+# TFLite keeps the matching ops in float too (`QAT_FLOAT_OPS`).
+FLOAT = object()  # _config_for: leave the layer unannotated, in float
+# Ops the qat_int8 conversion leaves in float: the residual adds and LayerNorm's
+# arithmetic (mean, variance, rsqrt, scale); every matmul stays int8.
+QAT_FLOAT_OPS = ("ADD", "SUB", "MUL", "MEAN", "SQUARED_DIFFERENCE", "RSQRT")
+
+
 def _config_for(layer: keras.layers.Layer, preserve_sparsity: bool, is_output: bool
-                ) -> quantize.QuantizeConfig | None:
-    """Our QuantizeConfig for `layer`, or None for tfmot's default registry."""
+                ) -> quantize.QuantizeConfig | object | None:
+    """Our QuantizeConfig for `layer`, `FLOAT` to leave it in float, or None for tfmot's
+    default registry."""
     if isinstance(layer, keras.layers.Dense) and is_output and \
             _activation_name(layer) == "linear":
         return DenseQuantizeConfig(preserve_sparsity=preserve_sparsity,
                                    quantize_output=False)
     if isinstance(layer, BertSelfAttention):
         return AttentionQuantizeConfig(preserve_sparsity=preserve_sparsity)
-    if isinstance(layer, (keras.layers.LayerNormalization, PositionEmbedding)):
+    if isinstance(layer, keras.layers.Add):
+        # Annotated with nothing to quantize: left unannotated, tfmot would give it an
+        # output quantizer because it feeds an annotated LayerNorm.
+        return PassThroughQuantizeConfig()
+    if isinstance(layer, PositionEmbedding):
+        return FLOAT
+    if isinstance(layer, keras.layers.LayerNormalization):
         return OutputQuantizeConfig()
     if isinstance(layer, ClsToken):
         return PassThroughQuantizeConfig()
@@ -348,6 +370,8 @@ def _annotate(model: keras.Model, preserve_sparsity: bool) -> keras.Model:
         if layer.name in skip or isinstance(layer, keras.layers.InputLayer):
             return layer.__class__.from_config(layer.get_config())
         config = _config_for(layer, preserve_sparsity, layer.name in outputs)
+        if config is FLOAT:
+            return layer.__class__.from_config(layer.get_config())
         if config is None and not registry.supports(layer):
             log.info("quantization: leaving %s (%s) in float", layer.name,
                      type(layer).__name__)
@@ -517,7 +541,8 @@ def _concrete_function(model: keras.Model, seq_len: int):
 
 
 def to_tflite(model: keras.Model, kind: str, *, seq_len: int,
-              representative: Callable[[], Iterable[dict]] | None = None) -> bytes:
+              representative: Callable[[], Iterable[dict]] | None = None,
+              float_ops: Iterable[str] = QAT_FLOAT_OPS) -> bytes:
     """Convert a classifier to a TFLite flatbuffer (builtin ops only, never Flex).
 
     Args:
@@ -532,6 +557,9 @@ def to_tflite(model: keras.Model, kind: str, *, seq_len: int,
         representative: callable returning an iterable of feature dicts
             ({"input_ids", "input_mask", "segment_ids"}: int32 [1, seq_len]); needed by
             `full_int8` and `qat_int8`.
+        float_ops: TFLite op names `qat_int8` leaves in float (default `QAT_FLOAT_OPS`:
+            the residual stream and LayerNorm arithmetic, as QAT trained them); () for
+            every op in int8.
 
     Returns:
         The flatbuffer: inputs input_ids/input_mask/segment_ids int32 [1, seq_len]
@@ -563,7 +591,17 @@ def to_tflite(model: keras.Model, kind: str, *, seq_len: int,
         converter.inference_output_type = tf.int8
     with warnings.catch_warnings():  # the converter's calibrator uses tf.lite.Interpreter
         warnings.filterwarnings("ignore", message=".*tf.lite.Interpreter is deprecated")
-        flatbuffer = converter.convert()
+        if kind == "qat_int8" and float_ops:
+            # Calibrate, then quantize with the given ops left in float (the path of
+            # tf.lite.experimental.QuantizationDebugger's selective quantization).
+            from tensorflow.lite.python import convert
+
+            converter.experimental_new_quantizer = True
+            converter._experimental_calibrate_only = True  # noqa: SLF001
+            flatbuffer = convert.mlir_quantize(converter.convert(),
+                                               denylisted_ops=list(float_ops))
+        else:
+            flatbuffer = converter.convert()
     census = op_census(flatbuffer)
     if census["flex_ops"] or census["custom_ops"]:
         raise RuntimeError(f"{kind} TFLite model needs ops no runtime here has: "

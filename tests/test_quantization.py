@@ -117,17 +117,24 @@ def test_qat_quantizes_every_attention_kernel(tiny, qat):
         names = [w.name for w in layer.weights]
         assert len(names) == len(set(names))  # range variables do not collide
         assert sum("_kernel_min" in n for n in names) == 4
-    # Int32-fed layers stay unwrapped; the embedding sum, LayerNorm and FFN are wrapped.
+    # Int32-fed layers and the residual stream (adds, position embeddings) stay
+    # unwrapped, in float; LayerNorm and the FFN are wrapped.
     names = [layer.name for layer in model.layers]
-    for name in ("embeddings_word", "embeddings_type", "attention_mask", "mean_pooling"):
-        assert name in names
+    for name in ("embeddings_word", "embeddings_type", "attention_mask", "mean_pooling",
+                 "embeddings_position"):
+        assert name in names, name
+    adds = [n for n in names if n.endswith("_add")]
+    assert len(adds) == 5  # the embedding sum and 2 residuals per layer
+    for name in adds:
+        layer = model.get_layer(name)
+        assert isinstance(layer.quantize_config, quant.PassThroughQuantizeConfig), name
+        assert not layer._output_quantizers, name
     ffn = wrapper(model, "layer_0_ffn_in")
     assert [w.name for w, _, _ in ffn._weight_vars] == ["layer_0_ffn_in/kernel:0"]
     (gelu,) = ffn._quantize_activations  # exact GELU: tfmot knows "gelu" by name
     assert gelu.activation is keras.activations.gelu
     assert gelu._should_pre_quantize() and gelu._should_post_quantize()
-    for name in ("embeddings_add", "embeddings_norm", "embeddings_position",
-                 "layer_1_ffn_norm"):
+    for name in ("embeddings_norm", "layer_0_attention_norm", "layer_1_ffn_norm"):
         assert wrapper(model, name)._output_quantizers, name
     # Logits: quantized kernel, no fake-quant output (a range from before training
     # would clip logits that training grows; the converter calibrates it instead).
@@ -324,6 +331,11 @@ def test_op_census(tiny, flatbuffers):
         assert census[kind]["int8_matmuls"] == matmuls, kind
         assert census[kind]["ops"]["BATCH_MATMUL int8,int8->int8"] == 4, kind
     assert census["full_int8"]["ops"]["QUANTIZE float32->int8"] == 1  # the 0/1 mask
+    # qat_int8 keeps the residual stream and LayerNorm arithmetic in float, as trained.
+    qat_float = {key.split(" ")[0] for key in census["qat_int8"]["ops"] if "float32" in key}
+    assert {"ADD", "MEAN", "SQUARED_DIFFERENCE", "RSQRT"} <= qat_float
+    assert qat_float <= set(quant.QAT_FLOAT_OPS) | {"CAST", "QUANTIZE", "DEQUANTIZE", "SHAPE"}
+    assert "ADD int8,int8->int8" in census["full_int8"]["ops"]
     # Dynamic range: int8 weights with float activations for the 12 encoder
     # projections; the 4 attention batch matmuls (two activations) and the classifier
     # (64 weights, under the converter's 1024-element threshold) stay float.
