@@ -42,6 +42,7 @@ Example:
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import tensorflow as tf
@@ -212,14 +213,41 @@ class BertSelfAttention(keras.layers.MultiHeadAttention):
         **kwargs: `MultiHeadAttention` arguments (num_heads, key_dim, dropout, ...).
     """
 
+    # Points inside the attention computation where QAT fake-quantizes (in this order):
+    # the scaled query, key, value, the raw scores, the masked scores (softmax input),
+    # the probabilities and the context: the tensors an int8 TFLite model holds there.
+    QUANT_POINTS = ("query", "key", "value", "scores", "masked_scores", "probabilities",
+                    "context")
+
     def __init__(self, *args, mask_value: float = -100.0, **kwargs):
         super().__init__(*args, **kwargs)
         if mask_value >= 0:
             raise ValueError(f"mask_value must be negative, found {mask_value!r}")
         self.mask_value = float(mask_value)
+        # {point: fake_quant(tensor, training)}; set by models.quantization for QAT.
+        self._internal_quantizers = {}
+
+    def _fake_quant(self, point: str, x: tf.Tensor, training) -> tf.Tensor:
+        quantizer = self._internal_quantizers.get(point)
+        return x if quantizer is None else quantizer(x, training)
+
+    def _compute_attention(self, query, key, value, attention_mask=None, training=None):
+        # As MultiHeadAttention's, with the fake-quantization points of QAT.
+        query = self._fake_quant(
+            "query", tf.multiply(query, 1.0 / math.sqrt(float(self._key_dim))), training)
+        key = self._fake_quant("key", key, training)
+        value = self._fake_quant("value", value, training)
+        scores = self._fake_quant(
+            "scores", tf.einsum(self._dot_product_equation, key, query), training)
+        probabilities = self._masked_softmax(scores, attention_mask, training=training)
+        dropped = self._dropout_layer(probabilities, training=training)
+        context = self._fake_quant(
+            "context", tf.einsum(self._combine_equation, dropped, value), training)
+        return context, probabilities
 
     def _masked_softmax(self, attention_scores: tf.Tensor,
-                        attention_mask: tf.Tensor | None = None) -> tf.Tensor:
+                        attention_mask: tf.Tensor | None = None,
+                        training=None) -> tf.Tensor:
         # `attention_scores` = [B, N, T, S]; `attention_mask` = [B, T or 1, S].
         if attention_mask is not None:
             mask = tf.cast(attention_mask, attention_scores.dtype)
@@ -228,7 +256,8 @@ class BertSelfAttention(keras.layers.MultiHeadAttention):
                 mask = tf.expand_dims(mask, axis=mask_expansion_axis)
             attention_scores = attention_scores + (1.0 - mask) * tf.cast(
                 self.mask_value, attention_scores.dtype)
-        return self._softmax(attention_scores)
+        attention_scores = self._fake_quant("masked_scores", attention_scores, training)
+        return self._fake_quant("probabilities", self._softmax(attention_scores), training)
 
     def get_prunable_weights(self) -> list:
         """The q/k/v/o kernels (tfmot's registry matches the stock MHA class only)."""

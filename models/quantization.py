@@ -10,7 +10,11 @@ layer                                  how it is quantized
 `Dense` (FFN, pooler)                  default registry: 8-bit kernel + activation
 `BertSelfAttention`                    `AttentionQuantizeConfig`: its q/k/v/o kernels
                                        (8-bit, each with uniquely named range
-                                       variables), no output quantizer
+                                       variables) and its internals (scaled query,
+                                       key, value, scores, masked scores,
+                                       probabilities, context: the int8 tensors of the
+                                       TFLite model); no output quantizer
+the dropout after attention            `OutputQuantizeConfig`: the output projection
 `LayerNormalization`                    `OutputQuantizeConfig`: output only (the
                                        input of the next matmul)
 `Add` (residuals, embedding sum),      float: the residual stream has outlier channels
@@ -29,8 +33,8 @@ the activation, as TFLite runs GELU as its own int8 op); a `Dense` with an activ
 tfmot does not know (our `gelu_approximate`) gets `DenseQuantizeConfig`: 8-bit kernel,
 quantized output. The `qat_int8` conversion mirrors this: every matmul (projections,
 FFN, the two attention batch matmuls) runs in int8, and the residual adds and
-LayerNorm's arithmetic (`QAT_FLOAT_OPS`) stay float; the attention internals that QAT
-does not simulate (scores, softmax, context) take ranges from the representative data.
+LayerNorm's arithmetic (`QAT_FLOAT_OPS`) stay float; tensors QAT does not range take
+theirs from the representative data.
 
 Pruned models keep their sparsity through QAT with `preserve_sparsity=True`: Dense
 layers use tfmot's prune-preserving scheme, and our attention kernels multiply a 0/1
@@ -228,10 +232,38 @@ class AttentionQuantizeConfig(KernelsQuantizeConfig):
 
     def get_weights_and_quantizers(self, layer):
         _build_projections(layer)
+        _add_internal_quantizers(layer)
         return super().get_weights_and_quantizers(layer)
 
     def get_config(self) -> dict:
         return {"preserve_sparsity": self.preserve_sparsity}
+
+
+class _InternalQuantizer:
+    """One fake-quantization point inside an attention layer: an 8-bit moving-average
+    quantizer and its range variables (owned by the attention layer)."""
+
+    def __init__(self, quantizer, variables: dict) -> None:
+        self.quantizer = quantizer
+        self.variables = variables
+
+    def __call__(self, x: tf.Tensor, training) -> tf.Tensor:
+        return self.quantizer(x, False if training is None else training,
+                              weights=self.variables)
+
+
+def _add_internal_quantizers(layer: BertSelfAttention) -> None:
+    """Fake-quantize the attention internals (`BertSelfAttention.QUANT_POINTS`): the
+    int8 TFLite model computes scores, softmax and context in int8, so QAT trains with
+    them quantized too."""
+    if layer._internal_quantizers:  # noqa: SLF001
+        return
+    quantizers = {}
+    for point in BertSelfAttention.QUANT_POINTS:
+        quantizer = _output_quantizer()
+        variables = quantizer.build(tf.TensorShape(None), f"{point}_fq", layer)
+        quantizers[point] = _InternalQuantizer(quantizer, variables)
+    layer._internal_quantizers = quantizers  # noqa: SLF001
 
 
 def _build_projections(layer: BertSelfAttention) -> None:
@@ -351,7 +383,11 @@ def _config_for(layer: keras.layers.Layer, preserve_sparsity: bool, is_output: b
         return PassThroughQuantizeConfig()
     if isinstance(layer, PositionEmbedding):
         return FLOAT
-    if isinstance(layer, keras.layers.LayerNormalization):
+    if isinstance(layer, keras.layers.LayerNormalization) or (
+            isinstance(layer, keras.layers.Dropout) and
+            layer.name.endswith("_attention_dropout")):
+        # LayerNorm output: the next matmul's input. The dropout after attention holds
+        # the output projection's result, which TFLite computes in int8.
         return OutputQuantizeConfig()
     if isinstance(layer, ClsToken):
         return PassThroughQuantizeConfig()
@@ -484,6 +520,10 @@ def calibrate_ranges(qat_model: keras.Model, batches: Iterable) -> int:
         for activation in getattr(layer, "_quantize_activations", []):
             saved.append((activation, "quantizer", activation.quantizer))
             activation.quantizer = recorder
+        inner = getattr(layer, "layer", None)
+        for internal in getattr(inner, "_internal_quantizers", {}).values():
+            saved.append((internal, "quantizer", internal.quantizer))
+            internal.quantizer = recorder
     try:
         for batch in batches:
             features = batch[0] if isinstance(batch, (tuple, list)) else batch

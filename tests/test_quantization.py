@@ -12,7 +12,12 @@ from data.input import batch_examples, read_split
 from models import pruning
 from models import quantization as quant
 from models.artifact import load_model
-from models.bert import BertArchitecture, build_classifier, num_transformer_layers
+from models.bert import (
+    BertArchitecture,
+    BertSelfAttention,
+    build_classifier,
+    num_transformer_layers,
+)
 from pipeline.config import PruneConfig
 
 ATTENTION_KERNELS = ("query", "key", "value", "attention_output")
@@ -114,6 +119,14 @@ def test_qat_quantizes_every_attention_kernel(tiny, qat):
             step = variables["max_var"].numpy() / 127
             assert variables["max_var"].numpy() == pytest.approx(np.abs(weight.numpy()).max())
             assert np.abs(fake - weight.numpy()).max() <= step / 2 + 1e-6
+        # The attention internals are fake-quantized too, ranges from calibration.
+        internal = layer.layer._internal_quantizers
+        assert list(internal) == list(BertSelfAttention.QUANT_POINTS)
+        for point, fq in internal.items():
+            low, high = fq.variables["min_var"].numpy(), fq.variables["max_var"].numpy()
+            assert low <= 0 <= high and high - low > 0, point
+        probabilities = internal["probabilities"].variables
+        assert 0 < probabilities["max_var"].numpy() <= 1.0
         names = [w.name for w in layer.weights]
         assert len(names) == len(set(names))  # range variables do not collide
         assert sum("_kernel_min" in n for n in names) == 4
