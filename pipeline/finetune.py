@@ -273,14 +273,30 @@ class Trainer:
         return (tf.summary.create_file_writer(str(self.log_dir / "train")),
                 tf.summary.create_file_writer(str(self.log_dir / "validation")))
 
+    def _latest_checkpoint(self) -> str | None:
+        """The newest checkpoint: the manager's, or, when a kill came between writing
+        a checkpoint and recording it in the `checkpoint` state file, the newest
+        `ckpt-N` whose index and data files are on disk."""
+        if self.manager.latest_checkpoint:
+            return self.manager.latest_checkpoint
+        directory = Path(self.manager.directory)
+        numbered = []
+        for index in directory.glob("ckpt-*.index"):
+            prefix = str(index)[:-len(".index")]
+            if index.stem.split("-")[-1].isdigit() and list(directory.glob(
+                    f"{Path(prefix).name}.data-*")):
+                numbered.append((int(index.stem.split("-")[-1]), prefix))
+        return max(numbered)[1] if numbered else None
+
     def fit(self) -> dict[str, Any]:
         tf, ft = self.tf, self.train_cfg
         resumed_from = 0
-        if self.manager.latest_checkpoint:
-            self.ckpt.restore(self.manager.latest_checkpoint).assert_existing_objects_matched()
+        latest = self._latest_checkpoint()
+        if latest:
+            self.ckpt.restore(latest).assert_existing_objects_matched()
             resumed_from = int(self.optimizer.iterations.numpy())
-            log.info("resumed from %s at step %d of %d", self.manager.latest_checkpoint,
-                     resumed_from, self.total_steps)
+            log.info("resumed from %s at step %d of %d", latest, resumed_from,
+                     self.total_steps)
         history = json.loads(self.history_path.read_text()) if self.history_path.is_file() \
             else []
         step = resumed_from
