@@ -71,19 +71,15 @@ class Predictor:
             self.labels = (self.path / "assets" / "labels.txt").read_text(
                 encoding="utf-8").splitlines()
             return
-        from export.runtime import make_interpreter
+        from export.runtime import inputs_by_name, make_interpreter
 
         self.interpreter, self.runtime = make_interpreter(
             model_path=self.path, num_threads=num_threads,
             custom_ops=self.format == "tflite-text")
         self.labels = (self.path.parent / "labels.txt").read_text(
             encoding="utf-8").splitlines()
-        self._inputs = {}
-        for detail in self.interpreter.get_input_details():
-            name = next((n for n in (*INPUT_NAMES, "text") if n in detail["name"]), None)
-            if name is None:
-                raise ValueError(f"{self.path}: unexpected TFLite input {detail['name']!r}")
-            self._inputs[name] = detail
+        self._inputs = inputs_by_name(
+            self.interpreter, ("text",) if self.format == "tflite-text" else INPUT_NAMES)
         self._output = self.interpreter.get_output_details()[0]
         if self.format == "tflite":
             self.seq_len = int(self._inputs["input_ids"]["shape"][1])
@@ -108,6 +104,8 @@ class Predictor:
                     on_batch(len(chunk))
             return np.concatenate(out)
         if self.format == "tflite-text":
+            from export.runtime import read_output
+
             out = []
             detail = self._inputs["text"]
             if list(detail["shape"]) != [1]:
@@ -118,7 +116,7 @@ class Predictor:
                 self.interpreter.set_tensor(detail["index"],
                                             np.array([text.encode("utf-8")], dtype=object))
                 self.interpreter.invoke()
-                out.append(self._read_output()[0])
+                out.append(read_output(self.interpreter, self._output)[0])
                 if on_batch:
                     on_batch(1)
             return np.stack(out)
@@ -144,7 +142,7 @@ class Predictor:
                     on_batch: Callable[[int], object] | None = None) -> np.ndarray:
         """Probabilities float32 [N, C] for int32 [N, L] features (padded with 0)."""
         arrays = {name: np.asarray(features[name], dtype=np.int32) for name in INPUT_NAMES}
-        n, length = arrays["input_ids"].shape
+        n = arrays["input_ids"].shape[0]
         if self.format == "savedmodel":
             import tensorflow as tf
 
@@ -159,27 +157,12 @@ class Predictor:
                                                               np.float32)
         if self.format != "tflite":
             raise ValueError(f"{self.path} takes raw text, not token ids")
-        if length > self.seq_len:
-            raise ValueError(f"token ids of length {length} > the model's {self.seq_len}")
-        out = []
-        for i in range(n):
-            for name, detail in self._inputs.items():
-                row = np.pad(arrays[name][i:i + 1], ((0, 0), (0, self.seq_len - length)))
-                self.interpreter.set_tensor(detail["index"], row.astype(detail["dtype"]))
-            self.interpreter.invoke()
-            out.append(self._read_output()[0])
-            if on_batch:
-                on_batch(1)
-        return np.stack(out) if out else np.zeros((0, len(self.labels)), np.float32)
+        from export.runtime import run_token_ids
 
-    def _read_output(self) -> np.ndarray:
-        value = self.interpreter.get_tensor(self._output["index"])
-        if value.dtype != np.float32:
-            scale, zero_point = self._output["quantization"]
-            value = (value.astype(np.float32) - zero_point) * scale
-        if self.format == "tflite":  # token-id models return logits
-            return _softmax(value)
-        return value.astype(np.float32)
+        rows = ({name: value[i:i + 1] for name, value in arrays.items()} for i in range(n))
+        logits = run_token_ids(self.interpreter, rows,
+                               on_example=(lambda: on_batch(1)) if on_batch else None)
+        return _softmax(logits)  # token-id models return logits
 
 
 __all__ = ["Predictor", "model_format"]

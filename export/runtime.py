@@ -19,9 +19,11 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import os
+from collections.abc import Callable, Iterable
 from typing import Any
 
 RUNTIMES = ("ai_edge_litert", "tflite_runtime", "tensorflow")
+TOKEN_ID_INPUTS = ("input_ids", "input_mask", "segment_ids")
 
 
 def available_runtimes() -> list[str]:
@@ -83,4 +85,60 @@ def make_interpreter(*, model_path: str | os.PathLike | None = None,
     return interpreter, name
 
 
-__all__ = ["RUNTIMES", "available_runtimes", "make_interpreter"]
+def inputs_by_name(interpreter, names: tuple[str, ...]) -> dict[str, dict]:
+    """The interpreter's input details keyed by which of `names` each tensor name holds
+    (TFLite prefixes them, e.g. `serving_default_input_ids:0`)."""
+    out = {}
+    for detail in interpreter.get_input_details():
+        name = next((n for n in names if n in detail["name"]), None)
+        if name is None:
+            raise ValueError(f"unexpected TFLite input {detail['name']!r}; expected "
+                             f"{', '.join(names)}")
+        out[name] = detail
+    return out
+
+
+def read_output(interpreter, detail: dict):
+    """An output tensor as float32 (int8 outputs dequantized with their scale)."""
+    import numpy as np
+
+    value = interpreter.get_tensor(detail["index"])
+    if value.dtype != np.float32:
+        scale, zero_point = detail["quantization"]
+        value = (value.astype(np.float32) - zero_point) * scale
+    return value.astype(np.float32)
+
+
+def run_token_ids(interpreter, rows: Iterable[dict], on_example: Callable[[], Any] | None
+                  = None):
+    """Outputs (float32 [N, C]) of a token-id model, one example at a time.
+
+    Args:
+        interpreter: an allocated interpreter of a model with inputs `TOKEN_ID_INPUTS`
+            of shape [1, seq_len].
+        rows: single examples, {name: int [1, L]} with L <= seq_len (padded with 0).
+        on_example: called after each example (a progress bar's `update`).
+    """
+    import numpy as np
+
+    by_name = inputs_by_name(interpreter, TOKEN_ID_INPUTS)
+    output = interpreter.get_output_details()[0]
+    seq_len = int(by_name["input_ids"]["shape"][1])
+    out = []
+    for row in rows:
+        length = row["input_ids"].shape[1]
+        if length > seq_len:
+            raise ValueError(f"example of length {length} > the model's {seq_len}")
+        for name, detail in by_name.items():
+            value = np.pad(np.asarray(row[name]), ((0, 0), (0, seq_len - length)))
+            interpreter.set_tensor(detail["index"], value.astype(detail["dtype"]))
+        interpreter.invoke()
+        out.append(read_output(interpreter, output)[0])
+        if on_example is not None:
+            on_example()
+    num_classes = int(output["shape"][-1])
+    return np.stack(out) if out else np.zeros((0, num_classes), np.float32)
+
+
+__all__ = ["RUNTIMES", "TOKEN_ID_INPUTS", "available_runtimes", "inputs_by_name",
+           "make_interpreter", "read_output", "run_token_ids"]

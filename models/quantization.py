@@ -716,6 +716,13 @@ def op_census(tflite: bytes) -> dict[str, Any]:
             "flex_ops": sorted(set(flex))}
 
 
+def census_summary(census: dict[str, Any]) -> dict[str, Any]:
+    """`op_census` without the per-op table: matmul counts, op total, custom/Flex ops."""
+    return {key: census[key] for key in ("matmuls", "int8_matmuls", "hybrid_matmuls",
+                                         "float_matmuls", "other_matmuls", "total_ops",
+                                         "custom_ops", "flex_ops")}
+
+
 def matmul_weight_sparsity(tflite: bytes) -> dict[str, float]:
     """Zero fraction of every constant weight operand of the model's matmuls.
 
@@ -764,7 +771,8 @@ def _rows(batches) -> Iterable[dict[str, np.ndarray]]:
 
 def run_tflite(tflite: bytes, batches, *, num_threads: int | None = None,
                on_example: Callable[[], Any] | None = None) -> np.ndarray:
-    """Logits of a TFLite classifier, one example at a time, with ai-edge-litert.
+    """Logits of a TFLite classifier, one example at a time, with the runtime adapter
+    (ai-edge-litert first).
 
     Args:
         tflite: bytes. A flatbuffer from `to_tflite`.
@@ -776,39 +784,14 @@ def run_tflite(tflite: bytes, batches, *, num_threads: int | None = None,
     Returns:
         float32 [N, num_classes] (int8 logits are dequantized).
     """
-    from ai_edge_litert.interpreter import Interpreter
+    from export.runtime import make_interpreter, run_token_ids
 
-    interpreter = Interpreter(model_content=tflite, num_threads=num_threads)
-    interpreter.allocate_tensors()
-    by_name = {}
-    for detail in interpreter.get_input_details():
-        name = next((n for n in INPUT_NAMES if n in detail["name"]), None)
-        if name is None:
-            raise ValueError(f"unexpected TFLite input {detail['name']!r}")
-        by_name[name] = detail
-    output = interpreter.get_output_details()[0]
-    seq_len = int(by_name["input_ids"]["shape"][1])
-    scale, zero_point = output["quantization"]
-    logits = []
-    for row in _rows(batches):
-        length = row["input_ids"].shape[1]
-        if length > seq_len:
-            raise ValueError(f"example of length {length} > the model's {seq_len}")
-        for name, detail in by_name.items():
-            value = np.pad(row[name], ((0, 0), (0, seq_len - length)))
-            interpreter.set_tensor(detail["index"], value.astype(detail["dtype"]))
-        interpreter.invoke()
-        out = interpreter.get_tensor(output["index"])
-        if output["dtype"] != np.float32:
-            out = (out.astype(np.float32) - zero_point) * scale
-        logits.append(out[0])
-        if on_example is not None:
-            on_example()
-    return np.stack(logits).astype(np.float32)
+    interpreter, _ = make_interpreter(model_content=tflite, num_threads=num_threads)
+    return run_token_ids(interpreter, _rows(batches), on_example)
 
 
 __all__ = ["AttentionQuantizeConfig", "calibrate_ranges", "effective_kernels",
            "matmul_weight_sparsity", "DenseQuantizeConfig", "KINDS", "KernelQuantizer",
            "KernelsQuantizeConfig", "PassThroughQuantizeConfig", "OutputQuantizeConfig",
-           "custom_objects", "op_census", "quantize_for_training", "run_tflite",
+           "census_summary", "custom_objects", "op_census", "quantize_for_training", "run_tflite",
            "strip_for_export", "to_tflite"]

@@ -85,17 +85,15 @@ def _pruned_sparsity(kernels: dict[str, np.ndarray], pruned: list[str]) -> dict[
             if name.split("/")[0] in pruned}
 
 
-def _evaluate_tflite(flat: bytes, prep_dir: Path, split: str, batch_size: int,
-                     labels: list[str], reference: np.ndarray, desc: str) -> dict[str, Any]:
-    """Test metrics of a TFLite model run in ai-edge-litert, and its agreement with the
-    Keras model it came from (`reference`: that model's predicted classes)."""
-    from data.input import batch_examples, read_split
+def _evaluate_tflite(flat: bytes, batches: list, y_true: np.ndarray, labels: list[str],
+                     reference: np.ndarray, desc: str) -> dict[str, Any]:
+    """Test metrics of a TFLite model run in ai-edge-litert on `batches` (labels
+    `y_true`), and its agreement with the Keras model it came from (`reference`: that
+    model's predicted classes)."""
     from models.quantization import run_tflite
     from pipeline.evaluate import classification_metrics
     from pipeline.progress import progress
 
-    batches = list(batch_examples(read_split(prep_dir, split, with_text=False), batch_size))
-    y_true = np.concatenate([y.numpy() for _, y in batches])
     bar = progress(total=len(y_true), desc=desc, unit="ex")
     try:
         logits = run_tflite(flat, batches, on_example=bar.update)
@@ -105,11 +103,6 @@ def _evaluate_tflite(flat: bytes, prep_dir: Path, split: str, batch_size: int,
     metrics = classification_metrics(y_true, predicted, labels)
     metrics["agreement_with_source"] = round(float(np.mean(predicted == reference)), 6)
     return metrics
-
-
-def _census_summary(census: dict[str, Any]) -> dict[str, Any]:
-    return {key: census[key] for key in ("matmuls", "int8_matmuls", "hybrid_matmuls",
-                                         "float_matmuls", "other_matmuls", "total_ops")}
 
 
 def _qat(config: PipelineConfig, source: str, source_dir: Path, prep_dir: Path,
@@ -150,6 +143,7 @@ def _qat(config: PipelineConfig, source: str, source_dir: Path, prep_dir: Path,
 
 def run(config: PipelineConfig, inputs: dict[str, Path], out_dir: Path,
         work_dir: Path) -> dict[str, Any]:
+    from data.input import batch_examples, read_split
     from models import quantization as quant
     from models.artifact import TOKENIZER_FILES, load_model, read_meta
     from pipeline.evaluate import predict_keras
@@ -168,6 +162,10 @@ def run(config: PipelineConfig, inputs: dict[str, Path], out_dir: Path,
 
     def representative():
         return iter(representative_rows)
+
+    test_batches = list(batch_examples(read_split(prep_dir, split, with_text=False),
+                                       batch_size))
+    y_test = np.concatenate([y.numpy() for _, y in test_batches])
 
     variants: dict[str, dict[str, Any]] = {}
     qat_reports: dict[str, Any] = {}
@@ -202,7 +200,7 @@ def run(config: PipelineConfig, inputs: dict[str, Path], out_dir: Path,
             path = out_dir / source / f"{kind}.tflite"
             path.write_bytes(flat)
             census = quant.op_census(flat)
-            metrics = _evaluate_tflite(flat, prep_dir, split, batch_size, labels, reference,
+            metrics = _evaluate_tflite(flat, test_batches, y_test, labels, reference,
                                        desc=name)
             weights = quant.matmul_weight_sparsity(flat)
             variant = {
@@ -214,7 +212,7 @@ def run(config: PipelineConfig, inputs: dict[str, Path], out_dir: Path,
                 "gzip_bytes": len(gzip.compress(flat, compresslevel=9)),
                 "accuracy": metrics["accuracy"], "macro_f1": metrics["macro_f1"],
                 "agreement_with_source": metrics["agreement_with_source"],
-                "metrics": metrics, "census": _census_summary(census),
+                "metrics": metrics, "census": quant.census_summary(census),
                 "ops": census["ops"]}
             if pruned:
                 variant["sparsity"] = _sparsity_summary(
