@@ -193,6 +193,9 @@ class FinetuneConfig:
             and quantize training only): the loss is (1 - w) * cross-entropy + w * T^2 *
             KL(teacher || student) at temperature T; 0 = off.
         distill_temperature: T, the softmax temperature of the distillation term.
+        distill_hidden_weight: h, adds h * the mean squared difference between the
+            student's and the teacher's hidden states after every transformer layer
+            (padding excluded) to the loss; needs a teacher like distill_weight; 0 = off.
     """
 
     epochs: int = 3
@@ -212,6 +215,7 @@ class FinetuneConfig:
     xla: bool = False
     distill_weight: float = 0.0
     distill_temperature: float = 2.0
+    distill_hidden_weight: float = 0.0
 
     def __post_init__(self) -> None:
         for key in ("epochs", "batch_size", "eval_batch_size", "shuffle_buffer",
@@ -232,6 +236,13 @@ class FinetuneConfig:
         _check(0 <= self.distill_weight <= 1, "finetune.distill_weight", "expected 0..1")
         _check(self.distill_temperature > 0, "finetune.distill_temperature",
                "must be positive")
+        _check(self.distill_hidden_weight >= 0, "finetune.distill_hidden_weight",
+               "must be >= 0")
+
+    @property
+    def distills(self) -> bool:
+        """Whether training needs a teacher (any distillation term is on)."""
+        return self.distill_weight > 0 or self.distill_hidden_weight > 0
 
 
 @dataclass(frozen=True)
@@ -431,10 +442,11 @@ class PipelineConfig:
     export: ExportConfig = field(default_factory=ExportConfig)
 
     def __post_init__(self) -> None:
-        if self.finetune.distill_weight > 0:
-            raise ConfigError("invalid config value for 'finetune.distill_weight': "
-                              "fine-tuning has no teacher; distillation is for "
-                              "prune.train and quantize.train")
+        for key in ("distill_weight", "distill_hidden_weight"):
+            if getattr(self.finetune, key) > 0:
+                raise ConfigError(f"invalid config value for 'finetune.{key}': "
+                                  "fine-tuning has no teacher; distillation is for "
+                                  "prune.train and quantize.train")
         needs = {"qat": "finetune", "pruned-qat": "prune"}
         for target, source in needs.items():
             if target in self.export.targets and not (

@@ -55,29 +55,81 @@ def distillation_loss(student_logits, teacher_logits, temperature: float):
     return kl * temperature * temperature
 
 
+def hidden_state_model(model):
+    """`model` with the hidden state after every transformer layer as extra outputs.
+
+    The layers are found by name (`layer_<i>_ffn_norm`, whatever prefix a tfmot wrapper
+    added), so this works on the plain, the pruning-wrapped and the QAT model alike; the
+    returned model shares `model`'s layers and variables.
+    """
+    import re
+
+    import tf_keras as keras
+
+    norms = sorted((layer for layer in model.layers
+                    if re.fullmatch(r"(.*_)?layer_\d+_ffn_norm", layer.name)),
+                   key=lambda layer: int(re.search(r"layer_(\d+)_ffn_norm", layer.name)[1]))
+    if not norms:
+        raise ValueError(f"model {model.name!r} has no layer_<i>_ffn_norm layers")
+
+    def output_in_model(layer):
+        # A layer that clone_model shared with the source model has one node per model.
+        for index, node in enumerate(layer._inbound_nodes):
+            if f"{layer.name}_ib-{index}" in model._network_nodes:
+                return node.outputs
+        raise ValueError(f"layer {layer.name!r} is not connected in {model.name!r}")
+
+    return keras.Model(model.inputs, [model.outputs[0], *map(output_in_model, norms)])
+
+
+def hidden_distillation_loss(student_states, teacher_states, mask):
+    """Per-example mean over layers, real tokens and features of (student - teacher)^2."""
+    import tensorflow as tf
+
+    mask = tf.cast(mask, tf.float32)[:, :, None]
+    tokens = tf.maximum(tf.reduce_sum(mask, [1, 2]), 1.0)
+    total = 0.0
+    for s, t in zip(student_states, teacher_states):
+        diff = tf.square(tf.cast(s, tf.float32) - tf.cast(tf.stop_gradient(t), tf.float32))
+        total += tf.reduce_sum(tf.reduce_mean(diff, -1, keepdims=True) * mask, [1, 2]) / tokens
+    return total / len(student_states)
+
+
 def make_train_step(strategy, model, optimizer, loss_fn, metrics=(), xla: bool = False,
                     teacher=None, distill_weight: float = 0.0,
-                    distill_temperature: float = 2.0):
+                    distill_temperature: float = 2.0, distill_hidden_weight: float = 0.0):
     """`train_step(features, labels)`: one optimizer step on a distributed batch.
 
     The loss is averaged over the global batch; `metrics` are (mean loss, accuracy)
     metrics updated with the per-example loss and the logits. With `xla`, the replica
     step is compiled with XLA. With a `teacher` model and `distill_weight` w > 0 the
-    per-example loss is (1 - w) * loss_fn + w * `distillation_loss`.
+    per-example loss is (1 - w) * loss_fn + w * `distillation_loss`; with
+    `distill_hidden_weight` h > 0, h * `hidden_distillation_loss` is added.
     """
     import tensorflow as tf
 
     scaled = hasattr(optimizer, "get_scaled_loss")  # LossScaleOptimizer (mixed_float16)
     distill = teacher is not None and distill_weight > 0
+    hidden = teacher is not None and distill_hidden_weight > 0
+    student_fn, teacher_fn = model, teacher
+    if hidden:
+        student_fn, teacher_fn = hidden_state_model(model), hidden_state_model(teacher)
 
     def replica_step(features, labels):
         with tf.GradientTape() as tape:
-            logits = model(features, training=True)
+            outputs = student_fn(features, training=True)
+            logits = outputs[0] if hidden else outputs
             per_example = loss_fn(labels, logits)
+            if distill or hidden:
+                teacher_outputs = teacher_fn(features, training=False)
+                teacher_logits = tf.stop_gradient(
+                    teacher_outputs[0] if hidden else teacher_outputs)
             if distill:
-                teacher_logits = tf.stop_gradient(teacher(features, training=False))
                 per_example = (1 - distill_weight) * per_example + distill_weight * \
                     distillation_loss(logits, teacher_logits, distill_temperature)
+            if hidden:
+                per_example += distill_hidden_weight * hidden_distillation_loss(
+                    outputs[1:], teacher_outputs[1:], features["input_mask"])
             loss = tf.nn.compute_average_loss(per_example)
             if scaled:
                 loss = optimizer.get_scaled_loss(loss)
@@ -117,7 +169,7 @@ class Trainer:
     A hook or `build_model` may set `trainer.best_from_step`: epochs ending earlier are
     never kept as the best (e.g. before pruning reaches its target sparsity).
     `build_model` may set `trainer.teacher` (a Keras model, built in the strategy scope)
-    to distill from it when `train_cfg.distill_weight` > 0.
+    to distill from it when `train_cfg.distill_weight` or `distill_hidden_weight` > 0.
     """
 
     def __init__(self, config: PipelineConfig, train_cfg: FinetuneConfig, prep_dir: Path,
@@ -210,14 +262,15 @@ class Trainer:
     def _build_steps(self) -> None:
         model = self.model
         ft = self.train_cfg
-        if ft.distill_weight > 0 and self.teacher is None:
-            raise ConfigError(f"{self.name}: distill_weight {ft.distill_weight} needs a "
+        if ft.distills and self.teacher is None:
+            raise ConfigError(f"{self.name}: distillation needs a "
                               "teacher; only prune and quantize training distill from the "
                               "fine-tuned model")
         self.train_step = make_train_step(
             self.strategy, model, self.optimizer, self.loss_fn,
             (self.train_loss, self.train_accuracy), xla=ft.xla, teacher=self.teacher,
-            distill_weight=ft.distill_weight, distill_temperature=ft.distill_temperature)
+            distill_weight=ft.distill_weight, distill_temperature=ft.distill_temperature,
+            distill_hidden_weight=ft.distill_hidden_weight)
 
         @self.tf.function(reduce_retracing=True)
         def predict_step(features):

@@ -56,7 +56,7 @@ def run(config: PipelineConfig, inputs: dict[str, Path], out_dir: Path,
 
     def build_model(trainer: Trainer):
         model, _ = load_model(source)
-        if cfg.train.distill_weight > 0:
+        if cfg.train.distills:
             trainer.teacher = load_model(source)[0]
         schedule = pruning.make_schedule(cfg, trainer.total_steps)
         trainer.best_from_step = pruning.schedule_end_step(schedule)

@@ -43,7 +43,7 @@ SOURCE_LABELS = {"finetune": "float", "prune": "pruned"}
 
 def input_names(config: PipelineConfig) -> tuple[str, ...]:
     teacher = ("finetune",) if config.quantize.qat and \
-        config.quantize.train.distill_weight > 0 else ()
+        config.quantize.train.distills else ()
     return tuple(dict.fromkeys(("prepare", *config.quantize.sources, *teacher)))
 
 
@@ -120,7 +120,7 @@ def _qat(config: PipelineConfig, source: str, source_dir: Path, prep_dir: Path,
 
     def build_model(trainer: Trainer):
         model, _ = load_model(source_dir)
-        if cfg.train.distill_weight > 0:
+        if cfg.train.distills:
             trainer.teacher = load_model(teacher_dir)[0]
         calibration = _calibration(prep_dir, cfg.calibration_batches, cfg.train.batch_size,
                                    config.seed) if cfg.calibration_batches else None

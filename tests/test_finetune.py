@@ -18,7 +18,12 @@ from models.artifact import load_model
 from models.optimization import WarmupLinearDecay, make_optimizer
 from pipeline.config import EvaluateConfig
 from pipeline.evaluate import bless, classification_metrics, predict_keras
-from pipeline.finetune import distillation_loss, make_train_step
+from pipeline.finetune import (
+    distillation_loss,
+    hidden_distillation_loss,
+    hidden_state_model,
+    make_train_step,
+)
 
 from .conftest import REPO, TINY, manifest, run_stage
 
@@ -230,6 +235,66 @@ def test_pure_distillation_follows_the_teacher_not_the_labels(trained_run):
     assert agreement >= 0.9 and np.mean(student_probs.argmax(-1) == y) >= 0.85
 
 
+def test_hidden_distillation_loss_by_hand():
+    rng = np.random.default_rng(0)
+    student = [rng.normal(size=(2, 4, 3)).astype(np.float32) for _ in range(2)]
+    teacher = [rng.normal(size=(2, 4, 3)).astype(np.float32) for _ in range(2)]
+    mask = np.array([[1, 1, 1, 0], [1, 0, 0, 0]], np.int32)
+    expected = np.zeros(2)
+    for s, t in zip(student, teacher):
+        per_token = ((s - t) ** 2).mean(-1)
+        expected += (per_token * mask).sum(-1) / mask.sum(-1)
+    got = hidden_distillation_loss([tf.constant(x) for x in student],
+                                   [tf.constant(x) for x in teacher], tf.constant(mask))
+    np.testing.assert_allclose(got.numpy(), expected / 2, rtol=1e-5)
+
+
+def test_hidden_distillation_pulls_a_pruned_student_to_the_teacher(trained_run):
+    """On the pruning-wrapped clone (whose norms are shared with the source model),
+    hidden-state distillation alone lowers the hidden-state gap to the teacher."""
+    import tensorflow_model_optimization as tfmot
+
+    from data.input import batch_examples, read_split
+    from models import pruning
+
+    teacher, _ = load_model(trained_run / "finetune")
+    student, _ = load_model(trained_run / "finetune")
+    wrapped = pruning.wrap_for_pruning(
+        student, tfmot.sparsity.keras.ConstantSparsity(0.9, 0, frequency=1),
+        (".*",), ("embeddings_.*", "classifier"))
+    hidden_student, hidden_teacher = hidden_state_model(wrapped), hidden_state_model(teacher)
+    assert len(hidden_student.outputs) == 1 + 2  # logits + the tiny model's 2 layers
+    features, labels = next(iter(batch_examples(
+        read_split(trained_run / "prepare", "train", with_text=False), 32)))
+
+    def gap():
+        return float(np.mean(hidden_distillation_loss(
+            hidden_student(features)[1:], hidden_teacher(features)[1:],
+            features["input_mask"])))
+
+    optimizer = keras.optimizers.Adam(1e-3)
+    hook = pruning.PruningStepHook()
+    trainer = type("T", (), {"model": wrapped, "optimizer": optimizer})()
+    hook.on_train_begin(trainer)
+    loss_fn = keras.losses.SparseCategoricalCrossentropy(
+        from_logits=True, reduction=keras.losses.Reduction.NONE)
+    step = make_train_step(tf.distribute.get_strategy(), wrapped, optimizer,
+                           lambda y, logits: 0.0 * loss_fn(y, logits), teacher=teacher,
+                           distill_hidden_weight=1.0)
+    hook.on_step_begin(trainer)
+    step(features, labels)  # applies the 90% masks
+    before = gap()
+    for _ in range(30):
+        hook.on_step_begin(trainer)
+        step(features, labels)
+    assert before > 0 and gap() < 0.8 * before
+    kernels = pruning.kernel_sparsity(pruning.strip(wrapped), pruning.select_layers(
+        student, (".*",), ("embeddings_.*", "classifier")))
+    assert min(k["sparsity"] for k in kernels.values()) >= 0.89
+
+
 def test_finetune_cannot_distill(capsys, tmp_path):
     assert run_stage("finetune", tmp_path, "finetune.distill_weight=0.5") == 2
     assert "fine-tuning has no teacher" in capsys.readouterr().err
+    assert run_stage("finetune", tmp_path, "finetune.distill_hidden_weight=1") == 2
+    assert "'finetune.distill_hidden_weight'" in capsys.readouterr().err
