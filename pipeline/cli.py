@@ -175,6 +175,9 @@ def main(argv: list[str] | None = None) -> int:
             for name, seconds in timings:
                 print(f"{name:<10} {seconds:8.1f} s   {run_dir / name}")
             print(f"{'total':<10} {sum(s for _, s in timings):8.1f} s")
+            report = run_dir / "report" / "report.md"
+            if report.is_file():
+                print(f"report: {report}")
         return 0
     except SlimbertError as err:
         print(f"slimbert: error: {err}", file=sys.stderr)

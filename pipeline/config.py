@@ -429,6 +429,36 @@ class ExportConfig:
 
 
 @dataclass(frozen=True)
+class ReportConfig:
+    """The run report (stage `report`): every model's accuracy, size and speed.
+
+    Attributes:
+        latency_runs: batch-1 calls timed per model and thread count (median, p95).
+        warmup: untimed calls before timing.
+        threads: thread counts to time batch 1 with (0 = all cores).
+        throughput_batch: batch size of the throughput figure (all cores).
+        throughput_runs: timed batches per model (0 = no throughput figure).
+        examples: test examples the timed calls cycle through.
+    """
+
+    latency_runs: int = 50
+    warmup: int = 3
+    threads: tuple[int, ...] = (1, 0)
+    throughput_batch: int = 32
+    throughput_runs: int = 3
+    examples: int = 256
+
+    def __post_init__(self) -> None:
+        for key in ("latency_runs", "throughput_batch", "examples"):
+            _check(getattr(self, key) > 0, f"report.{key}", "must be positive")
+        for key in ("warmup", "throughput_runs"):
+            _check(getattr(self, key) >= 0, f"report.{key}", "must be >= 0")
+        _check(len(self.threads) > 0 and all(t >= 0 for t in self.threads)
+               and len(set(self.threads)) == len(self.threads), "report.threads",
+               f"expected distinct counts >= 0 (0 = all cores), found {list(self.threads)}")
+
+
+@dataclass(frozen=True)
 class PipelineConfig:
     """The whole pipeline: a seed and one section per stage."""
 
@@ -440,6 +470,7 @@ class PipelineConfig:
     prune: PruneConfig = field(default_factory=PruneConfig)
     quantize: QuantizeConfig = field(default_factory=QuantizeConfig)
     export: ExportConfig = field(default_factory=ExportConfig)
+    report: ReportConfig = field(default_factory=ReportConfig)
 
     def __post_init__(self) -> None:
         for key in ("distill_weight", "distill_hidden_weight"):

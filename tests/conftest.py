@@ -85,3 +85,20 @@ def quantized_run(trained_run, tmp_path_factory, easy_data):
     assert run_stage("prune", run_dir, *easy_data, *TRAINED, *PRUNE) == 0
     assert run_stage("quantize", run_dir, *easy_data, *TRAINED, *PRUNE, *QUANTIZE) == 0
     return run_dir
+
+
+def copy_run(source, target, stages=("prepare", "finetune", "evaluate", "prune", "quantize")):
+    """Copy the named stage artifacts of a run into `target` (returned)."""
+    import shutil
+
+    for stage in stages:
+        shutil.copytree(Path(source) / stage, Path(target) / stage)
+    return Path(target)
+
+
+@pytest.fixture(scope="session")
+def exported_run(quantized_run, tmp_path_factory, easy_data):
+    """The quantized run plus `slimbert export` of every default target (read-only)."""
+    run_dir = copy_run(quantized_run, tmp_path_factory.mktemp("exported"))
+    assert run_stage("export", run_dir, *easy_data, *TRAINED, *PRUNE, *QUANTIZE) == 0
+    return run_dir

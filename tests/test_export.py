@@ -3,7 +3,6 @@ process and gated; the SavedModel and raw-string TFLite model used as their user
 `slimbert predict`; the runtime adapter."""
 
 import json
-import shutil
 import subprocess
 import sys
 import textwrap
@@ -17,24 +16,16 @@ from export.savedmodel import read_warmup
 from models.artifact import load_model
 from pipeline.cli import main
 
-from .conftest import PRUNE, QUANTIZE, REPO, TRAINED, manifest, run_stage
+from .conftest import PRUNE, QUANTIZE, REPO, TRAINED, copy_run, manifest, run_stage
 
 TARGETS = ("savedmodel", "cpu", "gpu", "int8", "qat", "pruned-qat", "text")
 TEXTS = ["a moving, beautifully acted film", "dull, tedious and far too long", "",
          "Ünïcödé and emoji 🎬 are fine"]
 
 
-def copy_run(quantized_run, tmp_path):
-    for stage in ("prepare", "finetune", "evaluate", "prune", "quantize"):
-        shutil.copytree(quantized_run / stage, tmp_path / stage)
-    return tmp_path
-
-
 @pytest.fixture(scope="module")
-def exported(quantized_run, tmp_path_factory, easy_data):
-    run_dir = copy_run(quantized_run, tmp_path_factory.mktemp("exported"))
-    assert run_stage("export", run_dir, *easy_data, *TRAINED, *PRUNE, *QUANTIZE) == 0
-    return run_dir
+def exported(exported_run):
+    return exported_run
 
 
 def keras_probabilities(run_dir, texts):

@@ -1,0 +1,630 @@
+"""CPU inference: our TFLite models in ai-edge-litert against ONNX Runtime, same weights.
+
+The fine-tuned classifier of a run (`<run-dir>/finetune/model.keras`) runs as:
+
+- TFLite in ai-edge-litert (XNNPACK): `float32` (the quantize stage's reference
+  conversion), `cpu` (the export target: dynamic-range int8, int8 weights with the
+  activations quantized on the fly) and `int8` (full-integer int8 weights and activations:
+  the export target, or the quantize stage's `full_int8` when the run did not export it);
+- ONNX Runtime (CPUExecutionProvider): the Keras model converted with tf2onnx (opset 17)
+  in fp32, and that model through `onnxruntime.quantization.quantize_dynamic` with QInt8
+  weights (ORT's counterpart of `cpu`).
+
+Inputs are real test-split token ids (`input_ids`, `input_mask`, `segment_ids`, int32)
+padded to the sequence length (`data.max_seq_length` of `--config`, or `--seq-len`). Every
+variant is timed per call at batch 1 (median and p95 latency) and at batch 32 (examples/s),
+all with the same thread count (`--threads`: the TFLite interpreter's `num_threads` and
+ORT's `intra_op_num_threads`; ORT's threads do not spin-wait unless `--ort-spinning`, as
+spinning made it twice as slow on 2 shared cores), in alternating rounds in one process,
+so machine noise hits all alike. A speed-up is the median over rounds of the ratio
+measured within each round; the ratios are what count, not the absolute times. The
+TFLite models have a fixed [1, L] input; batch 32 resizes it (`resize_tensor_input`), and
+a model that cannot be resized runs 32 single invokes (the table says so). Before
+timing, every variant predicts the first `--agreement` test examples: ORT fp32 must agree
+with TFLite float32 on >= 99% of the argmaxes (the conversion is faithful), else the
+script exits with status 1 after reporting.
+
+Conversion (cached by model hash and settings in `--cache-dir`, default a folder in the
+system temp dir, never in the repository):
+- tf2onnx has no handler for TF's `Erfc` (our exact GELU); it is mapped to `1 - Erf`.
+- `quantize_dynamic` only quantizes `MatMul` nodes whose weight is an initializer, and
+  tf2onnx emits the attention projections as `Gemm` (one with a weight reshaped at run
+  time): the fp32 graph is first constant-folded with ORT's `quant_pre_process` and every
+  `Gemm` rewritten as `MatMul` (+ `Add`), so all 37 weight matmuls become int8, as in the
+  TFLite `cpu` model. The fp32 variant is tf2onnx's graph unchanged.
+- If the run's TFLite files have another sequence length than asked for, the three TFLite
+  variants are converted again from the Keras model (`models.quantization.to_tflite`, the
+  full-integer one calibrated as the quantize stage does).
+
+    python benchmarks/inference_vs_onnxruntime.py [--run-dir runs/default]
+        [--config configs/default.yaml] [--seq-len N] [--threads N] [--rounds 6]
+        [--calls 30] [--batch 32] [--batch-calls 4] [--agreement 200] [--ort-spinning]
+        [--cache-dir DIR] [--json out.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import hashlib
+import importlib.metadata
+import json
+import logging
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+import pipeline  # noqa: F401  (Keras 2 for tf.keras, before TensorFlow is imported)
+from export.runtime import TOKEN_ID_INPUTS, inputs_by_name, make_interpreter, read_output
+
+OPSET = 17
+RECIPE = 2  # bump when the ONNX conversion recipe changes (invalidates the cache)
+MIN_AGREEMENT = 0.99
+REFERENCE = "TFLite float32"
+ORT_FP32 = "ORT fp32"
+ORT_INT8 = "ORT int8"
+TFLITE_CPU = "TFLite cpu"
+
+
+# === Inputs ===
+
+
+def test_examples(prep_dir: Path, seq_len: int) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """The whole test split as int32 [N, seq_len] features (padded with [PAD] = 0,
+    truncated if longer) and the labels."""
+    from data.input import read_split
+
+    rows, labels = [], []
+    for example in read_split(prep_dir, "test", with_text=False).as_numpy_iterator():
+        ids = example["input_ids"][:seq_len]
+        rows.append(np.pad(ids, (0, seq_len - len(ids))))
+        labels.append(int(example["label"]))
+    ids = np.stack(rows).astype(np.int32)
+    features = {"input_ids": ids, "input_mask": (ids != 0).astype(np.int32),
+                "segment_ids": np.zeros_like(ids)}
+    return features, np.array(labels)
+
+
+def take(features: dict[str, np.ndarray], start: int, count: int) -> dict[str, np.ndarray]:
+    """`count` consecutive examples from `start`, wrapping around the split."""
+    n = len(features["input_ids"])
+    index = np.arange(start, start + count) % n
+    return {name: np.ascontiguousarray(value[index]) for name, value in features.items()}
+
+
+# === TFLite ===
+
+
+def tflite_seq_len(path: Path) -> int:
+    interpreter, _ = make_interpreter(model_path=path)
+    return int(inputs_by_name(interpreter, TOKEN_ID_INPUTS)["input_ids"]["shape"][1])
+
+
+class TFLiteModel:
+    """A token-id TFLite model: a [1, L] interpreter and, if resizing works, a [batch, L]
+    one; otherwise a batch runs as single invokes."""
+
+    def __init__(self, name: str, path: Path, threads: int, batch: int, seq_len: int,
+                 probe: dict[str, np.ndarray]):
+        self.name, self.path, self.batch = name, path, batch
+        self.single, self.runtime = make_interpreter(model_path=path, num_threads=threads)
+        self.single_io = self._io(self.single)
+        self.batched, self.batched_io, self.resize_error = None, None, None
+        try:
+            interpreter, _ = make_interpreter(model_path=path, num_threads=threads)
+            for detail in inputs_by_name(interpreter, TOKEN_ID_INPUTS).values():
+                interpreter.resize_tensor_input(detail["index"], [batch, seq_len])
+            interpreter.allocate_tensors()
+            io = self._io(interpreter)
+            out = self._run(interpreter, io, probe)
+            if out.shape[0] != batch:
+                raise RuntimeError(f"output batch {out.shape[0]} after resizing to {batch}")
+            self.batched, self.batched_io = interpreter, io
+        except (RuntimeError, ValueError) as err:
+            self.resize_error = f"{type(err).__name__}: {err}".splitlines()[0]
+
+    @staticmethod
+    def _io(interpreter):
+        return inputs_by_name(interpreter, TOKEN_ID_INPUTS), interpreter.get_output_details()[0]
+
+    @staticmethod
+    def _run(interpreter, io, feed: dict[str, np.ndarray]) -> np.ndarray:
+        inputs, output = io
+        for name, detail in inputs.items():
+            interpreter.set_tensor(detail["index"], feed[name])
+        interpreter.invoke()
+        return read_output(interpreter, output)
+
+    @property
+    def how(self) -> str:
+        return "resized" if self.batched is not None else "single invokes"
+
+    def __call__(self, feed: dict[str, np.ndarray]) -> np.ndarray:
+        n = len(feed["input_ids"])
+        if n == 1:
+            return self._run(self.single, self.single_io, feed)
+        if n == self.batch and self.batched is not None:
+            return self._run(self.batched, self.batched_io, feed)
+        return np.concatenate([self._run(self.single, self.single_io,
+                                         {k: v[i:i + 1] for k, v in feed.items()})
+                               for i in range(n)])
+
+
+# === ONNX ===
+
+
+def _erfc_as_one_minus_erf(ctx, node, name, args):
+    """tf2onnx custom handler: TF `Erfc(x)` (exact GELU) -> `1 - Erf(x)` (ONNX has Erf)."""
+    from tf2onnx import utils
+
+    node.type = "Erf"
+    one = ctx.make_const(utils.make_name(f"{name}/one"), np.array(1.0, np.float32))
+    sub = ctx.insert_new_node_on_output("Sub", node.output[0],
+                                        name=utils.make_name(f"{name}/one_minus"),
+                                        inputs=[one.output[0], node.output[0]])
+    ctx.copy_shape(node.output[0], sub.output[0])
+    ctx.set_dtype(sub.output[0], ctx.get_dtype(node.output[0]))
+
+
+def gemm_to_matmul(src: Path, dst: Path) -> int:
+    """Rewrite every Gemm whose weight is an initializer as MatMul (+ Add for a bias), so
+    that `quantize_dynamic` (which quantizes MatMul, not Gemm) makes it int8. Returns how
+    many were rewritten."""
+    import onnx
+    from onnx import helper, numpy_helper
+
+    model = onnx.load(str(src))
+    graph = model.graph
+    inits = {init.name: init for init in graph.initializer}
+    nodes, rewritten = [], 0
+    for node in graph.node:
+        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+        if node.op_type != "Gemm" or node.input[1] not in inits or attrs.get("transA", 0) \
+                or attrs.get("alpha", 1.0) != 1.0:
+            nodes.append(node)
+            continue
+        weight = numpy_helper.to_array(inits[node.input[1]])
+        if attrs.get("transB", 0):
+            weight = weight.T
+        weight_name = f"{node.input[1]}__matmul"
+        graph.initializer.append(numpy_helper.from_array(np.ascontiguousarray(weight),
+                                                         weight_name))
+        bias = node.input[2] if len(node.input) > 2 and node.input[2] and \
+            attrs.get("beta", 1.0) != 0 else None
+        if bias is not None and attrs.get("beta", 1.0) != 1.0:
+            raise ValueError(f"Gemm {node.name}: beta {attrs['beta']} is not supported")
+        if bias is None:
+            nodes.append(helper.make_node("MatMul", [node.input[0], weight_name],
+                                          list(node.output), name=node.name))
+        else:
+            product = f"{node.output[0]}__matmul"
+            nodes.append(helper.make_node("MatMul", [node.input[0], weight_name], [product],
+                                          name=f"{node.name}__matmul"))
+            nodes.append(helper.make_node("Add", [product, bias], list(node.output),
+                                          name=f"{node.name}__bias"))
+        rewritten += 1
+    del graph.node[:]
+    graph.node.extend(nodes)
+    used = {name for node in graph.node for name in node.input}
+    kept = [init for init in graph.initializer if init.name in used]
+    del graph.initializer[:]
+    graph.initializer.extend(kept)
+    onnx.save(model, str(dst))
+    return rewritten
+
+
+def onnx_census(path: Path) -> dict[str, int]:
+    """Matmuls of an ONNX graph: with a constant weight (fp32 or int8) and between
+    activations."""
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    inits = {init.name for init in model.graph.initializer}
+    census = {"weight_matmuls_fp32": 0, "weight_matmuls_int8": 0, "activation_matmuls": 0}
+    for node in model.graph.node:
+        if node.op_type == "MatMulInteger":
+            census["weight_matmuls_int8"] += 1
+        elif node.op_type in ("MatMul", "Gemm"):
+            key = "weight_matmuls_fp32" if node.input[1] in inits else "activation_matmuls"
+            census[key] += 1
+    return census
+
+
+def convert_onnx(model, seq_len: int, out_dir: Path, check: dict[str, np.ndarray]) -> dict:
+    """fp32 (tf2onnx) and int8 (quantize_dynamic) ONNX files of a Keras classifier in
+    `out_dir`; returns what was done."""
+    import tensorflow as tf
+    import tf2onnx
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    logging.getLogger("tf2onnx").setLevel(logging.ERROR)
+    specs = [tf.TensorSpec([None, seq_len], tf.int32, name=name) for name in TOKEN_ID_INPUTS]
+
+    @tf.function(input_signature=specs)
+    def serve(input_ids, input_mask, segment_ids):
+        return {"logits": model({"input_ids": input_ids, "input_mask": input_mask,
+                                 "segment_ids": segment_ids}, training=False)}
+
+    fp32 = out_dir / "fp32.onnx"
+    start = time.perf_counter()
+    tf2onnx.convert.from_function(serve, input_signature=specs, opset=OPSET,
+                                  custom_op_handlers={"Erfc": (_erfc_as_one_minus_erf, [])},
+                                  output_path=str(fp32))
+    convert_seconds = time.perf_counter() - start
+    folded, matmuls, int8 = out_dir / "folded.onnx", out_dir / "matmul.onnx", \
+        out_dir / "int8.onnx"
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)  # quantize_dynamic's "consider pre-processing" warning
+    try:
+        quant_pre_process(str(fp32), str(folded), skip_symbolic_shape=True)
+        rewritten = gemm_to_matmul(folded, matmuls)
+        quantize_dynamic(str(matmuls), str(int8), weight_type=QuantType.QInt8)
+    finally:
+        root.setLevel(level)
+    folded.unlink()
+    matmuls.unlink()
+
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(fp32), providers=["CPUExecutionProvider"])
+    keras_logits = model(check, training=False).numpy()
+    onnx_logits = session.run(["logits"], check)[0]
+    return {"tf2onnx_seconds": round(convert_seconds, 1),
+            "erfc": "custom tf2onnx handler: Erfc(x) -> 1 - Erf(x)",
+            "int8_recipe": "quant_pre_process (constant folding, no symbolic shapes) -> "
+                           f"{rewritten} Gemm rewritten as MatMul -> quantize_dynamic "
+                           "(QInt8 weights, per tensor)",
+            "fp32_census": onnx_census(fp32), "int8_census": onnx_census(int8),
+            "fp32_max_abs_logit_diff_vs_keras": float(np.abs(keras_logits - onnx_logits).max()),
+            "checked_examples": int(len(check["input_ids"]))}
+
+
+class OrtModel:
+    def __init__(self, name: str, path: Path, threads: int, spinning: bool):
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        # Spinning worker threads halve ORT's speed at 2 threads when other work shares
+        # the cores (measured here: int8 24 ms spinning vs 12 ms not, batch 1).
+        options.add_session_config_entry("session.intra_op.allow_spinning",
+                                         "1" if spinning else "0")
+        self.name, self.path = name, path
+        self.session = ort.InferenceSession(str(path), options,
+                                            providers=["CPUExecutionProvider"])
+        self.runtime = f"onnxruntime {ort.__version__}"
+        self.how = "dynamic batch"
+        self.resize_error = None
+
+    def __call__(self, feed: dict[str, np.ndarray]) -> np.ndarray:
+        return self.session.run(["logits"], feed)[0]
+
+
+# === Files ===
+
+
+def sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def versions() -> dict[str, str]:
+    out = {"python": platform.python_version()}
+    for name in ("tensorflow", "tf-keras", "ai-edge-litert", "onnxruntime", "tf2onnx",
+                 "onnx", "numpy"):
+        with contextlib.suppress(importlib.metadata.PackageNotFoundError):
+            out[name] = importlib.metadata.version(name)
+    return out
+
+
+def machine() -> dict:
+    model = ""
+    with contextlib.suppress(OSError), open("/proc/cpuinfo") as f:
+        model = next((line.split(":", 1)[1].strip() for line in f
+                      if line.startswith("model name")), "")
+    return {"platform": platform.platform(), "machine": platform.machine(),
+            "cpu": model or platform.processor(), "cpu_count": os.cpu_count(),
+            "usable_cpus": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
+            else os.cpu_count()}
+
+
+def tflite_files(run_dir: Path) -> dict[str, tuple[Path, str]]:
+    """name -> (file, where it comes from) for the three TFLite variants."""
+    quantized = run_dir / "quantize" / "finetune"
+    exported = run_dir / "export" / "tflite"
+
+    def export_or(target: str, kind: str) -> tuple[Path, str]:
+        found = sorted(exported.glob(f"*-{target}.tflite"))
+        if found:
+            return found[0], f"export target `{target}`"
+        return quantized / f"{kind}.tflite", f"quantize `{kind}` (not exported)"
+
+    return {REFERENCE: (quantized / "float32.tflite", "quantize `float32`"),
+            TFLITE_CPU: export_or("cpu", "dynamic_int8"),
+            "TFLite int8": export_or("int8", "full_int8")}
+
+
+TFLITE_KINDS = {REFERENCE: "float32", TFLITE_CPU: "dynamic_int8", "TFLite int8": "full_int8"}
+
+
+def reconvert_tflite(model, config, prep_dir: Path, seq_len: int, cache: Path
+                     ) -> dict[str, tuple[Path, str]]:
+    """The three TFLite variants at `seq_len`, converted like the quantize stage does."""
+    from models.quantization import to_tflite
+    from pipeline.quantize import _representative  # the stage's own calibration examples
+
+    rows = _representative(prep_dir, config.quantize.representative_examples, seq_len,
+                           config.seed)
+    out = {}
+    for name, kind in TFLITE_KINDS.items():
+        path = cache / f"{kind}-{seq_len}.tflite"
+        if not path.is_file():
+            print(f"converting {name} at sequence length {seq_len} ...", flush=True)
+            flat = to_tflite(model, kind, seq_len=seq_len, representative=lambda: iter(rows))
+            path.write_bytes(flat)
+        out[name] = (path, f"`{kind}` reconverted at sequence length {seq_len}")
+    return out
+
+
+# === Measurement ===
+
+
+def predict(contender, features: dict[str, np.ndarray], batch: int) -> np.ndarray:
+    """Logits for all examples, in chunks of `batch` (the last one padded by repeating
+    its first row, so fixed-batch interpreters fit)."""
+    n = len(features["input_ids"])
+    out = []
+    for start in range(0, n, batch):
+        chunk = {k: v[start:start + batch] for k, v in features.items()}
+        size = len(chunk["input_ids"])
+        if size < batch:
+            chunk = {k: np.concatenate([v, np.repeat(v[:1], batch - size, 0)])
+                     for k, v in chunk.items()}
+        out.append(contender(chunk)[:size])
+    return np.concatenate(out)
+
+
+def timed(contender, feeds: list[dict[str, np.ndarray]]) -> list[float]:
+    times = []
+    for feed in feeds:
+        start = time.perf_counter()
+        contender(feed)
+        times.append(time.perf_counter() - start)
+    return times
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--run-dir", default="runs/default")
+    parser.add_argument("--config", default="configs/default.yaml",
+                        help="pipeline config giving data.max_seq_length")
+    parser.add_argument("--seq-len", type=int, help="override data.max_seq_length")
+    parser.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0))
+                        if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+                        help="TFLite num_threads and ORT intra_op_num_threads "
+                             "(default: all cores)")
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--rounds", type=int, default=6)
+    parser.add_argument("--calls", type=int, default=30, help="timed batch-1 calls per round")
+    parser.add_argument("--batch-calls", type=int, default=4,
+                        help="timed batch calls per round")
+    parser.add_argument("--warmup", type=int, default=3, help="untimed batch-1 calls")
+    parser.add_argument("--agreement", type=int, default=200,
+                        help="test examples for the argmax agreement check")
+    parser.add_argument("--ort-spinning", action="store_true",
+                        help="let ORT's intra-op threads spin-wait (its default; off here: "
+                             "it is twice as slow when the cores are shared)")
+    parser.add_argument("--cache-dir", default=str(Path(tempfile.gettempdir())
+                                                   / "slimbert-bench-onnx"))
+    parser.add_argument("--json", help="write the results here")
+    args = parser.parse_args()
+
+    from pipeline.config import load_config
+
+    load_start = os.getloadavg()
+    config = load_config(args.config)
+    seq_len = args.seq_len or config.data.max_seq_length
+    run_dir = Path(args.run_dir)
+    source_dir, prep_dir = run_dir / "finetune", run_dir / "prepare"
+    keras_file = source_dir / "model.keras"
+    features, labels = test_examples(prep_dir, seq_len)
+    print(f"{len(labels)} test examples, sequence length {seq_len}, {args.threads} threads, "
+          f"{os.cpu_count()} cores", flush=True)
+
+    # Conversions, cached by the model's hash and the recipe.
+    import onnxruntime
+    import tf2onnx
+
+    key = hashlib.sha256(json.dumps([sha256(keras_file), seq_len, OPSET, RECIPE,
+                                     tf2onnx.__version__, onnxruntime.__version__]).encode()
+                         ).hexdigest()[:16]
+    cache = Path(args.cache_dir) / key
+    cache.mkdir(parents=True, exist_ok=True)
+    files = tflite_files(run_dir)
+    stale = [name for name, (path, _) in files.items() if tflite_seq_len(path) != seq_len]
+    info_path = cache / "conversion.json"
+    keras_model = None
+
+    def keras():
+        nonlocal keras_model
+        if keras_model is None:
+            from models.artifact import load_model
+
+            keras_model, _ = load_model(source_dir)
+        return keras_model
+
+    if not info_path.is_file():
+        print(f"converting {keras_file} to ONNX in {cache} ...", flush=True)
+        conversion = convert_onnx(keras(), seq_len, cache, take(features, 0, args.batch))
+        info_path.write_text(json.dumps(conversion, indent=2) + "\n")
+    conversion = json.loads(info_path.read_text())
+    conversion["cache_dir"] = str(cache)
+    if stale:
+        print(f"the run's TFLite files are not at sequence length {seq_len}: {', '.join(stale)}",
+              flush=True)
+        files = reconvert_tflite(keras(), config, prep_dir, seq_len, cache)
+    keras_model = None  # free it before timing
+
+    probe = take(features, 0, args.batch)
+    contenders = [TFLiteModel(name, path, args.threads, args.batch, seq_len, probe)
+                  for name, (path, _) in files.items()]
+    contenders += [OrtModel(ORT_FP32, cache / "fp32.onnx", args.threads, args.ort_spinning),
+                   OrtModel(ORT_INT8, cache / "int8.onnx", args.threads, args.ort_spinning)]
+    sources = {name: where for name, (_, where) in files.items()}
+    sources[ORT_FP32] = f"tf2onnx opset {OPSET} of finetune/model.keras"
+    sources[ORT_INT8] = "quantize_dynamic QInt8 of the ORT fp32 graph"
+    for c in contenders:
+        if c.resize_error:
+            print(f"{c.name}: cannot resize to batch {args.batch} ({c.resize_error}); "
+                  f"its batch figures are {args.batch} single invokes", flush=True)
+
+    # Faithfulness: argmax agreement on real test examples (also warms every model up).
+    agree_features = take(features, 0, min(args.agreement, len(labels)))
+    agree_labels = labels[:len(agree_features["input_ids"])]
+    predicted = {c.name: predict(c, agree_features, args.batch).argmax(-1) for c in contenders}
+    agreement = {name: {
+        "agreement_with_tflite_float32": float(np.mean(p == predicted[REFERENCE])),
+        "agreement_with_ort_fp32": float(np.mean(p == predicted[ORT_FP32])),
+        "accuracy": float(np.mean(p == agree_labels))} for name, p in predicted.items()}
+    faithful = agreement[ORT_FP32]["agreement_with_tflite_float32"]
+
+    # Timing: alternating rounds; batch-1 calls each on another real example.
+    singles = [take(features, i, 1) for i in range(args.calls)]
+    batches = [take(features, i * args.batch, args.batch) for i in range(args.batch_calls)]
+    for c in contenders:
+        timed(c, singles[:args.warmup] + batches[:1])
+    one: dict[str, list[float]] = {c.name: [] for c in contenders}
+    many: dict[str, list[float]] = {c.name: [] for c in contenders}
+    rounds_one: dict[str, list[float]] = {c.name: [] for c in contenders}
+    rounds_many: dict[str, list[float]] = {c.name: [] for c in contenders}
+    start = time.perf_counter()
+    for round_ in range(args.rounds):
+        order = contenders if round_ % 2 == 0 else contenders[::-1]
+        for c in order:
+            times = timed(c, singles)
+            one[c.name] += times
+            rounds_one[c.name].append(statistics.median(times))
+        for c in order:
+            times = timed(c, batches)
+            many[c.name] += times
+            rounds_many[c.name].append(args.batch / statistics.median(times))
+        print(f"round {round_ + 1}/{args.rounds} done ({time.perf_counter() - start:.0f} s)",
+              flush=True)
+
+    results = {}
+    for c in contenders:
+        lat = np.array(one[c.name]) * 1000
+        results[c.name] = {
+            "source": sources[c.name], "file": str(c.path),
+            "file_bytes": Path(c.path).stat().st_size, "runtime": c.runtime,
+            f"batch_{args.batch}": c.how, "resize_error": c.resize_error,
+            "batch1_median_ms": float(np.median(lat)),
+            "batch1_p95_ms": float(np.percentile(lat, 95)),
+            "batch1_mean_ms": float(lat.mean()),
+            "batch1_round_medians_ms": [t * 1000 for t in rounds_one[c.name]],
+            f"batch{args.batch}_median_ms": float(np.median(many[c.name]) * 1000),
+            f"batch{args.batch}_examples_per_second":
+                float(args.batch / np.median(many[c.name])),
+            f"batch{args.batch}_round_examples_per_second": rounds_many[c.name],
+            **agreement[c.name]}
+
+    def ratio(fast: str, slow: str) -> dict:
+        """How many times faster `fast` is than `slow`: the median over rounds of the
+        ratio within each round (both measured back to back), and every round's."""
+        per_one = [s / f for f, s in zip(rounds_one[fast], rounds_one[slow])]
+        per_many = [f / s for f, s in zip(rounds_many[fast], rounds_many[slow])]
+        return {"batch1": statistics.median(per_one), "batch1_rounds": per_one,
+                f"batch{args.batch}": statistics.median(per_many),
+                f"batch{args.batch}_rounds": per_many}
+
+    names = [c.name for c in contenders]
+    ratios = {f"{a} vs {b}": ratio(a, b) for b in (REFERENCE, ORT_FP32) for a in names
+              if a not in (b, REFERENCE)}
+    ratios[f"{TFLITE_CPU} vs {ORT_INT8}"] = ratio(TFLITE_CPU, ORT_INT8)
+    ratios[f"TFLite int8 vs {TFLITE_CPU}"] = ratio("TFLite int8", TFLITE_CPU)
+    cpu_float = ratios[f"{TFLITE_CPU} vs {REFERENCE}"]
+    cpu_ort = ratios[f"{TFLITE_CPU} vs {ORT_INT8}"]
+    bkey = f"batch{args.batch}"
+    targets = {
+        "cpu_vs_float32_batch1_at_least_2x": {"ratio": cpu_float["batch1"],
+                                              "met": cpu_float["batch1"] >= 2.0},
+        "cpu_no_slower_than_ort_int8_batch1": {"ratio": cpu_ort["batch1"],
+                                               "met": cpu_ort["batch1"] >= 1.0},
+        f"cpu_no_slower_than_ort_int8_{bkey}": {"ratio": cpu_ort[bkey],
+                                                "met": cpu_ort[bkey] >= 1.0}}
+
+    print()
+    print(f"sequence length {seq_len}, {args.threads} threads (ORT spinning "
+          f"{'on' if args.ort_spinning else 'off'}); {args.rounds} alternating "
+          f"rounds of {args.calls} batch-1 calls and {args.batch_calls} batch-{args.batch} "
+          f"calls per variant; agreement on {len(agree_labels)} test examples")
+    header = (f"{'variant':<16} {'b1 median':>10} {'b1 p95':>9} {f'b{args.batch} ex/s':>9} "
+              f"{f'b{args.batch} via':>14} {'agree f32':>10} {'agree ORT':>10} {'acc':>7}  "
+              "source")
+    print(header)
+    print("-" * len(header))
+    for name, r in results.items():
+        print(f"{name:<16} {r['batch1_median_ms']:8.2f}ms {r['batch1_p95_ms']:7.2f}ms "
+              f"{r[f'{bkey}_examples_per_second']:9.1f} {r[f'batch_{args.batch}']:>14} "
+              f"{r['agreement_with_tflite_float32']:10.1%} {r['agreement_with_ort_fp32']:10.1%} "
+              f"{r['accuracy']:7.1%}  {r['source']}")
+    print()
+    print(f"{'speed-up (x faster; median [range] of rounds)':<36} {'batch 1':>20} "
+          f"{f'batch {args.batch}':>20}")
+    for label, r in ratios.items():
+        cells = [f"{r[k]:5.2f}x [{min(r[k + '_rounds']):.2f}-{max(r[k + '_rounds']):.2f}]"
+                 for k in ("batch1", bkey)]
+        print(f"{label:<36} {cells[0]:>20} {cells[1]:>20}")
+    print()
+    print(f"target: TFLite cpu >= 2x TFLite float32 at batch 1: {cpu_float['batch1']:.2f}x "
+          f"-> {'met' if targets['cpu_vs_float32_batch1_at_least_2x']['met'] else 'MISSED'}")
+    for k, label in (("batch1", "batch 1"), (bkey, f"batch {args.batch}")):
+        met = cpu_ort[k] >= 1.0
+        print(f"target: TFLite cpu no slower than ORT int8 at {label}: {cpu_ort[k]:.2f}x "
+              f"-> {'met' if met else 'MISSED'}")
+    verdict = "ok" if faithful >= MIN_AGREEMENT else "FAILED"
+    print(f"sanity: ORT fp32 vs TFLite float32 argmax agreement {faithful:.1%} on "
+          f"{len(agree_labels)} examples (need >= {MIN_AGREEMENT:.0%}): {verdict}; ORT fp32 "
+          f"vs Keras max |logit diff| {conversion['fp32_max_abs_logit_diff_vs_keras']:.2g}")
+    print(f"ONNX matmuls: fp32 {conversion['fp32_census']}, int8 {conversion['int8_census']}")
+    load_end = os.getloadavg()
+    print(f"load average {load_start[0]:.2f} at start, {load_end[0]:.2f} at end "
+          f"({os.cpu_count()} cores)")
+
+    if args.json:
+        out = {"date": time.strftime("%Y-%m-%d %H:%M:%S %z"), "machine": machine(),
+               "versions": versions(), "load_average_1min": {"start": load_start[0],
+                                                             "end": load_end[0]},
+               "run_dir": str(run_dir), "model_sha256": sha256(keras_file),
+               "seq_len": seq_len, "threads": args.threads, "batch": args.batch,
+               "rounds": args.rounds, "calls_per_round": args.calls,
+               "ort_intra_op_spinning": args.ort_spinning,
+               "batch_calls_per_round": args.batch_calls,
+               "agreement_examples": len(agree_labels),
+               "conversion": conversion, "results": results, "ratios": ratios,
+               "targets": targets,
+               "sanity": {"ort_fp32_vs_tflite_float32_agreement": faithful,
+                          "required": MIN_AGREEMENT, "ok": faithful >= MIN_AGREEMENT}}
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        with open(args.json, "w") as f:
+            json.dump(out, f, indent=2)
+    if faithful < MIN_AGREEMENT:
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,302 @@
+"""Report: one table of every model the run made, with accuracy, size and speed.
+
+Rows: the Keras float and pruned models, every TFLite model of the quantize stage
+(post-training variants and QAT), and every export (SavedModel and TFLite targets).
+Accuracy and macro-F1 are the test-split figures the stages measured in the model's own
+runtime (evaluate, prune, quantize in ai-edge-litert, export's fresh-process gate); sizes
+are the files' bytes and their gzip -9 bytes; sparsity is the measured zero fraction of
+the pruned kernels. Speed is measured here, in the runtime a user would use (see
+`export.latency`): batch-1 latency (median, p95) for each `report.threads` count, each
+in its own process, and batch-`throughput_batch` examples/s on all cores.
+
+    <run-dir>/report/
+        report.md      the table, stage wall times, plots, how each figure was measured
+        report.json    the same data
+        accuracy_vs_size.png, accuracy_vs_latency.png, training_curves.png
+        latency.json   the raw latency measurements
+        config.yaml, manifest.json
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import platform
+import time
+from pathlib import Path
+from typing import Any
+
+from pipeline.cli import stage_main
+from pipeline.config import PipelineConfig
+
+log = logging.getLogger(__name__)
+
+INPUTS = ("prepare", "finetune", "evaluate", "prune", "quantize", "export")
+PIPELINE_STAGES = INPUTS
+MB = 1e6
+
+
+def fingerprint_config(config: PipelineConfig) -> dict[str, Any]:
+    return {"report": config.report, "split": config.evaluate.split}
+
+
+def _manifest(path: Path) -> dict[str, Any]:
+    return json.loads((path / "manifest.json").read_text())
+
+
+def _gzip_size(path: Path) -> dict[str, int]:
+    from pipeline.export import _size
+
+    return _size(path)
+
+
+def collect_models(inputs: dict[str, Path]) -> list[dict[str, Any]]:
+    """One row per model, with the accuracy and sizes its stage recorded."""
+    prune_metrics = _manifest(inputs["prune"])["metrics"]
+    pruned_sparsity = prune_metrics["sparsity"]["overall"]
+    sparsity_of = {"finetune": 0.0, "prune": pruned_sparsity}
+    rows = []
+
+    evaluation = _manifest(inputs["evaluate"])["metrics"]
+    for stage, name, metrics in (("finetune", "Keras float", evaluation),
+                                 ("prune", "Keras pruned", prune_metrics["evaluation"])):
+        rows.append({"name": name, "stage": stage, "kind": "keras", "format": "keras",
+                     "path": str(inputs[stage]), "file": str(inputs[stage] / "model.keras"),
+                     **_gzip_size(inputs[stage] / "model.keras"),
+                     "accuracy": metrics["accuracy"], "macro_f1": metrics["macro_f1"],
+                     "sparsity": sparsity_of[stage], "measured_in": "tf_keras (evaluate)"})
+
+    variants = json.loads((inputs["quantize"] / "variants.json").read_text())
+    for v in variants.values():
+        path = inputs["quantize"] / v["file"]
+        rows.append({"name": f"TFLite {v['description']}", "stage": "quantize",
+                     "kind": "tflite", "format": "tflite", "path": str(path),
+                     "file": str(path), "bytes": v["bytes"], "gzip_bytes": v["gzip_bytes"],
+                     "accuracy": v["accuracy"], "macro_f1": v["macro_f1"],
+                     "sparsity": v["sparsity"]["mean"] if v.get("sparsity")
+                     else sparsity_of[v["source"]],
+                     "census": v.get("census"),
+                     "measured_in": "ai_edge_litert (quantize)"})
+
+    verification = json.loads((inputs["export"] / "verification.json").read_text())
+    for target, t in verification["targets"].items():
+        path = inputs["export"] / t["path"]
+        kind = "savedmodel" if target == "savedmodel" else \
+            "tflite-text" if target == "text" else "tflite"
+        rows.append({"name": f"export {target}", "stage": "export", "kind": kind,
+                     "format": "savedmodel" if kind == "savedmodel" else "tflite",
+                     "path": str(path), "file": str(path), "bytes": t["bytes"],
+                     "gzip_bytes": t["gzip_bytes"], "accuracy": t["accuracy"],
+                     "macro_f1": t["macro_f1"], "sparsity": sparsity_of.get(t["source"]),
+                     "gate_passed": t["passed"], "agreement": t["agreement"],
+                     "measured_in": f"{t['verified_with']['runtime']} (export gate, fresh "
+                                    "process)"})
+    return rows
+
+
+def measure_speed(rows: list[dict[str, Any]], config: PipelineConfig, prep_dir: Path,
+                  work_dir: Path) -> list[dict[str, Any]]:
+    """Latency of every row (each distinct file once), one process per thread count."""
+    from export.latency import measure_in_fresh_process
+    from export.verify import write_split
+    from pipeline.artifacts import sha256_file
+    from pipeline.export import _split_arrays
+
+    cfg = config.report
+    seq_len = json.loads((prep_dir / "tokenizer.json").read_text())["max_seq_length"]
+    features, texts, labels = _split_arrays(prep_dir, config.evaluate.split, seq_len)
+    n = min(cfg.examples, len(texts))
+    data = work_dir / "latency-data.npz"
+    write_split(data, {k: v[:n] for k, v in features.items()}, texts[:n], labels[:n])
+
+    keys: dict[str, str] = {}  # row name -> the name it is measured under
+    models, seen = [], {}
+    for row in rows:
+        digest = sha256_file(Path(row["file"])) if row["kind"].startswith("tflite") else \
+            row["path"]
+        if digest in seen:
+            keys[row["name"]] = seen[digest]
+            row["same_file_as"] = seen[digest]
+            continue
+        seen[digest] = keys[row["name"]] = row["name"]
+        models.append({"name": row["name"], "kind": row["kind"], "path": row["path"]})
+
+    all_cores = os.cpu_count() or 1
+    widest = max(cfg.threads, key=lambda t: t or all_cores)
+    measurements = []
+    for threads in cfg.threads:
+        spec = {"threads": threads, "runs": cfg.latency_runs, "warmup": cfg.warmup,
+                "batch": cfg.throughput_batch, "models": models,
+                "throughput_runs": cfg.throughput_runs if threads == widest else 0}
+        started = time.perf_counter()
+        log.info("timing %d models with %s thread(s)", len(models),
+                 threads or f"all {all_cores}")
+        results = measure_in_fresh_process(spec, data, work_dir)
+        log.info("timed in %.1f s", time.perf_counter() - started)
+        measurements.extend(results)
+        by_name = {r["name"]: r for r in results}
+        for row in rows:
+            result = by_name[keys[row["name"]]]
+            label = "all" if threads == 0 else str(threads)
+            row.setdefault("latency", {})[label] = {"threads": result["threads"],
+                                                    **result["batch1"]}
+            row["runtime"] = result["runtime"]
+            if "throughput" in result:
+                row["throughput"] = result["throughput"]
+    return measurements
+
+
+# === Rendering ===
+
+def _fmt(value, spec: str, missing: str = "-") -> str:
+    return missing if value is None else format(value, spec)
+
+
+def markdown(report: dict[str, Any]) -> str:
+    rows, thread_labels = report["models"], report["thread_labels"]
+    head = ["model", "runtime", "accuracy %", "macro-F1", "size MB", "gzip MB", "sparsity"]
+    for label in thread_labels:
+        what = "1 thread" if label == "1" else f"{label} threads"
+        head += [f"b1 p50 ms ({what})", f"b1 p95 ms ({what})"]
+    batch = report["settings"]["throughput_batch"]
+    head += [f"b{batch} ex/s", "gate"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows:
+        cells = [r["name"], r.get("runtime", "-"), _fmt(100 * r["accuracy"], ".2f"),
+                 _fmt(r["macro_f1"], ".4f"), _fmt(r["bytes"] / MB, ".1f"),
+                 _fmt(r["gzip_bytes"] / MB, ".1f"),
+                 _fmt(None if r["sparsity"] is None else 100 * r["sparsity"], ".1f") + "%"]
+        for label in thread_labels:
+            lat = r.get("latency", {}).get(label, {})
+            cells += [_fmt(lat.get("median_ms"), ".1f"), _fmt(lat.get("p95_ms"), ".1f")]
+        tp = r.get("throughput") or {}
+        cells.append(_fmt(tp.get("examples_per_second"), ".1f")
+                     + (" (1 at a time)" if tp.get("batch_emulated") else ""))
+        cells.append({True: "pass", False: "FAIL"}.get(r.get("gate_passed"), "-"))
+        lines.append("| " + " | ".join(cells) + " |")
+
+    m = report["machine"]
+    out = [f"# slimbert report: {report['run_dir']}", "",
+           f"Measured {report['created_at']} on {m['platform']} ({m['cpus']} CPUs, "
+           f"{m['processor'] or 'unknown CPU'}), Python {m['python']}, TensorFlow "
+           f"{m['tensorflow']}. Test split: {report['split']['examples']} examples.", "",
+           "## Models", "", *lines, "",
+           "Accuracy and macro-F1: the test split in each model's own runtime, as the stage "
+           "that made it measured it (`measured_in` in report.json). Sizes: the file (the "
+           "SavedModel folder) and its gzip -9 size. Sparsity: zero fraction of the pruned "
+           "kernels. Latency: one example per call, "
+           f"{report['settings']['latency_runs']} calls after "
+           f"{report['settings']['warmup']} warm-up calls, cycling through "
+           f"{report['settings']['examples']} test examples; token-id models get them "
+           f"padded to {report['split']['seq_len']} tokens, the SavedModel and the text "
+           "model get the raw text (tokenization included). Each thread count runs in its "
+           f"own process. b{batch} ex/s: examples per second at batch {batch} on all "
+           "cores (\"1 at a time\": the model runs batch 1 only, so the batch is "
+           "looped).", ""]
+    same = [f"{r['name']} = {r['same_file_as']}" for r in rows if r.get("same_file_as")]
+    if same:
+        out += ["Identical files, timed once: " + "; ".join(same) + ".", ""]
+    out += ["## Stage wall times", "", "| stage | seconds |", "|---|---|"]
+    out += [f"| {s} | {t:.1f} |" for s, t in report["stage_seconds"].items()]
+    out += [f"| total (before report) | {sum(report['stage_seconds'].values()):.1f} |", "",
+            "## Plots", ""]
+    out += [f"![{p}]({p})" for p in report["plots"]]
+    return "\n".join(out) + "\n"
+
+
+def plots(report: dict[str, Any], out_dir: Path, histories: dict[str, list]) -> list[str]:
+    """Accuracy against gzip size and against latency, and the training curves."""
+    import matplotlib
+    import matplotlib.ticker
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [r for r in report["models"] if not r.get("same_file_as")]
+    label = report["thread_labels"][-1]
+    files = []
+    for name, key, xlabel in (
+            ("accuracy_vs_size.png", lambda r: r["gzip_bytes"] / MB, "gzip size (MB)"),
+            ("accuracy_vs_latency.png",
+             lambda r: r.get("latency", {}).get(label, {}).get("median_ms"),
+             f"batch-1 latency, median ms ({label} threads)")):
+        fig, ax = plt.subplots(figsize=(8, 5.5))
+        for r in rows:
+            x = key(r)
+            if x is None:
+                continue
+            ax.scatter(x, 100 * r["accuracy"], s=30)
+            ax.annotate(r["name"], (x, 100 * r["accuracy"]), fontsize=7,
+                        xytext=(4, 3), textcoords="offset points")
+        ax.set_xscale("log")
+        ax.set_xlabel(xlabel + ", log scale")
+        ax.set_ylabel("test accuracy (%)")
+        ax.grid(True, alpha=0.3)
+        fig.tight_layout()
+        fig.savefig(out_dir / name, dpi=110)
+        plt.close(fig)
+        files.append(name)
+
+    fig, (loss_ax, acc_ax) = plt.subplots(1, 2, figsize=(11, 4.5))
+    for run, history in histories.items():
+        epochs = [h["epoch"] for h in history]
+        loss_ax.plot(epochs, [h["train_loss"] for h in history], marker="o", label=run)
+        acc_ax.plot(epochs, [100 * h["val_accuracy"] for h in history], marker="o",
+                    label=run)
+    loss_ax.set(xlabel="epoch", ylabel="training loss", title="training loss")
+    acc_ax.set(xlabel="epoch", ylabel="validation accuracy (%)", title="validation accuracy")
+    for ax in (loss_ax, acc_ax):
+        ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out_dir / "training_curves.png", dpi=110)
+    plt.close(fig)
+    return [*files, "training_curves.png"]
+
+
+def _histories(inputs: dict[str, Path]) -> dict[str, list]:
+    found = {"fine-tune": inputs["finetune"] / "history.json",
+             "prune": inputs["prune"] / "history.json"}
+    for path in sorted((inputs["quantize"]).glob("*/qat_history.json")):
+        found[f"QAT of {path.parent.name}"] = path
+    return {name: json.loads(p.read_text()) for name, p in found.items() if p.is_file()}
+
+
+def run(config: PipelineConfig, inputs: dict[str, Path], out_dir: Path,
+        work_dir: Path) -> dict[str, Any]:
+    import tensorflow as tf
+
+    rows = collect_models(inputs)
+    work_dir.mkdir(parents=True, exist_ok=True)
+    measurements = measure_speed(rows, config, inputs["prepare"], work_dir)
+    tokenizer = json.loads((inputs["prepare"] / "tokenizer.json").read_text())
+    examples = _manifest(inputs["evaluate"])["metrics"]["examples"]
+    report = {
+        "run_dir": str(inputs["export"].parent),
+        "created_at": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "machine": {"platform": platform.platform(), "processor": platform.processor(),
+                    "cpus": os.cpu_count(), "python": platform.python_version(),
+                    "tensorflow": tf.__version__},
+        "split": {"name": config.evaluate.split, "examples": examples,
+                  "seq_len": tokenizer["max_seq_length"]},
+        "settings": {k: getattr(config.report, k) for k in
+                     ("latency_runs", "warmup", "threads", "throughput_batch",
+                      "throughput_runs", "examples")},
+        "thread_labels": ["all" if t == 0 else str(t) for t in config.report.threads],
+        "stage_seconds": {s: _manifest(inputs[s])["duration_s"] for s in PIPELINE_STAGES},
+        "models": rows,
+    }
+    report["plots"] = plots(report, out_dir, _histories(inputs))
+    report["settings"]["threads"] = list(report["settings"]["threads"])
+    (out_dir / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+    (out_dir / "report.md").write_text(markdown(report), encoding="utf-8")
+    (out_dir / "latency.json").write_text(json.dumps(measurements, indent=1) + "\n")
+    log.info("report: %s", out_dir.parent / "report" / "report.md")
+    return {"models": len(rows), "report": "report.md",
+            "stage_seconds": report["stage_seconds"]}
+
+
+if __name__ == "__main__":
+    stage_main("report")

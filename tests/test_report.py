@@ -1,0 +1,114 @@
+"""The report stage on the tiny exported run: every model a row, every figure measured,
+the Markdown table, the plots, and `slimbert run` ending with the report."""
+
+import json
+
+import pytest
+
+from pipeline.cli import main
+
+from .conftest import PRUNE, QUANTIZE, TINY, TRAINED, copy_run, manifest, run_stage
+
+STAGES = ("prepare", "finetune", "evaluate", "prune", "quantize", "export")
+REPORT = ["report.latency_runs=4", "report.warmup=1", "report.throughput_runs=1",
+          "report.throughput_batch=8", "report.examples=8"]
+
+
+@pytest.fixture(scope="module")
+def reported(exported_run, tmp_path_factory, easy_data):
+    run_dir = copy_run(exported_run, tmp_path_factory.mktemp("reported"), STAGES)
+    assert run_stage("report", run_dir, *easy_data, *TRAINED, *PRUNE, *QUANTIZE,
+                     *REPORT) == 0
+    return run_dir
+
+
+def test_every_model_is_a_row_with_its_stage_figures(reported):
+    report = json.loads((reported / "report" / "report.json").read_text())
+    rows = {r["name"]: r for r in report["models"]}
+    variants = json.loads((reported / "quantize" / "variants.json").read_text())
+    targets = manifest(reported, "export")["metrics"]["targets"]
+    expected = {"Keras float", "Keras pruned",
+                *(f"TFLite {v['description']}" for v in variants.values()),
+                *(f"export {t}" for t in targets)}
+    assert set(rows) == expected
+
+    evaluation = manifest(reported, "evaluate")["metrics"]
+    assert rows["Keras float"]["accuracy"] == evaluation["accuracy"]
+    pruned = manifest(reported, "prune")["metrics"]
+    assert rows["Keras pruned"]["accuracy"] == pruned["evaluation"]["accuracy"]
+    assert rows["Keras pruned"]["sparsity"] == pruned["sparsity"]["overall"] >= 0.74
+    for v in variants.values():
+        row = rows[f"TFLite {v['description']}"]
+        assert (row["accuracy"], row["bytes"]) == (v["accuracy"], v["bytes"])
+    for target, t in targets.items():
+        assert rows[f"export {target}"]["gate_passed"] == t["passed"]
+    for row in rows.values():
+        assert 0 < row["gzip_bytes"] < row["bytes"] * 1.01
+    stage_seconds = {s: manifest(reported, s)["duration_s"] for s in STAGES}
+    assert report["stage_seconds"] == stage_seconds
+
+
+def test_speed_is_measured_for_every_model_and_thread_count(reported):
+    report = json.loads((reported / "report" / "report.json").read_text())
+    assert report["thread_labels"] == ["1", "all"]
+    runtimes = {"keras": "tf_keras", "savedmodel": "tensorflow"}
+    for row in report["models"]:
+        assert row["runtime"] == runtimes.get(row["kind"], "ai_edge_litert"), row["name"]
+        for label in ("1", "all"):
+            lat = row["latency"][label]
+            assert 0 < lat["median_ms"] <= lat["p95_ms"], (row["name"], lat)
+            assert lat["calls"] == 4
+        assert row["latency"]["1"]["threads"] == 1
+        assert row["throughput"]["batch"] == 8
+        assert row["throughput"]["examples_per_second"] > 0
+    # The export's cpu model is the quantize stage's dynamic-range file: timed once.
+    rows = {r["name"]: r for r in report["models"]}
+    assert rows["export cpu"]["same_file_as"] == "TFLite float dynamic_int8"
+    assert rows["export cpu"]["latency"] == rows["TFLite float dynamic_int8"]["latency"]
+    raw = json.loads((reported / "report" / "latency.json").read_text())
+    assert len(raw) == 2 * len([r for r in report["models"] if not r.get("same_file_as")])
+
+
+def test_markdown_table_and_plots(reported):
+    out = reported / "report"
+    text = (out / "report.md").read_text()
+    report = json.loads((out / "report.json").read_text())
+    table = [line for line in text.splitlines() if line.startswith("| ")]
+    names = [line.split(" | ")[0][2:] for line in table]
+    for row in report["models"]:
+        assert row["name"] in names
+        line = table[names.index(row["name"])]
+        assert f"{100 * row['accuracy']:.2f}" in line
+        assert f"{row['latency']['1']['median_ms']:.1f}" in line
+    assert "| quantize |" in text and "## Stage wall times" in text
+    for name in ("accuracy_vs_size.png", "accuracy_vs_latency.png", "training_curves.png"):
+        data = (out / name).read_bytes()
+        assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10_000, name
+        assert f"]({name})" in text
+
+
+def test_run_ends_with_the_report_and_stage_times(exported_run, tmp_path, easy_data,
+                                                  capsys):
+    run_dir = copy_run(exported_run, tmp_path, STAGES)
+    args = ["run", "--config", TINY, "--run-dir", str(run_dir)]
+    for item in (*easy_data, *TRAINED, *PRUNE, *QUANTIZE, *REPORT):
+        args += ["--set", item]
+    assert main(args) == 0  # the earlier stages are up to date: only the report runs
+    out = capsys.readouterr().out
+    for stage in (*STAGES, "report", "total"):
+        assert any(line.split()[0] == stage for line in out.splitlines() if line.strip())
+    assert f"report: {run_dir / 'report' / 'report.md'}" in out
+    assert (run_dir / "report" / "report.md").is_file()
+
+
+def test_report_needs_the_export(quantized_run, tmp_path, easy_data, capsys):
+    run_dir = copy_run(quantized_run, tmp_path)
+    assert run_stage("report", run_dir, *easy_data, *TRAINED, *PRUNE, *QUANTIZE) == 2
+    err = capsys.readouterr().err
+    assert "needs the 'export' artifact" in err
+    assert not (run_dir / "report").exists()
+
+
+def test_bad_report_config(tmp_path, capsys):
+    assert run_stage("report", tmp_path, "report.threads=[1, 1]") == 2
+    assert "report.threads" in capsys.readouterr().err
