@@ -31,7 +31,8 @@ system temp dir, never in the repository):
   tf2onnx emits the attention projections as `Gemm` (one with a weight reshaped at run
   time): the fp32 graph is first constant-folded with ORT's `quant_pre_process` and every
   `Gemm` rewritten as `MatMul` (+ `Add`), so all 37 weight matmuls become int8, as in the
-  TFLite `cpu` model. The fp32 variant is tf2onnx's graph unchanged.
+  TFLite `cpu` model (weights per tensor, quantize_dynamic's default; `--ort-per-channel`
+  for per channel). The fp32 variant is tf2onnx's graph unchanged.
 - If the run's TFLite files have another sequence length than asked for, the three TFLite
   variants are converted again from the Keras model (`models.quantization.to_tflite`, the
   full-integer one calibrated as the quantize stage does).
@@ -39,6 +40,7 @@ system temp dir, never in the repository):
     python benchmarks/inference_vs_onnxruntime.py [--run-dir runs/default]
         [--config configs/default.yaml] [--seq-len N] [--threads N] [--rounds 6]
         [--calls 30] [--batch 32] [--batch-calls 4] [--agreement 200] [--ort-spinning]
+        [--ort-per-channel]
         [--cache-dir DIR] [--json out.json]
 """
 
@@ -75,13 +77,11 @@ TFLITE_CPU = "TFLite cpu"
 # === Inputs ===
 
 
-def test_examples(prep_dir: Path, seq_len: int) -> tuple[dict[str, np.ndarray], np.ndarray]:
-    """The whole test split as int32 [N, seq_len] features (padded with [PAD] = 0,
-    truncated if longer) and the labels."""
-    from data.input import read_split
-
+def padded(examples, seq_len: int) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """Examples of `data.input.read_split` as int32 [N, seq_len] features (padded with
+    [PAD] = 0, truncated if longer) and their labels."""
     rows, labels = [], []
-    for example in read_split(prep_dir, "test", with_text=False).as_numpy_iterator():
+    for example in examples.as_numpy_iterator():
         ids = example["input_ids"][:seq_len]
         rows.append(np.pad(ids, (0, seq_len - len(ids))))
         labels.append(int(example["label"]))
@@ -89,6 +89,13 @@ def test_examples(prep_dir: Path, seq_len: int) -> tuple[dict[str, np.ndarray], 
     features = {"input_ids": ids, "input_mask": (ids != 0).astype(np.int32),
                 "segment_ids": np.zeros_like(ids)}
     return features, np.array(labels)
+
+
+def test_examples(prep_dir: Path, seq_len: int) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """The whole test split, padded (`padded`), and its labels."""
+    from data.input import read_split
+
+    return padded(read_split(prep_dir, "test", with_text=False), seq_len)
 
 
 def take(features: dict[str, np.ndarray], start: int, count: int) -> dict[str, np.ndarray]:
@@ -236,7 +243,8 @@ def onnx_census(path: Path) -> dict[str, int]:
     return census
 
 
-def convert_onnx(model, seq_len: int, out_dir: Path, check: dict[str, np.ndarray]) -> dict:
+def convert_onnx(model, seq_len: int, out_dir: Path, check: dict[str, np.ndarray],
+                 per_channel: bool = False) -> dict:
     """fp32 (tf2onnx) and int8 (quantize_dynamic) ONNX files of a Keras classifier in
     `out_dir`; returns what was done."""
     import tensorflow as tf
@@ -266,7 +274,8 @@ def convert_onnx(model, seq_len: int, out_dir: Path, check: dict[str, np.ndarray
     try:
         quant_pre_process(str(fp32), str(folded), skip_symbolic_shape=True)
         rewritten = gemm_to_matmul(folded, matmuls)
-        quantize_dynamic(str(matmuls), str(int8), weight_type=QuantType.QInt8)
+        quantize_dynamic(str(matmuls), str(int8), weight_type=QuantType.QInt8,
+                         per_channel=per_channel)
     finally:
         root.setLevel(level)
     folded.unlink()
@@ -281,7 +290,7 @@ def convert_onnx(model, seq_len: int, out_dir: Path, check: dict[str, np.ndarray
             "erfc": "custom tf2onnx handler: Erfc(x) -> 1 - Erf(x)",
             "int8_recipe": "quant_pre_process (constant folding, no symbolic shapes) -> "
                            f"{rewritten} Gemm rewritten as MatMul -> quantize_dynamic "
-                           "(QInt8 weights, per tensor)",
+                           f"(QInt8 weights, per {'channel' if per_channel else 'tensor'})",
             "fp32_census": onnx_census(fp32), "int8_census": onnx_census(int8),
             "fp32_max_abs_logit_diff_vs_keras": float(np.abs(keras_logits - onnx_logits).max()),
             "checked_examples": int(len(check["input_ids"]))}
@@ -364,11 +373,16 @@ TFLITE_KINDS = {REFERENCE: "float32", TFLITE_CPU: "dynamic_int8", "TFLite int8":
 def reconvert_tflite(model, config, prep_dir: Path, seq_len: int, cache: Path
                      ) -> dict[str, tuple[Path, str]]:
     """The three TFLite variants at `seq_len`, converted like the quantize stage does."""
+    from data.input import read_split
     from models.quantization import to_tflite
-    from pipeline.quantize import _representative  # the stage's own calibration examples
 
-    rows = _representative(prep_dir, config.quantize.representative_examples, seq_len,
-                           config.seed)
+    # The quantize stage's calibration examples (its `_representative`), truncated to
+    # seq_len if need be.
+    train = read_split(prep_dir, "train", with_text=False)
+    chosen = train.shuffle(100_000, seed=config.seed, reshuffle_each_iteration=False) \
+        .take(config.quantize.representative_examples)
+    features, _ = padded(chosen, seq_len)
+    rows = [take(features, i, 1) for i in range(len(features["input_ids"]))]
     out = {}
     for name, kind in TFLITE_KINDS.items():
         path = cache / f"{kind}-{seq_len}.tflite"
@@ -428,6 +442,9 @@ def main() -> None:
     parser.add_argument("--ort-spinning", action="store_true",
                         help="let ORT's intra-op threads spin-wait (its default; off here: "
                              "it is twice as slow when the cores are shared)")
+    parser.add_argument("--ort-per-channel", action="store_true",
+                        help="quantize_dynamic with per_channel=True (default: per tensor, "
+                             "quantize_dynamic's default)")
     parser.add_argument("--cache-dir", default=str(Path(tempfile.gettempdir())
                                                    / "slimbert-bench-onnx"))
     parser.add_argument("--json", help="write the results here")
@@ -450,6 +467,7 @@ def main() -> None:
     import tf2onnx
 
     key = hashlib.sha256(json.dumps([sha256(keras_file), seq_len, OPSET, RECIPE,
+                                     args.ort_per_channel,
                                      tf2onnx.__version__, onnxruntime.__version__]).encode()
                          ).hexdigest()[:16]
     cache = Path(args.cache_dir) / key
@@ -469,7 +487,8 @@ def main() -> None:
 
     if not info_path.is_file():
         print(f"converting {keras_file} to ONNX in {cache} ...", flush=True)
-        conversion = convert_onnx(keras(), seq_len, cache, take(features, 0, args.batch))
+        conversion = convert_onnx(keras(), seq_len, cache, take(features, 0, args.batch),
+                                  args.ort_per_channel)
         info_path.write_text(json.dumps(conversion, indent=2) + "\n")
     conversion = json.loads(info_path.read_text())
     conversion["cache_dir"] = str(cache)
@@ -486,7 +505,8 @@ def main() -> None:
                    OrtModel(ORT_INT8, cache / "int8.onnx", args.threads, args.ort_spinning)]
     sources = {name: where for name, (_, where) in files.items()}
     sources[ORT_FP32] = f"tf2onnx opset {OPSET} of finetune/model.keras"
-    sources[ORT_INT8] = "quantize_dynamic QInt8 of the ORT fp32 graph"
+    sources[ORT_INT8] = "quantize_dynamic QInt8 " \
+        f"{'per channel' if args.ort_per_channel else 'per tensor'} of the ORT fp32 graph"
     for c in contenders:
         if c.resize_error:
             print(f"{c.name}: cannot resize to batch {args.batch} ({c.resize_error}); "

@@ -26,7 +26,7 @@ seq_len^2 x hidden) (attention scores and values; training = 3 x forward), and t
 FLOPs utilisation (MFU) is FLOPs per example x examples/s / ceiling, per round.
 
     python benchmarks/training_steps.py [--seq-len 128] [--batch 32] [--steps 3]
-        [--rounds 3] [--warmup 2] [--config configs/default.yaml]
+        [--rounds 4] [--warmup 2] [--config configs/default.yaml]
         [--matmul-sizes 1024,1536,2048] [--json out.json]
 """
 
@@ -208,7 +208,7 @@ def main() -> None:
     parser.add_argument("--seq-len", type=int, default=128)
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--steps", type=int, default=3, help="timed steps per round")
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps (tracing)")
     parser.add_argument("--config", default="configs/default.yaml",
                         help="pipeline config giving the prune schedule")
