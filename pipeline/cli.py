@@ -24,12 +24,13 @@ import logging
 import shutil
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
 
 import pipeline
 from pipeline import artifacts
-from pipeline.config import PipelineConfig, SlimbertError, load_config
+from pipeline.config import EXPORT_TARGETS, PipelineConfig, SlimbertError, load_config
 
 log = logging.getLogger("slimbert")
 
@@ -131,11 +132,63 @@ def build_parser() -> argparse.ArgumentParser:
                          help="JSON lines with every class probability")
     predict.add_argument("--threads", type=int, default=None, help="TFLite threads")
     predict.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    _serve_parser(sub)
     show = sub.add_parser("config", help="print the resolved config as YAML",
                           description="Print the config that --config and --set resolve to. "
                                       "Every key is documented in pipeline/config.py.")
     _common_options(show)
     return parser
+
+
+def _at_least(minimum: int) -> Callable[[str], int]:
+    """argparse type: an integer >= minimum."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, found {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be at least {minimum}, found {value}")
+        return value
+    return parse
+
+
+def _serve_parser(sub: argparse._SubParsersAction) -> None:
+    serve = sub.add_parser(
+        "serve", help="serve an export over TF Serving's REST API",
+        description="Serve one exported model of EXPORT_DIR with TF Serving's REST API: "
+                    "GET /v1/models/NAME (status), GET /v1/models/NAME/metadata, POST "
+                    "/v1/models/NAME[/versions/V]:predict (`instances` or `inputs`) and "
+                    ":classify, GET /healthz. Concurrent requests are batched. Only "
+                    "targets that passed the export gate are served, unless --force. "
+                    "SIGINT/SIGTERM stop it after in-flight requests finish.")
+    serve.add_argument("export_dir", type=Path, metavar="EXPORT_DIR",
+                       help="the export folder of a run, e.g. runs/default/export")
+    serve.add_argument("--backend", choices=EXPORT_TARGETS, default="savedmodel",
+                       help="which exported target runs the requests: the SavedModel or a "
+                            "TFLite target (default: savedmodel)")
+    serve.add_argument("--host", default="127.0.0.1",
+                       help="address to listen on (default: 127.0.0.1, this machine only)")
+    serve.add_argument("--port", type=_at_least(0), default=8501,
+                       help="port (default: 8501, TF Serving's REST port; 0: any free port)")
+    serve.add_argument("--model-name", metavar="NAME",
+                       help="model name in URLs (default: the export's export.name)")
+    serve.add_argument("--max-batch", type=_at_least(1), default=32,
+                       help="most instances the model runs at once; concurrent requests are "
+                            "batched up to it (default: 32; 1: no batching)")
+    serve.add_argument("--batch-wait-ms", type=float, default=5.0,
+                       help="how long a request waits for others to batch with "
+                            "(default: 5)")
+    serve.add_argument("--max-body-bytes", type=_at_least(1), default=1 << 20,
+                       help="larger request bodies get 413 (default: 1048576)")
+    serve.add_argument("--max-instances", type=_at_least(1), default=256,
+                       help="most instances (texts) per request (default: 256)")
+    serve.add_argument("--threads", type=_at_least(1), default=None,
+                       help="TFLite interpreter threads (default: the runtime's)")
+    serve.add_argument("--force", action="store_true",
+                       help="serve a target that failed the export gate")
+    serve.add_argument("-v", "--verbose", action="store_true",
+                       help="debug logging and an access log line per request")
 
 
 def default_run_dir(config_path: Path | None) -> Path:
@@ -157,6 +210,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "predict":
             return predict_command(args)
+        if args.command == "serve":
+            return serve_command(args)
         config = load_config(args.config, args.overrides)
         if args.command == "config":
             print(config.to_yaml(), end="")
@@ -228,6 +283,20 @@ def predict_command(args: argparse.Namespace) -> int:
                              ensure_ascii=False))
         else:
             print(f"{predictor.labels[best]}\t{probs[best]:.4f}\t{text}")
+    return 0
+
+
+def serve_command(args: argparse.Namespace) -> int:
+    """`slimbert serve EXPORT_DIR [--backend B] [--port P] ...`: until SIGINT/SIGTERM."""
+    from serve.app import create_app, serve
+
+    if args.batch_wait_ms < 0:
+        raise SlimbertError(f"--batch-wait-ms must be >= 0, found {args.batch_wait_ms}")
+    app = create_app(args.export_dir, backend=args.backend, name=args.model_name,
+                     max_batch=args.max_batch, batch_wait_ms=args.batch_wait_ms,
+                     max_body_bytes=args.max_body_bytes, max_instances=args.max_instances,
+                     force=args.force, threads=args.threads)
+    serve(app, args.host, args.port, access_log=args.verbose)
     return 0
 
 
