@@ -114,7 +114,8 @@ class ModelApi:
             "backend": target.target, "path": str(target.path), "verified": target.passed,
             "runtime": self.model.predictor.runtime, "max_batch": self.max_batch,
             "batch_wait_ms": self.batch_wait_ms,
-            "batches": {signature: {"batches": b.batches, "instances": b.instances}
+            "batches": {signature: {"batches": b.batches, "instances": b.instances,
+                                    "waiting": b.waiting}
                         for signature, b in self.batchers.items()}})
 
     async def models(self, request: Request) -> JSONResponse:

@@ -78,10 +78,12 @@ class Batcher:
         if self._task is not None:
             await self._task
 
-    # --- the worker ---
-
-    def _waiting(self) -> int:
+    @property
+    def waiting(self) -> int:
+        """Instances queued for the next batch."""
         return sum(len(job.items) for job in self._queue)
+
+    # --- the worker ---
 
     async def _work(self) -> None:
         loop = asyncio.get_running_loop()
@@ -91,7 +93,7 @@ class Batcher:
                 await self._arrived.wait()
                 continue
             deadline = loop.time() + self.wait_seconds
-            while not self._closed and self._waiting() < self.max_batch \
+            while not self._closed and self.waiting < self.max_batch \
                     and loop.time() < deadline:
                 self._arrived.clear()
                 try:
