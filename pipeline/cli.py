@@ -173,17 +173,18 @@ def _serve_parser(sub: argparse._SubParsersAction) -> None:
                        help="port (default: 8501, TF Serving's REST port; 0: any free port)")
     serve.add_argument("--model-name", metavar="NAME",
                        help="model name in URLs (default: the export's export.name)")
-    serve.add_argument("--max-batch", type=_at_least(1), default=32,
+    serve.add_argument("--max-batch", type=_at_least(1), default=32, metavar="N",
                        help="most instances the model runs at once; concurrent requests are "
                             "batched up to it (default: 32; 1: no batching)")
-    serve.add_argument("--batch-wait-ms", type=float, default=5.0,
+    serve.add_argument("--batch-wait-ms", type=float, default=5.0, metavar="MS",
                        help="how long a request waits for others to batch with "
                             "(default: 5)")
     serve.add_argument("--max-body-bytes", type=_at_least(1), default=1 << 20,
+                       metavar="BYTES",
                        help="larger request bodies get 413 (default: 1048576)")
-    serve.add_argument("--max-instances", type=_at_least(1), default=256,
+    serve.add_argument("--max-instances", type=_at_least(1), default=256, metavar="N",
                        help="most instances (texts) per request (default: 256)")
-    serve.add_argument("--threads", type=_at_least(1), default=None,
+    serve.add_argument("--threads", type=_at_least(1), default=None, metavar="N",
                        help="TFLite interpreter threads (default: the runtime's)")
     serve.add_argument("--force", action="store_true",
                        help="serve a target that failed the export gate")
