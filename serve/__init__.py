@@ -4,7 +4,7 @@
 target with TF Serving's REST API, so TF Serving clients work unchanged:
 
     serve.model     the exported target (gate check, Predictor, signatures)
-    serve.requests  TF Serving's request/response JSON and its validation
+    serve.rest      TF Serving's request/response JSON and its validation
     serve.batcher   batching of concurrent requests
     serve.app       the Starlette app, its routes and errors, and the uvicorn server
 """

@@ -5,7 +5,7 @@ version; the model name in a URL is only compared with it, never used as a path)
 
     GET  /v1/models/<name>[/versions/<v>]              status
     GET  /v1/models/<name>[/versions/<v>]/metadata     signatures
-    POST /v1/models/<name>[/versions/<v>]:predict      see serve.requests
+    POST /v1/models/<name>[/versions/<v>]:predict      see serve.rest
     POST /v1/models/<name>[/versions/<v>]:classify
     GET  /healthz                                      200 serving, 503 shutting down
 
@@ -46,7 +46,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from pipeline.config import SlimbertError
 from serve.batcher import Batcher, ShuttingDown
 from serve.model import TEXT_SIGNATURE, ServedModel
-from serve.requests import (
+from serve.rest import (
     ApiError,
     Limits,
     classify_response,
@@ -122,14 +122,15 @@ class ModelApi:
         """Everything under /v1/models/, dispatched like TF Serving's REST handler."""
         rest = request.path_params["path"]
         if match := _VERB_URL.fullmatch(rest):
-            self._check(request, "POST", match["name"], match["version"])
+            self._check_route(request, "POST", match["name"], match["version"])
             return await self._verb(request, match["verb"])
         if match := _STATUS_URL.fullmatch(rest):
-            self._check(request, "GET", match["name"], match["version"])
+            self._check_route(request, "GET", match["name"], match["version"])
             return JSONResponse(self._metadata() if match["metadata"] else self._status())
         raise ApiError(404, f"Malformed request: {request.method} /v1/models/{rest}")
 
-    def _check(self, request: Request, method: str, name: str, version: str | None) -> None:
+    def _check_route(self, request: Request, method: str, name: str,
+                     version: str | None) -> None:
         if request.method != method and not (method == "GET" and request.method == "HEAD"):
             raise ApiError(405, f"{request.method} is not allowed here; use {method}",
                            {"Allow": method})
