@@ -50,13 +50,10 @@ system temp dir, never in the repository):
 from __future__ import annotations
 
 import argparse
-import contextlib
 import hashlib
-import importlib.metadata
 import json
 import logging
 import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -67,6 +64,7 @@ import numpy as np
 
 import pipeline  # noqa: F401  (Keras 2 for tf.keras, before TensorFlow is imported)
 from export.runtime import TOKEN_ID_INPUTS, inputs_by_name, make_interpreter, read_output
+from pipeline.artifacts import library_versions, machine_info
 
 OPSET = 17
 RECIPE = 2  # bump when the ONNX conversion recipe changes (invalidates the cache)
@@ -339,23 +337,12 @@ def sha256(path: Path) -> str:
 
 
 def versions() -> dict[str, str]:
-    out = {"python": platform.python_version()}
-    for name in ("tensorflow", "tf-keras", "ai-edge-litert", "onnxruntime", "tf2onnx",
-                 "onnx", "numpy"):
-        with contextlib.suppress(importlib.metadata.PackageNotFoundError):
-            out[name] = importlib.metadata.version(name)
-    return out
+    return library_versions(("tensorflow", "tf-keras", "ai-edge-litert", "onnxruntime", "tf2onnx",
+                 "onnx", "numpy"))
 
 
 def machine() -> dict:
-    model = ""
-    with contextlib.suppress(OSError), open("/proc/cpuinfo") as f:
-        model = next((line.split(":", 1)[1].strip() for line in f
-                      if line.startswith("model name")), "")
-    return {"platform": platform.platform(), "machine": platform.machine(),
-            "cpu": model or platform.processor(), "cpu_count": os.cpu_count(),
-            "usable_cpus": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
-            else os.cpu_count()}
+    return machine_info()
 
 
 def tflite_files(run_dir: Path) -> dict[str, tuple[Path, str]]:

@@ -34,11 +34,8 @@ ceiling.
 from __future__ import annotations
 
 import argparse
-import contextlib
-import importlib.metadata
 import json
 import os
-import platform
 import statistics
 import time
 import types
@@ -55,6 +52,7 @@ from models.bert import build_classifier
 from models.checkpoints import architecture
 from models.optimization import make_optimizer
 from models.quantization import quantize_for_training
+from pipeline.artifacts import library_versions, machine_info
 from pipeline.config import ModelConfig, load_config
 from pipeline.finetune import make_train_step
 
@@ -185,21 +183,12 @@ class Matmul:
 
 
 def versions() -> dict[str, str]:
-    out = {"python": platform.python_version()}
-    for name in ("tensorflow", "tf-keras", "tensorflow-model-optimization", "keras",
-                 "keras-hub", "numpy"):
-        with contextlib.suppress(importlib.metadata.PackageNotFoundError):
-            out[name] = importlib.metadata.version(name)
-    return out
+    return library_versions(("tensorflow", "tf-keras", "tensorflow-model-optimization", "keras",
+                 "keras-hub", "numpy"))
 
 
 def machine() -> dict:
-    model = ""
-    with contextlib.suppress(OSError), open("/proc/cpuinfo") as f:
-        model = next((line.split(":", 1)[1].strip() for line in f
-                      if line.startswith("model name")), "")
-    return {"platform": platform.platform(), "machine": platform.machine(),
-            "cpu": model or platform.processor(), "cpu_count": os.cpu_count(),
+    return {**machine_info(),
             "tf_intra_op_threads": tf.config.threading.get_intra_op_parallelism_threads()
             or "all"}
 

@@ -53,14 +53,31 @@ def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
     return digest.hexdigest()
 
 
-def library_versions() -> dict[str, str]:
+def library_versions(names: tuple[str, ...] = TRACKED_LIBRARIES) -> dict[str, str]:
+    """Python's and the installed `names` packages' versions (missing ones left out)."""
     versions = {"python": platform.python_version()}
-    for name in TRACKED_LIBRARIES:
+    for name in names:
         try:
             versions[name] = metadata.version(name)
         except metadata.PackageNotFoundError:
             pass
     return versions
+
+
+def machine_info() -> dict[str, Any]:
+    """What a measured figure was measured on: platform, CPU model and core counts."""
+    model = ""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            model = next((line.split(":", 1)[1].strip() for line in f
+                          if line.startswith("model name")), "")
+    except OSError:
+        pass
+    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") \
+        else os.cpu_count()
+    return {"platform": platform.platform(), "machine": platform.machine(),
+            "cpu": model or platform.processor(), "cpu_count": os.cpu_count(),
+            "usable_cpus": usable}
 
 
 def git_commit() -> str | None:

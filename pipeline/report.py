@@ -178,8 +178,8 @@ def markdown(report: dict[str, Any]) -> str:
 
     m = report["machine"]
     out = [f"# slimbert report: {report['run_dir']}", "",
-           f"Measured {report['created_at']} on {m['platform']} ({m['cpus']} CPUs, "
-           f"{m['processor'] or 'unknown CPU'}), Python {m['python']}, TensorFlow "
+           f"Measured {report['created_at']} on {m['platform']} ({m['cpu_count']} CPUs, "
+           f"{m['cpu'] or 'unknown CPU'}), Python {m['python']}, TensorFlow "
            f"{m['tensorflow']}. Test split: {report['split']['examples']} examples.", "",
            "## Models", "", *lines, "",
            "Accuracy and macro-F1: the test split in each model's own runtime, as the stage "
@@ -268,6 +268,8 @@ def run(config: PipelineConfig, inputs: dict[str, Path], out_dir: Path,
         work_dir: Path) -> dict[str, Any]:
     import tensorflow as tf
 
+    from pipeline.artifacts import machine_info
+
     rows = collect_models(inputs)
     work_dir.mkdir(parents=True, exist_ok=True)
     measurements = measure_speed(rows, config, inputs["prepare"], work_dir)
@@ -276,8 +278,7 @@ def run(config: PipelineConfig, inputs: dict[str, Path], out_dir: Path,
     report = {
         "run_dir": str(inputs["export"].parent),
         "created_at": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-        "machine": {"platform": platform.platform(), "processor": platform.processor(),
-                    "cpus": os.cpu_count(), "python": platform.python_version(),
+        "machine": {**machine_info(), "python": platform.python_version(),
                     "tensorflow": tf.__version__},
         "split": {"name": config.evaluate.split, "examples": examples,
                   "seq_len": tokenizer["max_seq_length"]},
