@@ -2,13 +2,13 @@
 
 For each backend (default: the SavedModel and the `cpu` TFLite model) the server runs in a
 subprocess on a free loopback port, once per configuration: with request batching
-(`--max-batch 32`) for each `--batch-wait-ms` given (default 5 and 0: no waiting, batches
-form only while the model is busy), and without (`--max-batch 1`). N client threads
-(httpx, one connection each) send one-text predict requests, the test split's real texts
-in turn, until --requests are answered or --seconds have passed (after a short untimed
-warm-up). Prints requests/s, p50/p99 latency, errors (anything but a 200 with one
-prediction) and the mean model batch per configuration, and the batching gain: requests/s
-with batching over without.
+(`--max-batch 32`) for each `--batch-wait-ms` given (default: 0, the server's default, where
+batches form from what arrives while the model is busy; and 5), and without batching
+(`--max-batch 1`). N client threads (httpx, one connection each) send one-text predict
+requests, the test split's real texts in turn, until --requests are answered or --seconds
+have passed (after a short untimed warm-up). Prints requests/s, p50/p99 latency, errors
+(anything but a 200 with one prediction) and the mean model batch per configuration, and
+the batching gain: requests/s with batching over without.
 
 Client and server share this machine's cores, so absolute figures move with whatever else
 runs (the JSON records the load average before the run); the gains are measured in one
@@ -16,7 +16,7 @@ run.
 
     python benchmarks/serve_load.py runs/default/export [--prepared runs/default/prepare]
         [--backends savedmodel cpu] [--clients 8] [--requests 400] [--seconds 120]
-        [--max-batch 32] [--batch-wait-ms 5 0] [--json benchmarks/results/serve_load.json]
+        [--max-batch 32] [--batch-wait-ms 0 5] [--json benchmarks/results/serve_load.json]
 """
 
 from __future__ import annotations
@@ -173,7 +173,7 @@ def main() -> None:
                         help="most seconds of load per config")
     parser.add_argument("--max-batch", type=int, default=32,
                         help="server batch size compared with 1 (no batching)")
-    parser.add_argument("--batch-wait-ms", type=float, nargs="+", default=[5.0, 0.0],
+    parser.add_argument("--batch-wait-ms", type=float, nargs="+", default=[0.0, 5.0],
                         help="batch waits to try with --max-batch")
     parser.add_argument("--json", help="write the results here")
     args = parser.parse_args()

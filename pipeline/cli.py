@@ -176,9 +176,9 @@ def _serve_parser(sub: argparse._SubParsersAction) -> None:
     serve.add_argument("--max-batch", type=_at_least(1), default=32, metavar="N",
                        help="most instances the model runs at once; concurrent requests are "
                             "batched up to it (default: 32; 1: no batching)")
-    serve.add_argument("--batch-wait-ms", type=float, default=5.0, metavar="MS",
+    serve.add_argument("--batch-wait-ms", type=float, default=0.0, metavar="MS",
                        help="how long a request waits for others to batch with "
-                            "(default: 5)")
+                            "(default: 0: batch only what arrives while the model is busy)")
     serve.add_argument("--max-body-bytes", type=_at_least(1), default=1 << 20,
                        metavar="BYTES",
                        help="larger request bodies get 413 (default: 1048576)")

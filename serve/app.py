@@ -221,7 +221,7 @@ class BodyLimit:
 
 
 def create_app(export_dir: str | Path, backend: str = "savedmodel", name: str | None = None,
-               max_batch: int = 32, batch_wait_ms: float = 5.0,
+               max_batch: int = 32, batch_wait_ms: float = 0.0,
                max_body_bytes: int = 1 << 20, max_instances: int = 256, force: bool = False,
                threads: int | None = None) -> Starlette:
     """The server's app: loads `backend` of `export_dir` (checked against the export gate
@@ -233,7 +233,8 @@ def create_app(export_dir: str | Path, backend: str = "savedmodel", name: str | 
             `pruned-qat`, `text`).
         name: the model name in URLs (default: the export's `export.name`).
         max_batch: most instances per model batch (1: no batching).
-        batch_wait_ms: how long a request waits for others to batch with.
+        batch_wait_ms: how long a request waits for others to batch with (0: batches
+            form only from requests that arrive while the model is busy).
         max_body_bytes: larger request bodies get 413.
         max_instances: most instances per request.
         force: serve a target that failed the export gate.
