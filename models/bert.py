@@ -195,8 +195,24 @@ class AttentionMask(keras.layers.Layer):
         return []
 
 
+class QuantPoints:
+    """Mixin: named fake-quantization points inside a layer's computation.
+
+    `QUANT_POINTS` names them; `models.quantization` fills `_internal_quantizers`
+    ({point: fake_quant(tensor, training)}) for quantization-aware training, so that the
+    Keras model rounds the same tensors that the int8 TFLite model holds in int8. In a
+    float model the dict is empty and `_fake_quant` returns its input.
+    """
+
+    QUANT_POINTS: tuple[str, ...] = ()
+
+    def _fake_quant(self, point: str, x: tf.Tensor, training) -> tf.Tensor:
+        quantizer = getattr(self, "_internal_quantizers", {}).get(point)
+        return x if quantizer is None else quantizer(x, training)
+
+
 @keras.saving.register_keras_serializable(package=PACKAGE)
-class BertSelfAttention(keras.layers.MultiHeadAttention):
+class BertSelfAttention(QuantPoints, keras.layers.MultiHeadAttention):
     """`MultiHeadAttention` whose padding mask adds a bounded value to the scores.
 
     Keras adds -1e9 to masked scores; a tensor with that range breaks full-integer TFLite
@@ -213,26 +229,22 @@ class BertSelfAttention(keras.layers.MultiHeadAttention):
         **kwargs: `MultiHeadAttention` arguments (num_heads, key_dim, dropout, ...).
     """
 
-    # Points inside the attention computation where QAT fake-quantizes (in this order):
-    # the scaled query, key, value, the raw scores, the masked scores (softmax input),
-    # the probabilities and the context: the tensors an int8 TFLite model holds there.
+    # Points inside the attention computation where QAT fake-quantizes: the scaled
+    # query, key, value, the raw scores, the masked scores (softmax input), the
+    # probabilities, the context, and the query projection before scaling: the tensors
+    # an int8 TFLite model holds there.
     QUANT_POINTS = ("query", "key", "value", "scores", "masked_scores", "probabilities",
-                    "context")
+                    "context", "projected_query")
 
     def __init__(self, *args, mask_value: float = -100.0, **kwargs):
         super().__init__(*args, **kwargs)
         if mask_value >= 0:
             raise ValueError(f"mask_value must be negative, found {mask_value!r}")
         self.mask_value = float(mask_value)
-        # {point: fake_quant(tensor, training)}; set by models.quantization for QAT.
-        self._internal_quantizers = {}
-
-    def _fake_quant(self, point: str, x: tf.Tensor, training) -> tf.Tensor:
-        quantizer = self._internal_quantizers.get(point)
-        return x if quantizer is None else quantizer(x, training)
 
     def _compute_attention(self, query, key, value, attention_mask=None, training=None):
         # As MultiHeadAttention's, with the fake-quantization points of QAT.
+        query = self._fake_quant("projected_query", query, training)
         query = self._fake_quant(
             "query", tf.multiply(query, 1.0 / math.sqrt(float(self._key_dim))), training)
         key = self._fake_quant("key", key, training)
@@ -285,18 +297,22 @@ class ClsToken(keras.layers.Layer):
 
 
 @keras.saving.register_keras_serializable(package=PACKAGE)
-class MaskedMeanPooling(keras.layers.Layer):
+class MaskedMeanPooling(QuantPoints, keras.layers.Layer):
     """Mean over real tokens: ([batch, seq, hidden], input_mask [batch, seq]) -> [batch, hidden].
 
-    Padded positions get weight 0; a row without real tokens gives zeros.
+    Padded positions get weight 0; a row without real tokens gives zeros. Under QAT the
+    mean is fake-quantized (it is the int8 input of the classifier's matmul); the int8
+    TFLite model computes the sum and division in float.
     """
 
-    def call(self, inputs: list[tf.Tensor]) -> tf.Tensor:
+    QUANT_POINTS = ("mean",)
+
+    def call(self, inputs: list[tf.Tensor], training=None) -> tf.Tensor:
         sequence, mask = inputs
         mask = tf.expand_dims(tf.cast(mask, sequence.dtype), axis=-1)
         total = tf.reduce_sum(sequence * mask, axis=1)
         count = tf.maximum(tf.reduce_sum(mask, axis=1), tf.cast(1.0, sequence.dtype))
-        return total / count
+        return self._fake_quant("mean", total / count, training)
 
     def compute_output_shape(self, input_shape):
         sequence_shape = tf.TensorShape(input_shape[0])

@@ -59,6 +59,7 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import warnings
 from collections import Counter
@@ -73,6 +74,7 @@ from tensorflow_model_optimization.python.core.quantization.keras import quant_o
 
 from models.bert import (
     INPUT_NAMES,
+    QuantPoints,
     AttentionMask,
     BertSelfAttention,
     ClsToken,
@@ -86,6 +88,12 @@ log = logging.getLogger(__name__)
 quantize = tfmot.quantization.keras
 KINDS = ("float32", "dynamic_int8", "float16", "full_int8", "qat_int8")
 MATMUL_OPS = ("FULLY_CONNECTED", "BATCH_MATMUL")
+# Kinds with int8 activations. They are converted with a fixed batch of 1: only with
+# static shapes does the converter fuse each bias into its FULLY_CONNECTED; with a
+# dynamic batch every Dense/EinsumDense bias is a separate ADD after an int8 matmul
+# output, which rounds every projection twice (measured: the QAT model's TFLite twin
+# agreed with it on 91.5% of the test split instead of 94.3%, before the other fixes).
+INT8_KINDS = ("full_int8", "qat_int8")
 # Activation functions tfmot's QuantizeAwareActivation knows by name.
 TFMOT_ACTIVATIONS = frozenset({"linear", "relu", "swish", "gelu", "softmax", "sigmoid",
                                "tanh"})
@@ -115,10 +123,14 @@ class KernelQuantizer(quantize.quantizers.LastValueQuantizer):
         name: str. Prefix of the range (and mask) variables; unique within the layer.
         attribute: str. Path of the kernel in the wrapped layer ("_query_dense.kernel").
         preserve_sparsity: bool. Re-apply the kernel's zero pattern at every call.
+        per_axis: bool. One range per output channel (the kernel's last axis), as
+            TFLite's per-channel int8 FULLY_CONNECTED weights hold them.
     """
 
-    def __init__(self, name: str, attribute: str, preserve_sparsity: bool = False):
-        super().__init__(num_bits=8, per_axis=False, symmetric=True, narrow_range=True)
+    def __init__(self, name: str, attribute: str, preserve_sparsity: bool = False,
+                 per_axis: bool = False):
+        super().__init__(num_bits=8, per_axis=bool(per_axis), symmetric=True,
+                         narrow_range=True)
         self.name = name
         self.attribute = attribute
         self.preserve_sparsity = bool(preserve_sparsity)
@@ -135,7 +147,13 @@ class KernelQuantizer(quantize.quantizers.LastValueQuantizer):
             weights["sparsity_mask"] = mask
         return weights
 
+    # Set by `_frozen_per_axis_kernels` while converting: the kernel as a constant
+    # already rounded to its grid (see there).
+    frozen: np.ndarray | None = None
+
     def __call__(self, inputs, training, weights, **kwargs):
+        if self.frozen is not None:
+            return tf.constant(self.frozen)
         if "sparsity_mask" in weights:
             inputs = inputs * tf.cast(weights["sparsity_mask"], inputs.dtype)
         return quant_ops.LastValueQuantize(
@@ -145,7 +163,7 @@ class KernelQuantizer(quantize.quantizers.LastValueQuantizer):
 
     def get_config(self) -> dict:
         return {"name": self.name, "attribute": self.attribute,
-                "preserve_sparsity": self.preserve_sparsity}
+                "preserve_sparsity": self.preserve_sparsity, "per_axis": self.per_axis}
 
     def __eq__(self, other) -> bool:
         return isinstance(other, KernelQuantizer) and self.get_config() == other.get_config()
@@ -175,6 +193,8 @@ class KernelsQuantizeConfig(quantize.QuantizeConfig):
         preserve_sparsity: bool. Keep the kernels' zeros (see `KernelQuantizer`).
     """
 
+    per_axis = False
+
     def __init__(self, kernels: dict[str, str] | None = None, quantize_output: bool = False,
                  preserve_sparsity: bool = False):
         self.kernels = dict(kernels or {})
@@ -183,7 +203,8 @@ class KernelsQuantizeConfig(quantize.QuantizeConfig):
 
     def get_weights_and_quantizers(self, layer):
         return [(_resolve(layer, path),
-                 KernelQuantizer(name, path, preserve_sparsity=self.preserve_sparsity))
+                 KernelQuantizer(name, path, preserve_sparsity=self.preserve_sparsity,
+                                 per_axis=self.per_axis))
                 for name, path in self.kernels.items()]
 
     def set_quantize_weights(self, layer, quantize_weights) -> None:
@@ -252,18 +273,35 @@ class _InternalQuantizer:
                               weights=self.variables)
 
 
-def _add_internal_quantizers(layer: BertSelfAttention) -> None:
-    """Fake-quantize the attention internals (`BertSelfAttention.QUANT_POINTS`): the
-    int8 TFLite model computes scores, softmax and context in int8, so QAT trains with
-    them quantized too."""
-    if layer._internal_quantizers:  # noqa: SLF001
+def _add_internal_quantizers(layer: keras.layers.Layer) -> None:
+    """Fake-quantize a layer's internal points (`QuantPoints.QUANT_POINTS`), e.g. the
+    attention internals: the int8 TFLite model computes scores, softmax and context in
+    int8, so QAT trains with them quantized too. Each point gets an 8-bit moving-average
+    quantizer whose range variables the layer owns."""
+    if getattr(layer, "_internal_quantizers", None):
         return
     quantizers = {}
-    for point in BertSelfAttention.QUANT_POINTS:
+    for point in layer.QUANT_POINTS:
         quantizer = _output_quantizer()
         variables = quantizer.build(tf.TensorShape(None), f"{point}_fq", layer)
         quantizers[point] = _InternalQuantizer(quantizer, variables)
     layer._internal_quantizers = quantizers  # noqa: SLF001
+
+
+@keras.saving.register_keras_serializable(package="slimbert")
+class FakeQuantEmbedding(QuantPoints, keras.layers.Embedding):
+    """`Embedding` whose looked-up rows are fake-quantized (QAT only).
+
+    The int8 TFLite model stores the table in int8 with the scale of the lookup's
+    output (its range from the representative data); rounding the looked-up rows in
+    the Keras model is the same arithmetic. `quantize_for_training` swaps it in for the
+    token and segment embeddings.
+    """
+
+    QUANT_POINTS = ("output",)
+
+    def call(self, inputs, training=None):
+        return self._fake_quant("output", super().call(inputs), training)
 
 
 def _build_projections(layer: BertSelfAttention) -> None:
@@ -330,12 +368,43 @@ class DenseQuantizeConfig(KernelsQuantizeConfig):
                 "quantize_output": self.quantize_output}
 
 
+class PerChannelDenseQuantizeConfig(KernelsQuantizeConfig):
+    """Encoder `Dense` (FFN): 8-bit kernel with one range per output channel, and the
+    activation quantized as tfmot's default config does (before and after GELU).
+
+    A per-tensor range is set by the largest weight of the whole kernel (the FFN
+    output kernels have a few weights 100x the typical one, so most weights would round
+    to 0 or +-1); per channel, each output column keeps its own resolution. TFLite runs
+    such weights as per-channel int8 FULLY_CONNECTED.
+
+    Args:
+        preserve_sparsity: bool. Keep the kernel's zeros.
+    """
+
+    per_axis = True
+
+    def __init__(self, preserve_sparsity: bool = False, **kwargs):
+        super().__init__({"kernel": "kernel"}, quantize_output=False,
+                         preserve_sparsity=preserve_sparsity)
+
+    def get_activations_and_quantizers(self, layer):
+        return [(layer.activation, _output_quantizer())]
+
+    def set_quantize_activations(self, layer, quantize_activations) -> None:
+        layer.activation = quantize_activations[0]
+
+    def get_config(self) -> dict:
+        return {"preserve_sparsity": self.preserve_sparsity}
+
+
 def custom_objects() -> dict[str, Any]:
     """Everything `quantize_scope` needs to clone, save and load our QAT models."""
     return {cls.__name__: cls for cls in (
         AttentionMask, BertSelfAttention, ClsToken, MaskedMeanPooling, PositionEmbedding,
+        FakeQuantEmbedding,
         KernelQuantizer, KernelsQuantizeConfig, AttentionQuantizeConfig,
-        OutputQuantizeConfig, PassThroughQuantizeConfig, DenseQuantizeConfig)} | {
+        OutputQuantizeConfig, PassThroughQuantizeConfig, DenseQuantizeConfig,
+        PerChannelDenseQuantizeConfig)} | {
         "gelu_approximate": gelu_approximate}
 
 
@@ -362,13 +431,14 @@ def _activation_name(layer: keras.layers.Layer) -> str:
 # only these outputs flips 7% of the test predictions; only the LayerNorm outputs, 1%).
 # TFLite keeps the matching ops in float too (`QAT_FLOAT_OPS`).
 FLOAT = object()  # _config_for: leave the layer unannotated, in float
-# Ops the qat_int8 conversion leaves in float: the residual adds and LayerNorm's
-# arithmetic (mean, variance, rsqrt, scale); every matmul stays int8.
-QAT_FLOAT_OPS = ("ADD", "SUB", "MUL", "MEAN", "SQUARED_DIFFERENCE", "RSQRT")
+# Ops the qat_int8 conversion leaves in float: the residual adds, LayerNorm's
+# arithmetic (mean, variance, rsqrt, scale) and the mean pooling's sum and division
+# (QAT rounds only their result); every matmul stays int8.
+QAT_FLOAT_OPS = ("ADD", "SUB", "MUL", "MEAN", "SQUARED_DIFFERENCE", "RSQRT", "SUM", "DIV")
 
 
-def _config_for(layer: keras.layers.Layer, preserve_sparsity: bool, is_output: bool
-                ) -> quantize.QuantizeConfig | object | None:
+def _config_for(layer: keras.layers.Layer, preserve_sparsity: bool, is_output: bool,
+                per_channel: bool = False) -> quantize.QuantizeConfig | object | None:
     """Our QuantizeConfig for `layer`, `FLOAT` to leave it in float, or None for tfmot's
     default registry."""
     if isinstance(layer, keras.layers.Dense) and is_output and \
@@ -394,18 +464,23 @@ def _config_for(layer: keras.layers.Layer, preserve_sparsity: bool, is_output: b
     if isinstance(layer, keras.layers.Dense) and \
             _activation_name(layer) not in TFMOT_ACTIVATIONS:
         return DenseQuantizeConfig(preserve_sparsity=preserve_sparsity)
+    if isinstance(layer, keras.layers.Dense) and per_channel:
+        return PerChannelDenseQuantizeConfig(preserve_sparsity=preserve_sparsity)
     return None
 
 
-def _annotate(model: keras.Model, preserve_sparsity: bool) -> keras.Model:
+def _annotate(model: keras.Model, preserve_sparsity: bool, per_channel: bool = False
+              ) -> keras.Model:
     skip = _fed_by_inputs(model)
     outputs = {t._keras_history.layer.name for t in tf.nest.flatten(model.outputs)}  # noqa: SLF001
     registry = quantize.default_8bit.Default8BitQuantizeRegistry()
 
     def clone(layer):
+        if type(layer) is keras.layers.Embedding:
+            return FakeQuantEmbedding.from_config(layer.get_config())
         if layer.name in skip or isinstance(layer, keras.layers.InputLayer):
             return layer.__class__.from_config(layer.get_config())
-        config = _config_for(layer, preserve_sparsity, layer.name in outputs)
+        config = _config_for(layer, preserve_sparsity, layer.name in outputs, per_channel)
         if config is FLOAT:
             return layer.__class__.from_config(layer.get_config())
         if config is None and not registry.supports(layer):
@@ -443,7 +518,8 @@ class _PrunePreserveScheme(tfmot.experimental.combine.Default8BitPrunePreserveQu
 
 
 def quantize_for_training(model: keras.Model, *, preserve_sparsity: bool = False,
-                          calibration: Iterable | None = None) -> keras.Model:
+                          calibration: Iterable | None = None,
+                          per_channel: bool = False) -> keras.Model:
     """A quantization-aware training copy of a classifier or encoder from `models.bert`.
 
     Weights are copied (the input model is left untouched). The result trains with a
@@ -458,6 +534,8 @@ def quantize_for_training(model: keras.Model, *, preserve_sparsity: bool = False
             labels) pairs) to start the activation ranges from (`calibrate_ranges`).
             Without it they start at tfmot's [-6, 6] and follow a moving average
             (decay 0.999) during training, which takes thousands of steps to settle.
+        per_channel: bool. Quantize the FFN kernels with one range per output channel
+            (`PerChannelDenseQuantizeConfig`) instead of one per kernel.
 
     Returns:
         A new functional `keras.Model` whose quantized layers are `QuantizeWrapperV2`s.
@@ -470,14 +548,15 @@ def quantize_for_training(model: keras.Model, *, preserve_sparsity: bool = False
         >>> [l.name for l in qat.layers if "attention" in l.name][:1]
         ['quant_layer_0_attention']
     """
-    annotated = _annotate(model, preserve_sparsity)
+    annotated = _annotate(model, preserve_sparsity, per_channel)
     scheme = (_PrunePreserveScheme()
               if preserve_sparsity else quantize.default_8bit.Default8BitQuantizeScheme())
     with quantize.quantize_scope(custom_objects()):
         qat_model = quantize.quantize_apply(annotated, scheme)
+    refresh_weight_ranges(qat_model)
     for layer in qat_model.layers:
-        for weight, quantizer, variables in getattr(layer, "_weight_vars", []):
-            quantizer(weight, True, weights=variables)  # training mode: sets the range
+        if isinstance(layer, QuantPoints):  # embeddings and pooling (not wrapped)
+            _add_internal_quantizers(layer)
     if calibration is not None:
         calibrate_ranges(qat_model, calibration)
     return qat_model
@@ -520,10 +599,10 @@ def calibrate_ranges(qat_model: keras.Model, batches: Iterable) -> int:
         for activation in getattr(layer, "_quantize_activations", []):
             saved.append((activation, "quantizer", activation.quantizer))
             activation.quantizer = recorder
-        inner = getattr(layer, "layer", None)
-        for internal in getattr(inner, "_internal_quantizers", {}).values():
-            saved.append((internal, "quantizer", internal.quantizer))
-            internal.quantizer = recorder
+        for owner in (layer, getattr(layer, "layer", None)):
+            for internal in getattr(owner, "_internal_quantizers", {}).values():
+                saved.append((internal, "quantizer", internal.quantizer))
+                internal.quantizer = recorder
     try:
         for batch in batches:
             features = batch[0] if isinstance(batch, (tuple, list)) else batch
@@ -555,6 +634,41 @@ def effective_kernels(qat_model: keras.Model) -> dict[str, np.ndarray]:
     return out
 
 
+def refresh_weight_ranges(qat_model: keras.Model) -> None:
+    """Set every weight quantizer's range from its kernel as it is now.
+
+    Weight ranges follow the kernels at each training step, one optimizer update
+    behind; after training, this makes the Keras model and its TFLite conversion (which
+    derives per-channel scales from the kernels) use the same grid.
+    """
+    for layer in qat_model.layers:
+        for weight, quantizer, variables in getattr(layer, "_weight_vars", []):
+            quantizer(weight, True, weights=variables)  # training mode: sets the range
+
+
+@contextlib.contextmanager
+def _frozen_per_axis_kernels(qat_model: keras.Model):
+    """While converting: per-channel kernels enter the graph as constants on their grid.
+
+    The converter cannot fold a per-channel FakeQuant of a Dense kernel (it fails on the
+    transpose to TFLite's [out, in] layout: "mismatched quantized axes"). A constant
+    already rounded to the grid converts exactly instead: the converter quantizes FC
+    weights per channel and symmetrically itself, and its scale, max|w|/127 per channel,
+    is the grid's (the largest weight of a channel sits on the range edge).
+    """
+    frozen = []
+    for layer in qat_model.layers:
+        for weight, quantizer, variables in getattr(layer, "_weight_vars", []):
+            if isinstance(quantizer, KernelQuantizer) and quantizer.per_axis:
+                quantizer.frozen = quantizer(weight, False, weights=variables).numpy()
+                frozen.append(quantizer)
+    try:
+        yield len(frozen)
+    finally:
+        for quantizer in frozen:
+            quantizer.frozen = None
+
+
 def strip_for_export(qat_model: keras.Model) -> keras.Model:
     """The model to convert after QAT: the QAT model itself.
 
@@ -568,8 +682,9 @@ def strip_for_export(qat_model: keras.Model) -> keras.Model:
 # === TFLite conversion ===
 
 
-def _concrete_function(model: keras.Model, seq_len: int):
-    specs = [tf.TensorSpec([None, seq_len], tf.int32, name=name) for name in INPUT_NAMES]
+def _concrete_function(model: keras.Model, seq_len: int, batch_size: int | None = None):
+    specs = [tf.TensorSpec([batch_size, seq_len], tf.int32, name=name)
+             for name in INPUT_NAMES]
 
     @tf.function(input_signature=specs)
     def serve(input_ids, input_mask, segment_ids):
@@ -582,7 +697,8 @@ def _concrete_function(model: keras.Model, seq_len: int):
 
 def to_tflite(model: keras.Model, kind: str, *, seq_len: int,
               representative: Callable[[], Iterable[dict]] | None = None,
-              float_ops: Iterable[str] = QAT_FLOAT_OPS) -> bytes:
+              float_ops: Iterable[str] = QAT_FLOAT_OPS,
+              batch_size: int | None = None) -> bytes:
     """Convert a classifier to a TFLite flatbuffer (builtin ops only, never Flex).
 
     Args:
@@ -594,6 +710,8 @@ def to_tflite(model: keras.Model, kind: str, *, seq_len: int,
             (a QAT model, with a representative dataset for the ranges QAT did not
             learn, so that every matmul runs in int8).
         seq_len: int. Fixed sequence length of the inputs.
+        batch_size: int | None. Fixed batch size; None: 1 for `INT8_KINDS`, else
+            dynamic (resizable).
         representative: callable returning an iterable of feature dicts
             ({"input_ids", "input_mask", "segment_ids"}: int32 [1, seq_len]); needed by
             `full_int8` and `qat_int8`.
@@ -603,13 +721,16 @@ def to_tflite(model: keras.Model, kind: str, *, seq_len: int,
 
     Returns:
         The flatbuffer: inputs input_ids/input_mask/segment_ids int32 [1, seq_len]
-        (batch resizable), output logits [1, num_classes].
+        (batch resizable unless fixed), output logits [1, num_classes].
     """
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {KINDS}, found {kind!r}")
     if kind in ("full_int8", "qat_int8") and representative is None:
         raise ValueError(f"to_tflite kind {kind!r} needs representative data")
-    function = _concrete_function(model, seq_len)
+    if batch_size is None and kind in INT8_KINDS:
+        batch_size = 1
+    with _frozen_per_axis_kernels(model):
+        function = _concrete_function(model, seq_len, batch_size)
     converter = tf.lite.TFLiteConverter.from_concrete_functions([function], model)
     converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
     if kind != "float32":
@@ -793,5 +914,7 @@ def run_tflite(tflite: bytes, batches, *, num_threads: int | None = None,
 __all__ = ["AttentionQuantizeConfig", "calibrate_ranges", "effective_kernels",
            "matmul_weight_sparsity", "DenseQuantizeConfig", "KINDS", "KernelQuantizer",
            "KernelsQuantizeConfig", "PassThroughQuantizeConfig", "OutputQuantizeConfig",
-           "census_summary", "custom_objects", "op_census", "quantize_for_training", "run_tflite",
+           "census_summary", "custom_objects", "op_census", "quantize_for_training",
+           "refresh_weight_ranges", "run_tflite", "FakeQuantEmbedding",
+           "PerChannelDenseQuantizeConfig",
            "strip_for_export", "to_tflite"]

@@ -353,6 +353,8 @@ class QuantizeConfig:
             and the ranges QAT leaves to the converter.
         calibration_batches: training batches that set the QAT model's activation
             ranges before training (0 = tfmot's [-6, 6] start).
+        per_channel: QAT quantizes the FFN kernels with one range per output channel
+            (TFLite per-channel int8 weights) instead of one per kernel.
         train: the QAT fine-tune (same keys as `finetune`).
     """
 
@@ -361,6 +363,7 @@ class QuantizeConfig:
     qat: bool = True
     representative_examples: int = 256
     calibration_batches: int = 8
+    per_channel: bool = True
     train: FinetuneConfig = field(default_factory=lambda: FinetuneConfig(
         epochs=1, learning_rate=1e-5, warmup_fraction=0.1))
 

@@ -125,7 +125,8 @@ def _qat(config: PipelineConfig, source: str, source_dir: Path, prep_dir: Path,
         calibration = _calibration(prep_dir, cfg.calibration_batches, cfg.train.batch_size,
                                    config.seed) if cfg.calibration_batches else None
         qat_model = quant.quantize_for_training(model, preserve_sparsity=preserve_sparsity,
-                                                calibration=calibration)
+                                                calibration=calibration,
+                                                per_channel=cfg.per_channel)
         if preserve_sparsity:
             report["sparsity_before"] = _sparsity_summary(_pruned_sparsity(
                 quant.effective_kernels(qat_model), pruned))
@@ -135,6 +136,7 @@ def _qat(config: PipelineConfig, source: str, source_dir: Path, prep_dir: Path,
                       BertArchitecture(**meta["architecture"]), build_model,
                       name=f"qat {source}")
     training = trainer.fit()
+    quant.refresh_weight_ranges(trainer.model)
     if preserve_sparsity:
         report["sparsity_after"] = _sparsity_summary(_pruned_sparsity(
             quant.effective_kernels(trainer.model), pruned))
