@@ -25,10 +25,6 @@ import argparse
 import json
 import os
 import platform
-import signal
-import socket
-import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -38,6 +34,7 @@ import httpx
 import numpy as np
 
 from data.input import read_split
+from serve.testing import ServerError, ServerProcess
 
 REPO = Path(__file__).resolve().parents[1]
 PREDICT = "/v1/models/{name}:predict"
@@ -47,43 +44,6 @@ def split_texts(prepared: Path) -> list[str]:
     """The test split's texts, as `slimbert export` verifies on them."""
     return [row["text"].decode("utf-8") for row in
             read_split(prepared, "test", with_text=True).as_numpy_iterator()]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-class Server:
-    """`slimbert serve` on a free loopback port, stopped with SIGTERM."""
-
-    def __init__(self, export_dir: Path, backend: str, max_batch: int, wait_ms: float,
-                 log_dir: Path) -> None:
-        self.url = f"http://127.0.0.1:{free_port()}"
-        self.log = log_dir / f"serve-{backend}-{max_batch}-{wait_ms}.log"
-        with self.log.open("w") as log:
-            self.process = subprocess.Popen(
-                [sys.executable, "-m", "pipeline.cli", "serve", str(export_dir),
-                 "--backend", backend, "--port", self.url.rsplit(":", 1)[1],
-                 "--max-batch", str(max_batch), "--batch-wait-ms", str(wait_ms)],
-                cwd=REPO, stdout=subprocess.DEVNULL, stderr=log)
-
-    def wait_ready(self, timeout: float = 300) -> dict:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise SystemExit(f"the server exited ({self.process.returncode}); see "
-                                 f"{self.log}:\n{self.log.read_text()[-2000:]}")
-            try:
-                return httpx.get(self.url + "/healthz", timeout=5).raise_for_status().json()
-            except httpx.HTTPError:
-                time.sleep(0.5)
-        raise SystemExit(f"the server did not start in {timeout} s; see {self.log}")
-
-    def stop(self) -> int:
-        self.process.send_signal(signal.SIGTERM)
-        return self.process.wait(timeout=120)
 
 
 def load(url: str, texts: list[str], clients: int, requests: int, seconds: float
@@ -133,9 +93,14 @@ def load(url: str, texts: list[str], clients: int, requests: int, seconds: float
 
 def run_config(export_dir: Path, backend: str, max_batch: int, wait_ms: float,
                args: argparse.Namespace, texts: list[str], log_dir: Path) -> dict:
-    server = Server(export_dir, backend, max_batch, wait_ms, log_dir)
+    server = ServerProcess(export_dir, "--backend", backend, "--max-batch", str(max_batch),
+                           "--batch-wait-ms", str(wait_ms), log_dir=log_dir)
     try:
-        health = server.wait_ready()
+        try:
+            server.ready(timeout=300)
+        except ServerError as err:
+            raise SystemExit(str(err)) from None
+        health = httpx.get(server.url + "/healthz", timeout=30).json()
         url = server.url + PREDICT.format(name=health["model"])
         load(url, texts[::-1], args.clients, 2 * args.clients, args.seconds)  # warm-up
         before = httpx.get(server.url + "/healthz").json()["batches"]["serving_default"]

@@ -74,12 +74,12 @@ from tensorflow_model_optimization.python.core.quantization.keras import quant_o
 
 from models.bert import (
     INPUT_NAMES,
-    QuantPoints,
     AttentionMask,
     BertSelfAttention,
     ClsToken,
     MaskedMeanPooling,
     PositionEmbedding,
+    QuantPoints,
     gelu_approximate,
 )
 

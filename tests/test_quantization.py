@@ -136,6 +136,13 @@ def test_qat_quantizes_every_attention_kernel(tiny, qat):
     for name in ("embeddings_word", "embeddings_type", "attention_mask", "mean_pooling",
                  "embeddings_position"):
         assert name in names, name
+    # The looked-up embedding rows and the pooled mean are rounded as TFLite rounds
+    # them (their own range variables, set by calibration).
+    for name, point in (("embeddings_word", "output"), ("embeddings_type", "output"),
+                        ("mean_pooling", "mean")):
+        fq = model.get_layer(name)._internal_quantizers[point]
+        assert fq.variables["max_var"].numpy() > fq.variables["min_var"].numpy(), name
+    assert isinstance(model.get_layer("embeddings_word"), quant.FakeQuantEmbedding)
     adds = [n for n in names if n.endswith("_add")]
     assert len(adds) == 5  # the embedding sum and 2 residuals per layer
     for name in adds:
@@ -299,7 +306,9 @@ def test_variant_runs_and_agrees_with_keras(tiny, flatbuffers, kind):
     for detail in inputs.values():
         assert detail["dtype"] == np.int32
         assert list(detail["shape"]) == [1, tiny["seq_len"]]
-        assert list(detail["shape_signature"]) == [-1, tiny["seq_len"]]
+        # int8 kinds have a fixed batch of 1 (biases fuse into their matmuls).
+        batch = 1 if kind in quant.INT8_KINDS else -1
+        assert list(detail["shape_signature"]) == [batch, tiny["seq_len"]]
     (output,) = interpreter.get_output_details()
     assert list(output["shape"]) == [1, 2]
     assert output["dtype"] == (np.int8 if kind == "full_int8" else np.float32)
@@ -364,6 +373,75 @@ def test_op_census(tiny, flatbuffers):
     sizes = {kind: len(flat) for kind, flat in flatbuffers.items()}
     assert sizes["dynamic_int8"] < sizes["float16"] < sizes["float32"]
     assert sizes["full_int8"] < 0.3 * sizes["float32"]
+
+
+@pytest.fixture(scope="module")
+def per_channel(tiny):
+    """A QAT copy with per-channel FFN kernels, trained 5 steps, and its qat_int8 model."""
+    model = quant.quantize_for_training(
+        tiny["model"], per_channel=True,
+        calibration=[features for features, _ in tiny["train"][:2]])
+    train_steps(model, tiny["train"], steps=5)
+    quant.refresh_weight_ranges(model)
+    flat = quant.to_tflite(model, "qat_int8", seq_len=tiny["seq_len"],
+                           representative=tiny["representative"])
+    return {"model": model, "flat": flat}
+
+
+def tflite_tensors(flat: bytes) -> dict[str, dict]:
+    """name -> {"shape", "scales", "zero_points", "type"} of every tensor."""
+    from ai_edge_litert import schema_py_generated as schema
+
+    graph = schema.Model.GetRootAs(flat, 0).Subgraphs(0)
+    out = {}
+    for i in range(graph.TensorsLength()):
+        tensor = graph.Tensors(i)
+        q = tensor.Quantization()
+        out[tensor.Name().decode()] = {
+            "shape": list(tensor.ShapeAsNumpy()), "type": tensor.Type(),
+            "scales": q.ScaleAsNumpy() if q and q.ScaleLength() else np.zeros(0),
+            "zero_points": q.ZeroPointAsNumpy() if q and q.ZeroPointLength() else None}
+    return out
+
+
+def test_per_channel_ffn_kernels_convert_per_channel(tiny, per_channel):
+    model, flat = per_channel["model"], per_channel["flat"]
+    ffn = wrapper(model, "layer_0_ffn_in")
+    assert isinstance(ffn.quantize_config, quant.PerChannelDenseQuantizeConfig)
+    ((kernel, quantizer, variables),) = ffn._weight_vars
+    assert quantizer.per_axis and variables["max_var"].shape == (kernel.shape[-1],)
+    # Each output channel on its own grid: its largest weight is +-127 steps.
+    np.testing.assert_allclose(variables["max_var"].numpy(),
+                               np.abs(kernel.numpy()).max(axis=0), rtol=1e-6)
+    (gelu,) = ffn._quantize_activations
+    assert gelu._should_pre_quantize() and gelu._should_post_quantize()
+    # In TFLite: one scale per output channel (max|w| / 127), all matmuls int8.
+    tensors = tflite_tensors(flat)
+    per_channel_kernels = [t for name, t in tensors.items()
+                           if "ffn_in" in name and len(t["scales"]) > 1
+                           and t["shape"] == [kernel.shape[1], kernel.shape[0]]]
+    assert per_channel_kernels
+    expected = np.abs(quant.effective_kernels(model)["layer_0_ffn_in/kernel"]).max(axis=0)
+    assert any(np.allclose(t["scales"], expected / 127, rtol=1e-5)
+               for t in per_channel_kernels)
+    census = quant.op_census(flat)
+    assert census["int8_matmuls"] == expected_matmuls(tiny["model"])
+    assert census["float_matmuls"] == census["hybrid_matmuls"] == 0
+    # The int8 model computes what the Keras model computes.
+    logits = quant.run_tflite(flat, tiny["test"])
+    np.testing.assert_allclose(logits, predict(model, tiny["test"]), atol=0.05)
+
+
+def test_qat_int8_stores_embeddings_on_the_keras_grid(per_channel):
+    """The int8 word-embedding table's scale is the range the QAT model rounds the
+    looked-up rows to (so Keras and TFLite use the same embedding values)."""
+    fq = per_channel["model"].get_layer("embeddings_word")._internal_quantizers["output"]
+    low, high = fq.variables["min_var"].numpy(), fq.variables["max_var"].numpy()
+    tables = [t for name, t in tflite_tensors(per_channel["flat"]).items()
+              if "embeddings_word" in name and len(t["shape"]) == 2
+              and len(t["scales"]) == 1]
+    assert tables
+    np.testing.assert_allclose(tables[0]["scales"][0], (high - low) / 255, rtol=1e-3)
 
 
 def test_run_tflite_pads_shorter_examples(tiny, flatbuffers):

@@ -7,7 +7,6 @@ import asyncio
 import http.client
 import json
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -22,6 +21,7 @@ import pytest
 
 from export.predictor import INPUT_NAMES, Predictor
 from serve.batcher import Batcher, ShuttingDown
+from serve.testing import ServerError, ServerProcess, free_port
 
 from .conftest import REPO
 
@@ -34,46 +34,14 @@ MAX_INSTANCES = 8
 MAX_BATCH = 4  # below MAX_INSTANCES: a request larger than a batch runs alone
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-class Server:
-    """`slimbert serve EXPORT_DIR ARGS` in a subprocess on a free loopback port."""
-
-    def __init__(self, export_dir: Path, *args: str, log_dir: Path) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log = log_dir / f"serve-{self.port}.log"
-        with self.log.open("w") as log:
-            self.process = subprocess.Popen(
-                [sys.executable, "-m", "pipeline.cli", "serve", str(export_dir),
-                 "--port", str(self.port), *args],
-                cwd=REPO, stdout=subprocess.DEVNULL, stderr=log)
-
-    def stderr(self) -> str:
-        return self.log.read_text()
+class Server(ServerProcess):
+    """The server under test: a start failure fails the test."""
 
     def ready(self, timeout: float = 240) -> "Server":
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise AssertionError(f"server exited with {self.process.returncode}:\n"
-                                     f"{self.stderr()[-3000:]}")
-            try:
-                if httpx.get(self.url + "/healthz", timeout=5).status_code == 200:
-                    return self
-            except httpx.TransportError:
-                pass
-            time.sleep(0.3)
-        raise AssertionError(f"server not ready after {timeout} s:\n{self.stderr()[-3000:]}")
-
-    def stop(self) -> int:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-        return self.process.wait(timeout=120)
+        try:
+            return super().ready(timeout)
+        except ServerError as err:
+            raise AssertionError(str(err)) from None
 
 
 @pytest.fixture(scope="module")
