@@ -94,3 +94,38 @@ def count_bucket_batches(lengths: np.ndarray, batch_size: int, buckets: list[int
     """Exactly how many batches `bucket_examples` yields for examples of these lengths."""
     per_bucket = Counter(int(np.searchsorted(buckets, n)) for n in lengths)
     return sum(math.ceil(count / batch_size) for count in per_bucket.values())
+
+
+def split_arrays(artifact_dir: str | Path, split: str, seq_len: int
+                 ) -> tuple[dict, list[str], np.ndarray]:
+    """One split as numpy: features int32 [N, seq_len] (input_ids, input_mask,
+    segment_ids; longer examples cut), the texts and the labels int32 [N].
+
+    Raises:
+        ValueError: the split has no examples.
+    """
+    import numpy as np
+
+    rows = list(read_split(artifact_dir, split, with_text=True).as_numpy_iterator())
+    if not rows:
+        raise ValueError(f"the {split} split of {artifact_dir} is empty")
+    ids = np.zeros((len(rows), seq_len), np.int32)
+    mask = np.zeros_like(ids)
+    for i, row in enumerate(rows):
+        n = min(len(row["input_ids"]), seq_len)
+        ids[i, :n] = row["input_ids"][:n]
+        mask[i, :n] = 1
+    texts = [row["text"].decode("utf-8") for row in rows]
+    labels = np.array([int(row["label"]) for row in rows], np.int32)
+    return ({"input_ids": ids, "input_mask": mask, "segment_ids": np.zeros_like(ids)},
+            texts, labels)
+
+
+def representative_examples(artifact_dir: str | Path, count: int, seq_len: int,
+                            seed: int) -> list[dict]:
+    """`count` training examples (shuffled with `seed`), each a feature dict of int32
+    [1, seq_len] arrays: the representative dataset of int8 TFLite conversion."""
+    train = read_split(artifact_dir, "train", with_text=False)
+    examples = train.shuffle(100_000, seed=seed, reshuffle_each_iteration=False).take(count)
+    return [{name: value.numpy() for name, value in features.items()}
+            for features, _ in batch_examples(examples, 1, pad_to=seq_len)]

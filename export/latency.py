@@ -92,8 +92,13 @@ class _Runner:
         """Resize the interpreter's inputs to batch n; False if the model cannot run so."""
         if self._batch == n:
             return True
-        if n in self._unbatchable:
-            return self._resize(1)
+        fixed = any(detail["shape_signature"][0] != -1 for detail in self._details.values())
+        if n in self._unbatchable or (fixed and n != 1):
+            # A fixed-batch model (the int8 kinds) is never resized: its reshapes are
+            # constants, so a resized run could fail or compute garbage.
+            self._unbatchable.add(n)
+            self._resize(1)
+            return False
         try:
             self._reshape(n)
             self._set(np.arange(n) % self.count)

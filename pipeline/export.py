@@ -28,7 +28,6 @@ with its scale for `int8`). Loading the SavedModel needs `import tensorflow_text
 
 from __future__ import annotations
 
-import gzip
 import json
 import logging
 import shutil
@@ -65,32 +64,6 @@ def fingerprint_config(config: PipelineConfig) -> dict[str, Any]:
             "representative_examples": config.quantize.representative_examples}
 
 
-def _split_arrays(prep_dir: Path, split: str, seq_len: int
-                  ) -> tuple[dict[str, np.ndarray], list[str], np.ndarray]:
-    """The split as padded int32 [N, seq_len] features, texts and labels."""
-    from data.input import read_split
-
-    rows = list(read_split(prep_dir, split, with_text=True).as_numpy_iterator())
-    if not rows:
-        raise SlimbertError(f"the {split} split is empty: nothing to verify exports on")
-    ids = np.zeros((len(rows), seq_len), np.int32)
-    mask = np.zeros_like(ids)
-    for i, row in enumerate(rows):
-        n = min(len(row["input_ids"]), seq_len)
-        ids[i, :n] = row["input_ids"][:n]
-        mask[i, :n] = 1
-    texts = [row["text"].decode("utf-8") for row in rows]
-    labels = np.array([int(row["label"]) for row in rows], np.int32)
-    return ({"input_ids": ids, "input_mask": mask, "segment_ids": np.zeros_like(ids)},
-            texts, labels)
-
-
-def _size(path: Path) -> dict[str, int]:
-    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
-    data = b"".join(p.read_bytes() for p in files)
-    return {"bytes": len(data), "gzip_bytes": len(gzip.compress(data, compresslevel=9))}
-
-
 def _blessing(source_dir: Path, evaluate_dir: Path | None) -> dict[str, Any]:
     path = (evaluate_dir or source_dir) / "blessing.json"
     return json.loads(path.read_text()) if path.is_file() else {"blessed": False,
@@ -99,12 +72,14 @@ def _blessing(source_dir: Path, evaluate_dir: Path | None) -> dict[str, Any]:
 
 def run(config: PipelineConfig, inputs: dict[str, Path], out_dir: Path, work_dir: Path,
         force: bool = False) -> dict[str, Any]:
+    from data.input import split_arrays
     from data.tokenizer import BertTokenizer
     from export.savedmodel import save_serving_model
     from export.tflite import text_tflite
     from export.verify import verify_in_fresh_process, write_split
     from models import quantization as quant
     from models.artifact import TOKENIZER_FILES, load_model
+    from pipeline.artifacts import gzip_size
     from pipeline.evaluate import classification_metrics, predict_keras
     from pipeline.progress import progress
 
@@ -120,7 +95,10 @@ def run(config: PipelineConfig, inputs: dict[str, Path], out_dir: Path, work_dir
     tokenizer = BertTokenizer(source_dir / "vocab.txt", lower_case=info["lower_case"],
                               max_seq_length=seq_len)
     split = config.evaluate.split
-    features, texts, y_true = _split_arrays(prep_dir, split, seq_len)
+    try:
+        features, texts, y_true = split_arrays(prep_dir, split, seq_len)
+    except ValueError as err:
+        raise SlimbertError(f"{err}: nothing to verify exports on") from None
     data_path = work_dir / f"{split}.npz"
     write_split(data_path, features, texts, y_true)
     _, source_probs = predict_keras(model, prep_dir, split, config.finetune.eval_batch_size)
@@ -153,10 +131,11 @@ def run(config: PipelineConfig, inputs: dict[str, Path], out_dir: Path, work_dir
                 log.info("%s: %s from the quantize stage", target, kind)
             else:
                 if kind == "full_int8" and representative is None:
-                    from pipeline.quantize import _representative
+                    from data.input import representative_examples
 
-                    rows = _representative(prep_dir, config.quantize.representative_examples,
-                                           seq_len, config.seed)
+                    rows = representative_examples(
+                        prep_dir, config.quantize.representative_examples, seq_len,
+                        config.seed)
                     representative = rows.__iter__
                 log.info("%s: converting %s", target, kind)
                 path.write_bytes(quant.to_tflite(
@@ -198,7 +177,7 @@ def run(config: PipelineConfig, inputs: dict[str, Path], out_dir: Path, work_dir
             and run_info["labels"] == labels
         results[target] = {
             "path": str(item["path"].relative_to(out_dir)), "source": item["source"],
-            **_size(item["path"]), "accuracy": metrics["accuracy"],
+            **gzip_size(item["path"]), "accuracy": metrics["accuracy"],
             "macro_f1": metrics["macro_f1"], "source_accuracy": round(source_accuracy, 6),
             "accuracy_difference": round(metrics["accuracy"] - source_accuracy, 6),
             "agreement": round(agreement, 6), "passed": passed, "verified_with": run_info,

@@ -53,16 +53,6 @@ def fingerprint_config(config: PipelineConfig) -> dict[str, Any]:
             "eval_batch_size": config.finetune.eval_batch_size}
 
 
-def _representative(prep_dir: Path, count: int, seq_len: int, seed: int) -> list[dict]:
-    """`count` training examples (shuffled with the seed), each int32 [1, seq_len]."""
-    from data.input import batch_examples, read_split
-
-    train = read_split(prep_dir, "train", with_text=False)
-    examples = train.shuffle(100_000, seed=seed, reshuffle_each_iteration=False).take(count)
-    return [{name: value.numpy() for name, value in features.items()}
-            for features, _ in batch_examples(examples, 1, pad_to=seq_len)]
-
-
 def _calibration(prep_dir: Path, batches: int, batch_size: int, seed: int) -> list[dict]:
     from data.input import batch_examples, read_split
 
@@ -145,7 +135,7 @@ def _qat(config: PipelineConfig, source: str, source_dir: Path, prep_dir: Path,
 
 def run(config: PipelineConfig, inputs: dict[str, Path], out_dir: Path,
         work_dir: Path) -> dict[str, Any]:
-    from data.input import batch_examples, read_split
+    from data.input import batch_examples, read_split, representative_examples
     from models import quantization as quant
     from models.artifact import TOKENIZER_FILES, load_model, read_meta
     from pipeline.evaluate import predict_keras
@@ -158,8 +148,8 @@ def run(config: PipelineConfig, inputs: dict[str, Path], out_dir: Path,
     for name in TOKENIZER_FILES:
         shutil.copyfile(first / name, out_dir / name)
     seq_len = read_meta(first)["max_seq_length"]
-    representative_rows = _representative(prep_dir, cfg.representative_examples, seq_len,
-                                          config.seed)
+    representative_rows = representative_examples(prep_dir, cfg.representative_examples,
+                                                  seq_len, config.seed)
     log.info("representative dataset: %d training examples", len(representative_rows))
 
     def representative():

@@ -45,14 +45,10 @@ def _manifest(path: Path) -> dict[str, Any]:
     return json.loads((path / "manifest.json").read_text())
 
 
-def _gzip_size(path: Path) -> dict[str, int]:
-    from pipeline.export import _size
-
-    return _size(path)
-
-
 def collect_models(inputs: dict[str, Path]) -> list[dict[str, Any]]:
     """One row per model, with the accuracy and sizes its stage recorded."""
+    from pipeline.artifacts import gzip_size
+
     prune_metrics = _manifest(inputs["prune"])["metrics"]
     pruned_sparsity = prune_metrics["sparsity"]["overall"]
     sparsity_of = {"finetune": 0.0, "prune": pruned_sparsity}
@@ -63,7 +59,7 @@ def collect_models(inputs: dict[str, Path]) -> list[dict[str, Any]]:
                                  ("prune", "Keras pruned", prune_metrics["evaluation"])):
         rows.append({"name": name, "stage": stage, "kind": "keras", "format": "keras",
                      "path": str(inputs[stage]), "file": str(inputs[stage] / "model.keras"),
-                     **_gzip_size(inputs[stage] / "model.keras"),
+                     **gzip_size(inputs[stage] / "model.keras"),
                      "accuracy": metrics["accuracy"], "macro_f1": metrics["macro_f1"],
                      "sparsity": sparsity_of[stage], "measured_in": "tf_keras (evaluate)"})
 
@@ -98,14 +94,14 @@ def collect_models(inputs: dict[str, Path]) -> list[dict[str, Any]]:
 def measure_speed(rows: list[dict[str, Any]], config: PipelineConfig, prep_dir: Path,
                   work_dir: Path) -> list[dict[str, Any]]:
     """Latency of every row (each distinct file once), one process per thread count."""
+    from data.input import split_arrays
     from export.latency import measure_in_fresh_process
     from export.verify import write_split
     from pipeline.artifacts import sha256_file
-    from pipeline.export import _split_arrays
 
     cfg = config.report
     seq_len = json.loads((prep_dir / "tokenizer.json").read_text())["max_seq_length"]
-    features, texts, labels = _split_arrays(prep_dir, config.evaluate.split, seq_len)
+    features, texts, labels = split_arrays(prep_dir, config.evaluate.split, seq_len)
     n = min(cfg.examples, len(texts))
     data = work_dir / "latency-data.npz"
     write_split(data, {k: v[:n] for k, v in features.items()}, texts[:n], labels[:n])
