@@ -7,13 +7,17 @@ default 8-bit registry has none, then `quantize_apply` inside `quantize_scope`:
 =====================================  ==============================================
 layer                                  how it is quantized
 =====================================  ==============================================
-`Dense` (FFN, pooler)                  default registry: 8-bit kernel + activation
+`Dense` (FFN)                          `PerChannelDenseQuantizeConfig` with
+                                       `per_channel=True`: 8-bit kernel, one range per
+                                       output channel, + activation; else the default
+                                       registry (one range per kernel)
 `BertSelfAttention`                    `AttentionQuantizeConfig`: its q/k/v/o kernels
                                        (8-bit, each with uniquely named range
-                                       variables) and its internals (scaled query,
-                                       key, value, scores, masked scores,
-                                       probabilities, context: the int8 tensors of the
-                                       TFLite model); no output quantizer
+                                       variables) and its internals (query projection,
+                                       scaled query, key, value, scores, masked
+                                       scores, probabilities, context: the int8
+                                       tensors of the TFLite model); no output
+                                       quantizer
 the dropout after attention            `OutputQuantizeConfig`: the output projection
 `LayerNormalization`                    `OutputQuantizeConfig`: output only (the
                                        input of the next matmul)
@@ -24,20 +28,28 @@ the dropout after attention            `OutputQuantizeConfig`: the output projec
 `ClsToken`                             `PassThroughQuantizeConfig` (nothing)
 the logits `Dense` (model output)      `DenseQuantizeConfig`: 8-bit kernel, output left
                                        to the converter's calibration
-`Embedding` (token ids),               never annotated: they are fed by int32 inputs,
-`AttentionMask`, `MaskedMeanPooling`   and tfmot would fake-quantize those inputs
+`Embedding` (token and segment ids)    not annotated (fed by int32 inputs, which tfmot
+                                       would fake-quantize): swapped for
+                                       `FakeQuantEmbedding`, which rounds the looked-up
+                                       rows as the int8 TFLite table holds them
+`MaskedMeanPooling`                    not annotated (fed by the int32 mask): its own
+                                       quantization point rounds the mean
+`AttentionMask`                        float (a 0/1 mask)
 =====================================  ==============================================
 
 The FFN's exact GELU is tfmot's "gelu" (recognized by name, quantized before and after
 the activation, as TFLite runs GELU as its own int8 op); a `Dense` with an activation
 tfmot does not know (our `gelu_approximate`) gets `DenseQuantizeConfig`: 8-bit kernel,
 quantized output. The `qat_int8` conversion mirrors this: every matmul (projections,
-FFN, the two attention batch matmuls) runs in int8, and the residual adds and
-LayerNorm's arithmetic (`QAT_FLOAT_OPS`) stay float; tensors QAT does not range take
-theirs from the representative data.
+FFN, the two attention batch matmuls) runs in int8, and the residual adds,
+LayerNorm's arithmetic and the pooling's sum and division (`QAT_FLOAT_OPS`) stay float;
+tensors QAT does not range take theirs from the representative data. Per-channel FFN
+kernels enter the conversion as constants already on their grid
+(`_frozen_per_axis_kernels`), which the converter re-quantizes per channel exactly.
 
 Pruned models keep their sparsity through QAT with `preserve_sparsity=True`: Dense
-layers use tfmot's prune-preserving scheme, and our attention kernels multiply a 0/1
+layers on tfmot's configs use its prune-preserving scheme, and our kernel quantizers
+(attention, per-channel FFN) multiply a 0/1
 mask (captured when quantizing, stored as a non-trainable variable) into the kernel
 before fake quantization, so zeros stay zero whatever the optimizer does.
 
