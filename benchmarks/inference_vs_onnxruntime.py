@@ -64,7 +64,7 @@ import numpy as np
 
 import pipeline  # noqa: F401  (Keras 2 for tf.keras, before TensorFlow is imported)
 from export.runtime import TOKEN_ID_INPUTS, inputs_by_name, make_interpreter, read_output
-from pipeline.artifacts import library_versions, machine_info
+from pipeline.artifacts import library_versions, machine_info, sha256_file
 
 OPSET = 17
 RECIPE = 2  # bump when the ONNX conversion recipe changes (invalidates the cache)
@@ -328,21 +328,8 @@ class OrtModel:
 # === Files ===
 
 
-def sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def versions() -> dict[str, str]:
-    return library_versions(("tensorflow", "tf-keras", "ai-edge-litert", "onnxruntime", "tf2onnx",
-                 "onnx", "numpy"))
-
-
-def machine() -> dict:
-    return machine_info()
+LIBRARIES = ("tensorflow", "tf-keras", "ai-edge-litert", "onnxruntime", "tf2onnx", "onnx",
+             "numpy")
 
 
 def tflite_files(run_dir: Path) -> dict[str, tuple[Path, str]]:
@@ -460,7 +447,7 @@ def main() -> None:
     import onnxruntime
     import tf2onnx
 
-    key = hashlib.sha256(json.dumps([sha256(keras_file), seq_len, OPSET, RECIPE,
+    key = hashlib.sha256(json.dumps([sha256_file(keras_file), seq_len, OPSET, RECIPE,
                                      args.ort_per_channel,
                                      tf2onnx.__version__, onnxruntime.__version__]).encode()
                          ).hexdigest()[:16]
@@ -632,10 +619,10 @@ def main() -> None:
           f"({os.cpu_count()} cores)")
 
     if args.json:
-        out = {"date": time.strftime("%Y-%m-%d %H:%M:%S %z"), "machine": machine(),
-               "versions": versions(), "load_average_1min": {"start": load_start[0],
-                                                             "end": load_end[0]},
-               "run_dir": str(run_dir), "model_sha256": sha256(keras_file),
+        out = {"date": time.strftime("%Y-%m-%d %H:%M:%S %z"), "machine": machine_info(),
+               "versions": library_versions(LIBRARIES),
+               "load_average_1min": {"start": load_start[0], "end": load_end[0]},
+               "run_dir": str(run_dir), "model_sha256": sha256_file(keras_file),
                "seq_len": seq_len, "threads": args.threads, "batch": args.batch,
                "rounds": args.rounds, "calls_per_round": args.calls,
                "ort_intra_op_spinning": args.ort_spinning,

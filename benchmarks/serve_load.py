@@ -36,7 +36,6 @@ import numpy as np
 from data.input import read_split
 from serve.testing import ServerError, ServerProcess
 
-REPO = Path(__file__).resolve().parents[1]
 PREDICT = "/v1/models/{name}:predict"
 
 

@@ -182,9 +182,8 @@ class Matmul:
         return rates
 
 
-def versions() -> dict[str, str]:
-    return library_versions(("tensorflow", "tf-keras", "tensorflow-model-optimization", "keras",
-                 "keras-hub", "numpy"))
+LIBRARIES = ("tensorflow", "tf-keras", "tensorflow-model-optimization", "keras",
+             "keras-hub", "numpy")
 
 
 def machine() -> dict:
@@ -293,7 +292,7 @@ def main() -> None:
 
     if args.json:
         out = {"date": time.strftime("%Y-%m-%d %H:%M:%S %z"), "machine": machine(),
-               "versions": versions(),
+               "versions": library_versions(LIBRARIES),
                "load_average_1min": {"start": load_start[0], "end": load_end[0]},
                "seq_len": args.seq_len, "batch": args.batch, "steps_per_round": args.steps,
                "rounds": args.rounds, "warmup_steps": args.warmup,

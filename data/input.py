@@ -104,8 +104,6 @@ def split_arrays(artifact_dir: str | Path, split: str, seq_len: int
     Raises:
         ValueError: the split has no examples.
     """
-    import numpy as np
-
     rows = list(read_split(artifact_dir, split, with_text=True).as_numpy_iterator())
     if not rows:
         raise ValueError(f"the {split} split of {artifact_dir} is empty")

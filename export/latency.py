@@ -71,6 +71,10 @@ class _Runner:
             self._details = inputs_by_name(
                 self.interpreter, ("text",) if kind == "tflite-text" else INPUT_NAMES)
             self._batch, self._unbatchable = None, set()
+            # A fixed-batch model (the int8 kinds) is never resized: its reshapes are
+            # constants, so a resized run could fail or compute garbage.
+            self._fixed_batch = any(detail["shape_signature"][0] != -1
+                                    for detail in self._details.values())
 
     def _rows(self, start: int, n: int) -> np.ndarray:
         return np.arange(start, start + n) % self.count
@@ -92,10 +96,7 @@ class _Runner:
         """Resize the interpreter's inputs to batch n; False if the model cannot run so."""
         if self._batch == n:
             return True
-        fixed = any(detail["shape_signature"][0] != -1 for detail in self._details.values())
-        if n in self._unbatchable or (fixed and n != 1):
-            # A fixed-batch model (the int8 kinds) is never resized: its reshapes are
-            # constants, so a resized run could fail or compute garbage.
+        if n in self._unbatchable or (self._fixed_batch and n != 1):
             self._unbatchable.add(n)
             self._resize(1)
             return False
