@@ -127,3 +127,50 @@ def representative_examples(artifact_dir: str | Path, count: int, seq_len: int,
     examples = train.shuffle(100_000, seed=seed, reshuffle_each_iteration=False).take(count)
     return [{name: value.numpy() for name, value in features.items()}
             for features, _ in batch_examples(examples, 1, pad_to=seq_len)]
+
+
+def token_pool(dataset: tf.data.Dataset) -> np.ndarray:
+    """Every token id of every example, without each example's first and last token
+    ([CLS], [SEP]): sampling from it draws tokens at their corpus frequency."""
+    inner = dataset.map(lambda e: e["input_ids"][1:-1], num_parallel_calls=tf.data.AUTOTUNE)
+    return np.concatenate([np.zeros(0, np.int32), *inner.as_numpy_iterator()]).astype(np.int32)
+
+
+def perturb_examples(dataset: tf.data.Dataset, pool: np.ndarray, mask_id: int | None,
+                     fraction: float, rate: float, seed: int) -> tf.data.Dataset:
+    """Replace a `fraction` of the examples by perturbed copies, labelled -1 (unknown).
+
+    In a perturbed copy every token but the first and last is, with probability `rate`,
+    masked (`mask_id`), replaced by a token drawn from `pool`, or deleted, each equally
+    likely (replaced or deleted only when `mask_id` is None). The copies carry no label:
+    a training step learns them from a teacher's soft labels only. The draws are
+    stateless, from `seed` and the example's position, so the same dataset gives the
+    same copies every time it is read (a resumed epoch skips to identical batches).
+    """
+    if not len(pool):
+        raise ValueError("the token pool is empty: the examples have no tokens to draw")
+    pool_t = tf.constant(pool, tf.int32)
+    kinds = 2 if mask_id is None else 3
+
+    def perturb(index, example):
+        seeds = tf.random.experimental.stateless_split(
+            tf.stack([tf.constant(seed, tf.int64), index]), 4)
+        ids, label = example["input_ids"], example["label"]
+        n = tf.shape(ids)[0]
+        position = tf.range(n)
+        change = (position > 0) & (position < n - 1) & \
+            (tf.random.stateless_uniform([n], seeds[0]) < rate)
+        kind = tf.random.stateless_uniform([n], seeds[1], minval=0, maxval=kinds,
+                                           dtype=tf.int32)
+        drawn = tf.gather(pool_t, tf.random.stateless_uniform(
+            [n], seeds[2], minval=0, maxval=tf.shape(pool_t)[0], dtype=tf.int32))
+        new = tf.where(change & (kind == 0), drawn, ids)
+        if mask_id is not None:
+            new = tf.where(change & (kind == 2), tf.constant(mask_id, tf.int32), new)
+        new = tf.boolean_mask(new, ~(change & (kind == 1)))
+        chosen = tf.random.stateless_uniform([], seeds[3]) < fraction
+        return {**example,
+                "input_ids": tf.cond(chosen, lambda: new, lambda: ids),
+                "label": tf.where(chosen, tf.constant(-1, label.dtype), label)}
+
+    return dataset.enumerate().map(perturb, num_parallel_calls=tf.data.AUTOTUNE)

@@ -196,6 +196,13 @@ class FinetuneConfig:
         distill_hidden_weight: h, adds h * the mean squared difference between the
             student's and the teacher's hidden states after every transformer layer
             (padding excluded) to the loss; needs a teacher like distill_weight; 0 = off.
+        augment_fraction: share of the training examples that each epoch replaces by a
+            perturbed copy (tokens masked, replaced or deleted), learned from the
+            teacher's soft labels alone: more distillation data than the labelled
+            examples; needs distill_weight > 0; 0 = off.
+        augment_rate: in a perturbed copy, the probability that a token is changed
+            (masked, replaced by a token drawn from the training text, or deleted,
+            equally likely).
     """
 
     epochs: int = 3
@@ -216,6 +223,8 @@ class FinetuneConfig:
     distill_weight: float = 0.0
     distill_temperature: float = 2.0
     distill_hidden_weight: float = 0.0
+    augment_fraction: float = 0.0
+    augment_rate: float = 0.15
 
     def __post_init__(self) -> None:
         for key in ("epochs", "batch_size", "eval_batch_size", "shuffle_buffer",
@@ -238,6 +247,11 @@ class FinetuneConfig:
                "must be positive")
         _check(self.distill_hidden_weight >= 0, "finetune.distill_hidden_weight",
                "must be >= 0")
+        _check(0 <= self.augment_fraction <= 1, "finetune.augment_fraction", "expected 0..1")
+        _check(0 < self.augment_rate <= 1, "finetune.augment_rate", "expected 0 < rate <= 1")
+        _check(self.augment_fraction == 0 or self.distill_weight > 0,
+               "finetune.augment_fraction", "perturbed copies have no label of their own; "
+               "they need distill_weight > 0 (the teacher's soft labels)")
 
     @property
     def distills(self) -> bool:
@@ -476,7 +490,7 @@ class PipelineConfig:
     report: ReportConfig = field(default_factory=ReportConfig)
 
     def __post_init__(self) -> None:
-        for key in ("distill_weight", "distill_hidden_weight"):
+        for key in ("augment_fraction", "distill_weight", "distill_hidden_weight"):
             if getattr(self.finetune, key) > 0:
                 raise ConfigError(f"invalid config value for 'finetune.{key}': "
                                   "fine-tuning has no teacher; distillation is for "

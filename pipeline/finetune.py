@@ -104,7 +104,10 @@ def make_train_step(strategy, model, optimizer, loss_fn, metrics=(), xla: bool =
     metrics updated with the per-example loss and the logits. With `xla`, the replica
     step is compiled with XLA. With a `teacher` model and `distill_weight` w > 0 the
     per-example loss is (1 - w) * loss_fn + w * `distillation_loss`; with
-    `distill_hidden_weight` h > 0, h * `hidden_distillation_loss` is added.
+    `distill_hidden_weight` h > 0, h * `hidden_distillation_loss` is added. An example
+    labelled -1 (a perturbed copy, `data.input.perturb_examples`) has no cross-entropy
+    term: its loss is `distillation_loss` alone (plus the hidden term), and the accuracy
+    metric skips it.
     """
     import tensorflow as tf
 
@@ -119,14 +122,16 @@ def make_train_step(strategy, model, optimizer, loss_fn, metrics=(), xla: bool =
         with tf.GradientTape() as tape:
             outputs = student_fn(features, training=True)
             logits = outputs[0] if hidden else outputs
-            per_example = loss_fn(labels, logits)
+            known = labels >= 0
+            per_example = loss_fn(tf.maximum(labels, 0), logits)
             if distill or hidden:
                 teacher_outputs = teacher_fn(features, training=False)
                 teacher_logits = tf.stop_gradient(
                     teacher_outputs[0] if hidden else teacher_outputs)
             if distill:
-                per_example = (1 - distill_weight) * per_example + distill_weight * \
-                    distillation_loss(logits, teacher_logits, distill_temperature)
+                soft = distillation_loss(logits, teacher_logits, distill_temperature)
+                per_example = tf.where(
+                    known, (1 - distill_weight) * per_example + distill_weight * soft, soft)
             if hidden:
                 per_example += distill_hidden_weight * hidden_distillation_loss(
                     outputs[1:], teacher_outputs[1:], features["input_mask"])
@@ -139,7 +144,8 @@ def make_train_step(strategy, model, optimizer, loss_fn, metrics=(), xla: bool =
         optimizer.apply_gradients(zip(grads, model.trainable_variables))
         if metrics:
             metrics[0].update_state(per_example)
-            metrics[1].update_state(labels, logits)
+            metrics[1].update_state(tf.maximum(labels, 0), logits,
+                                    sample_weight=tf.cast(known, tf.float32))
 
     if xla:
         replica_step = tf.function(replica_step, jit_compile=True, reduce_retracing=True)
@@ -228,6 +234,12 @@ class Trainer:
         self.epochs = math.ceil(self.total_steps / self.steps_per_epoch)
         self.mean_batch = self.num_train / self.steps_per_epoch
         self.train_examples = train
+        if ft.augment_fraction:
+            from data.input import token_pool
+
+            self.token_pool = token_pool(train)
+            vocab = (prep_dir / "vocab.txt").read_text(encoding="utf-8").splitlines()
+            self.mask_id = vocab.index("[MASK]") if "[MASK]" in vocab else None
 
         with self.strategy.scope():
             self.model, self.checkpoint_report = build_model(self)
@@ -280,7 +292,7 @@ class Trainer:
 
     def epoch_batches(self, epoch: int, skip: int):
         """The distributed batches of `epoch`, without its first `skip` steps."""
-        from data.input import bucket_examples
+        from data.input import bucket_examples, perturb_examples
 
         tf, ft = self.tf, self.train_cfg
 
@@ -289,6 +301,11 @@ class Trainer:
                                                  context.input_pipeline_id)
             examples = examples.shuffle(ft.shuffle_buffer, seed=self.config.seed * 1009 + epoch,
                                         reshuffle_each_iteration=False)
+            if ft.augment_fraction:
+                examples = perturb_examples(
+                    examples, self.token_pool, self.mask_id, ft.augment_fraction,
+                    ft.augment_rate, seed=(self.config.seed * 1009 + epoch) * 1000
+                    + context.input_pipeline_id)
             batches = bucket_examples(examples, self.per_replica_batch, self.buckets).repeat()
             return batches.skip(skip * self.local_replicas) \
                 .take((self.steps_per_epoch - skip) * self.local_replicas) \

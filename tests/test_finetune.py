@@ -293,8 +293,90 @@ def test_hidden_distillation_pulls_a_pruned_student_to_the_teacher(trained_run):
     assert min(k["sparsity"] for k in kernels.values()) >= 0.89
 
 
+def test_perturbed_copies(trained_run):
+    """perturb_examples: the chosen share of examples becomes unlabelled copies whose
+    inner tokens are masked, drawn from the pool or deleted; [CLS]/[SEP] stay; the same
+    seed gives the same copies."""
+    from data.input import perturb_examples, read_split, token_pool
+
+    train = read_split(trained_run / "prepare", "train", with_text=False)
+    original = list(train.as_numpy_iterator())
+    pool = token_pool(train)
+    assert len(pool) == sum(len(e["input_ids"]) - 2 for e in original)
+    mask_id = 5  # not a token of the easy data
+
+    def perturbed(fraction, rate, seed):
+        return list(perturb_examples(train, pool, mask_id, fraction, rate, seed)
+                    .as_numpy_iterator())
+
+    half = perturbed(0.5, 0.3, seed=1)
+    chosen = [e["label"] == -1 for e in half]
+    assert 0.4 < np.mean(chosen) < 0.6
+    for copy, source, is_copy in zip(half, original, chosen):
+        if not is_copy:
+            assert copy["label"] == source["label"]
+            np.testing.assert_array_equal(copy["input_ids"], source["input_ids"])
+        ids = copy["input_ids"]
+        assert ids[0] == source["input_ids"][0] and ids[-1] == source["input_ids"][-1]
+    changed = [not np.array_equal(c["input_ids"], s["input_ids"])
+               for c, s, k in zip(half, original, chosen) if k]
+    assert np.mean(changed) > 0.8
+    again = perturbed(0.5, 0.3, seed=1)
+    assert all(np.array_equal(a["input_ids"], b["input_ids"]) for a, b in zip(half, again))
+    other = perturbed(0.5, 0.3, seed=2)
+    assert not all(np.array_equal(a["input_ids"], b["input_ids"]) for a, b in zip(half, other))
+    assert all(e["label"] >= 0 for e in perturbed(0.0, 0.3, seed=1))
+
+    # Every inner token changed: a third masked, a third deleted, a third from the pool.
+    inner = sum(len(e["input_ids"]) - 2 for e in original)
+    every = perturbed(1.0, 1.0, seed=3)
+    kept = np.concatenate([e["input_ids"][1:-1] for e in every])
+    assert all(e["label"] == -1 for e in every)
+    assert 0.28 < 1 - len(kept) / inner < 0.38  # deleted
+    assert 0.28 < np.mean(kept == mask_id) * len(kept) / inner < 0.38
+    assert set(kept[kept != mask_id]) <= set(pool)
+
+
+def test_unlabelled_copies_learn_from_the_teacher_alone(trained_run):
+    """An example labelled -1 has no cross-entropy term and no place in the accuracy:
+    with the teacher equal to the student (KL 0), its loss is 0 and a labelled
+    example's is (1 - w) * cross-entropy."""
+    from data.input import batch_examples, read_split
+
+    import dataclasses
+
+    from models.bert import BertArchitecture, build_classifier
+
+    teacher, meta = load_model(trained_run / "finetune")
+    student = build_classifier(  # without dropout, so that its training logits are the teacher's
+        dataclasses.replace(BertArchitecture(**meta["architecture"]), dropout=0.0), 2,
+        pooling=meta["pooling"], head_dropout=0.0)
+    student.set_weights(teacher.get_weights())
+    features, labels = next(iter(batch_examples(
+        read_split(trained_run / "prepare", "train", with_text=False), 16)))
+    labels = labels.numpy()
+    marked = np.where(np.arange(16) % 3 == 0, -1, labels).astype(np.int32)
+    logits = student(features, training=False).numpy()
+    loss_fn = keras.losses.SparseCategoricalCrossentropy(
+        from_logits=True, reduction=keras.losses.Reduction.NONE)
+    cross_entropy = loss_fn(labels, logits).numpy()
+    known = marked >= 0
+    expected_loss = np.mean(np.where(known, 0.25 * cross_entropy, 0.0))
+    expected_accuracy = np.mean((logits.argmax(-1) == labels)[known])
+    metrics = (keras.metrics.Mean(), keras.metrics.SparseCategoricalAccuracy())
+    step = make_train_step(tf.distribute.get_strategy(), student, keras.optimizers.SGD(0.0),
+                           loss_fn, metrics, teacher=teacher, distill_weight=0.75)
+    step(features, tf.constant(marked))
+    assert float(metrics[0].result()) == pytest.approx(expected_loss, rel=1e-4, abs=1e-6)
+    assert float(metrics[1].result()) == pytest.approx(expected_accuracy)
+
+
 def test_finetune_cannot_distill(capsys, tmp_path):
     assert run_stage("finetune", tmp_path, "finetune.distill_weight=0.5") == 2
     assert "fine-tuning has no teacher" in capsys.readouterr().err
     assert run_stage("finetune", tmp_path, "finetune.distill_hidden_weight=1") == 2
     assert "'finetune.distill_hidden_weight'" in capsys.readouterr().err
+    assert run_stage("prune", tmp_path, "prune.train.augment_fraction=0.5",
+                     "prune.train.distill_weight=0") == 2
+    assert "they need distill_weight > 0" in capsys.readouterr().err
+    assert not any(tmp_path.iterdir())

@@ -22,8 +22,11 @@ def fresh_run(trained_run, tmp_path):
 
 
 def test_prune_stage_reaches_target_sparsity(trained_run, tmp_path, easy_data):
+    """(With half of each epoch's examples replaced by perturbed copies that the
+    student learns from the fine-tuned model; the quantized_run fixture prunes without.)"""
     run_dir = fresh_run(trained_run, tmp_path)
-    assert run_stage("prune", run_dir, *easy_data, *TRAINED, *PRUNE) == 0
+    assert run_stage("prune", run_dir, *easy_data, *TRAINED, *PRUNE,
+                     "prune.train.distill_weight=0.5", "prune.train.augment_fraction=0.5") == 0
     m = manifest(run_dir, "prune")["metrics"]
     names = m["pruned_layers"]
     assert sorted(names) == sorted([f"layer_{i}_{part}" for i in range(2)
