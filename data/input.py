@@ -119,14 +119,21 @@ def split_arrays(artifact_dir: str | Path, split: str, seq_len: int
             texts, labels)
 
 
+def training_sample(artifact_dir: str | Path, batches: int, batch_size: int, seed: int,
+                    pad_to: int | None = None) -> list:
+    """The first `batches` batches (features, label) of the training split shuffled with
+    `seed`: the fixed sample that calibrates quantization ranges."""
+    train = read_split(artifact_dir, "train", with_text=False)
+    shuffled = train.shuffle(100_000, seed=seed, reshuffle_each_iteration=False)
+    return list(batch_examples(shuffled, batch_size, pad_to=pad_to).take(batches))
+
+
 def representative_examples(artifact_dir: str | Path, count: int, seq_len: int,
                             seed: int) -> list[dict]:
     """`count` training examples (shuffled with `seed`), each a feature dict of int32
     [1, seq_len] arrays: the representative dataset of int8 TFLite conversion."""
-    train = read_split(artifact_dir, "train", with_text=False)
-    examples = train.shuffle(100_000, seed=seed, reshuffle_each_iteration=False).take(count)
     return [{name: value.numpy() for name, value in features.items()}
-            for features, _ in batch_examples(examples, 1, pad_to=seq_len)]
+            for features, _ in training_sample(artifact_dir, count, 1, seed, pad_to=seq_len)]
 
 
 def token_pool(dataset: tf.data.Dataset) -> np.ndarray:

@@ -53,14 +53,6 @@ def fingerprint_config(config: PipelineConfig) -> dict[str, Any]:
             "eval_batch_size": config.finetune.eval_batch_size}
 
 
-def _calibration(prep_dir: Path, batches: int, batch_size: int, seed: int) -> list[dict]:
-    from data.input import batch_examples, read_split
-
-    train = read_split(prep_dir, "train", with_text=False)
-    shuffled = train.shuffle(100_000, seed=seed + 1, reshuffle_each_iteration=False)
-    return [features for features, _ in batch_examples(shuffled, batch_size).take(batches)]
-
-
 def _sparsity_summary(values: dict[str, float]) -> dict[str, Any] | None:
     if not values:
         return None
@@ -99,6 +91,7 @@ def _qat(config: PipelineConfig, source: str, source_dir: Path, prep_dir: Path,
          work_dir: Path, preserve_sparsity: bool, pruned: list[str],
          teacher_dir: Path | None):
     """QAT-train a copy of the source model; returns (qat model, training report)."""
+    from data.input import training_sample
     from models import quantization as quant
     from models.artifact import load_model, read_meta
     from models.bert import BertArchitecture
@@ -112,8 +105,9 @@ def _qat(config: PipelineConfig, source: str, source_dir: Path, prep_dir: Path,
         model, _ = load_model(source_dir)
         if cfg.train.distills:
             trainer.teacher = load_model(teacher_dir)[0]
-        calibration = _calibration(prep_dir, cfg.calibration_batches, cfg.train.batch_size,
-                                   config.seed) if cfg.calibration_batches else None
+        calibration = training_sample(prep_dir, cfg.calibration_batches,
+                                      cfg.train.batch_size, config.seed + 1) \
+            if cfg.calibration_batches else None
         qat_model = quant.quantize_for_training(model, preserve_sparsity=preserve_sparsity,
                                                 calibration=calibration,
                                                 per_channel=cfg.per_channel)
