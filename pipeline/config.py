@@ -607,6 +607,12 @@ def _build(cls: type, data: dict[str, Any], prefix: str = "", base: Any = None) 
                               default if dataclasses.is_dataclass(default) else None)
     try:
         return dataclasses.replace(base, **kwargs) if base is not None else cls(**kwargs)
+    except ConfigError as err:
+        # FinetuneConfig checks name their keys 'finetune.*'; prune.train and
+        # quantize.train share that class, so name the section the value came from.
+        if cls is FinetuneConfig and prefix and prefix != "finetune":
+            raise ConfigError(str(err).replace("'finetune.", f"'{prefix}.")) from None
+        raise
     except TypeError as err:
         raise ConfigError(f"invalid config section '{prefix or '<root>'}': {err}") from None
 

@@ -50,6 +50,11 @@ def test_shipped_configs_load(name):
     (["model.dropout=true"], "'model.dropout' expects float"),
     (["data=3"], "'data' is a section"),
     (["novalue"], "expected key=value"),
+    (["prune.train.augment_fraction=2"],
+     "invalid config value for 'prune.train.augment_fraction'"),
+    (["quantize.train.learning_rate=3"],
+     "invalid config value for 'quantize.train.learning_rate'"),
+    (["finetune.learning_rate=3"], "invalid config value for 'finetune.learning_rate'"),
 ])
 def test_invalid_configs_name_the_key(overrides, message):
     with pytest.raises(ConfigError) as err:
