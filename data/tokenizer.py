@@ -44,6 +44,7 @@ CLS_TOKEN = "[CLS]"
 SEP_TOKEN = "[SEP]"
 PAD_TOKEN = "[PAD]"
 UNK_TOKEN = "[UNK]"
+MASK_TOKEN = "[MASK]"  # not required: only training perturbations use it
 SPECIAL_TOKENS = (CLS_TOKEN, SEP_TOKEN, PAD_TOKEN, UNK_TOKEN)
 
 _TEXTS_SPEC = tf.TensorSpec([None], tf.string, name="text")

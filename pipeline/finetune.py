@@ -236,10 +236,11 @@ class Trainer:
         self.train_examples = train
         if ft.augment_fraction:
             from data.input import token_pool
+            from data.tokenizer import MASK_TOKEN, load_vocab
 
             self.token_pool = token_pool(train)
-            vocab = (prep_dir / "vocab.txt").read_text(encoding="utf-8").splitlines()
-            self.mask_id = vocab.index("[MASK]") if "[MASK]" in vocab else None
+            vocab = load_vocab(prep_dir / "vocab.txt")
+            self.mask_id = vocab.index(MASK_TOKEN) if MASK_TOKEN in vocab else None
 
         with self.strategy.scope():
             self.model, self.checkpoint_report = build_model(self)
@@ -299,13 +300,13 @@ class Trainer:
         def dataset_fn(context: tf.distribute.InputContext) -> tf.data.Dataset:
             examples = self.train_examples.shard(context.num_input_pipelines,
                                                  context.input_pipeline_id)
-            examples = examples.shuffle(ft.shuffle_buffer, seed=self.config.seed * 1009 + epoch,
+            epoch_seed = self.config.seed * 1009 + epoch
+            examples = examples.shuffle(ft.shuffle_buffer, seed=epoch_seed,
                                         reshuffle_each_iteration=False)
             if ft.augment_fraction:
                 examples = perturb_examples(
                     examples, self.token_pool, self.mask_id, ft.augment_fraction,
-                    ft.augment_rate, seed=(self.config.seed * 1009 + epoch) * 1000
-                    + context.input_pipeline_id)
+                    ft.augment_rate, seed=epoch_seed * 1000 + context.input_pipeline_id)
             batches = bucket_examples(examples, self.per_replica_batch, self.buckets).repeat()
             return batches.skip(skip * self.local_replicas) \
                 .take((self.steps_per_epoch - skip) * self.local_replicas) \

@@ -341,10 +341,9 @@ def test_unlabelled_copies_learn_from_the_teacher_alone(trained_run):
     """An example labelled -1 has no cross-entropy term and no place in the accuracy:
     with the teacher equal to the student (KL 0), its loss is 0 and a labelled
     example's is (1 - w) * cross-entropy."""
-    from data.input import batch_examples, read_split
-
     import dataclasses
 
+    from data.input import batch_examples, read_split
     from models.bert import BertArchitecture, build_classifier
 
     teacher, meta = load_model(trained_run / "finetune")
