@@ -16,6 +16,7 @@ from __future__ import annotations
 import gzip
 import re
 import tempfile
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -64,15 +65,48 @@ def select_layers(model: keras.Model, include: tuple[str, ...], exclude: tuple[s
     return chosen
 
 
-def make_schedule(cfg: PruneConfig, total_steps: int) -> sparsity.PruningSchedule:
+def make_schedule(cfg: PruneConfig, total_steps: int, final_sparsity: float | None = None
+                  ) -> sparsity.PruningSchedule:
+    """The configured schedule, ending at `final_sparsity` (default: cfg.final_sparsity)."""
+    final = cfg.final_sparsity if final_sparsity is None else final_sparsity
     if cfg.schedule == "constant":
-        return sparsity.ConstantSparsity(cfg.final_sparsity, begin_step=cfg.begin_step,
+        return sparsity.ConstantSparsity(final, begin_step=cfg.begin_step,
                                          frequency=cfg.frequency)
     end_step = cfg.end_step or max(cfg.begin_step + 1, int(cfg.end_fraction * total_steps))
-    return sparsity.PolynomialDecay(initial_sparsity=cfg.initial_sparsity,
-                                    final_sparsity=cfg.final_sparsity,
+    return sparsity.PolynomialDecay(initial_sparsity=min(cfg.initial_sparsity, final),
+                                    final_sparsity=final,
                                     begin_step=cfg.begin_step, end_step=end_step,
                                     frequency=cfg.frequency)
+
+
+def global_allocation(model: keras.Model, names: list[str], target: float,
+                      cap: float = 0.95) -> dict[str, float]:
+    """Per-layer sparsity from one magnitude threshold over the named layers' kernels.
+
+    Layer l gets the share of its kernel weights whose magnitude is below the threshold t,
+    at most `cap`; t is chosen (by bisection) so that `target` of all the weights together
+    are below it. Magnitude pruning inside each layer at these sparsities then removes
+    about the same weights as one global magnitude cut would.
+    """
+    if not 0 < target <= cap < 1:
+        raise ValueError(f"need 0 < target <= cap < 1, got target {target}, cap {cap}")
+    magnitudes = {name: np.sort(np.concatenate([np.abs(w.numpy()).ravel() for w in
+                                                prunable_weights(model.get_layer(name))]))
+                  for name in names}
+    total = sum(m.size for m in magnitudes.values())
+
+    def shares(threshold: float) -> dict[str, float]:
+        return {name: min(cap, np.searchsorted(m, threshold) / m.size)
+                for name, m in magnitudes.items()}
+
+    def overall(threshold: float) -> float:
+        return sum(s * magnitudes[n].size for n, s in shares(threshold).items()) / total
+
+    low, high = 0.0, float(max(m[-1] for m in magnitudes.values())) * 2 + 1e-12
+    for _ in range(100):
+        middle = (low + high) / 2
+        low, high = (middle, high) if overall(middle) < target else (low, middle)
+    return {name: round(float(s), 6) for name, s in shares(high).items()}
 
 
 def schedule_end_step(schedule: sparsity.PruningSchedule) -> int:
@@ -82,11 +116,16 @@ def schedule_end_step(schedule: sparsity.PruningSchedule) -> int:
                else config.get("begin_step", 0))
 
 
-def wrap_for_pruning(model: keras.Model, schedule: sparsity.PruningSchedule,
+def wrap_for_pruning(model: keras.Model,
+                     schedule: sparsity.PruningSchedule | Mapping[str, sparsity.PruningSchedule],
                      include: tuple[str, ...], exclude: tuple[str, ...],
                      m_by_n: tuple[int, int] | None = None) -> keras.Model:
-    """A clone of `model` whose selected layers are wrapped with `prune_low_magnitude`."""
+    """A clone of `model` whose selected layers are wrapped with `prune_low_magnitude`,
+    on `schedule`, or on `schedule[layer name]` if it is a mapping."""
     names = set(select_layers(model, include, exclude))
+    schedules = schedule if isinstance(schedule, Mapping) else dict.fromkeys(names, schedule)
+    if missing := names - set(schedules):
+        raise ValueError(f"no pruning schedule for layers {sorted(missing)}")
     if m_by_n:
         for layer in model.layers:
             if layer.name not in names:
@@ -103,7 +142,7 @@ def wrap_for_pruning(model: keras.Model, schedule: sparsity.PruningSchedule,
 
     def clone(layer):
         if layer.name in names:
-            return sparsity.prune_low_magnitude(layer, pruning_schedule=schedule,
+            return sparsity.prune_low_magnitude(layer, pruning_schedule=schedules[layer.name],
                                                 sparsity_m_by_n=m_by_n)
         return layer  # shared with the source model: its trained weights carry over
 
@@ -164,6 +203,6 @@ def parameter_counts(model: keras.Model, names: list[str]) -> dict[str, int]:
     return {"total": total, "pruned_set": pruned_set, "nonzero": nonzero}
 
 
-__all__ = ["PruningStepHook", "gzipped_weights_size", "kernel_sparsity", "make_schedule",
-           "parameter_counts", "prunable_weights", "schedule_end_step",
+__all__ = ["PruningStepHook", "global_allocation", "gzipped_weights_size", "kernel_sparsity",
+           "make_schedule", "parameter_counts", "prunable_weights", "schedule_end_step",
            "select_layers", "strip", "wrap_for_pruning"]

@@ -283,6 +283,7 @@ class EvaluateConfig:
 
 
 PRUNE_SCHEDULES = ("polynomial", "constant")
+PRUNE_ALLOCATIONS = ("uniform", "global")
 
 
 @dataclass(frozen=True)
@@ -293,7 +294,15 @@ class PruneConfig:
         schedule: `polynomial` (PolynomialDecay from initial to final sparsity between
             begin and end step) or `constant` (ConstantSparsity at final_sparsity from
             begin_step).
-        initial_sparsity, final_sparsity: sparsity of each pruned kernel.
+        initial_sparsity, final_sparsity: sparsity of each pruned layer (`uniform`
+            allocation) or of all pruned kernels together (`global`).
+        allocation: `uniform` (every pruned layer reaches final_sparsity) or `global`
+            (one magnitude threshold over all pruned kernels of the source model sets each
+            layer's final sparsity, so that final_sparsity of all their weights are zero;
+            layers with many small weights are pruned more). Within a layer tfmot prunes
+            by magnitude either way.
+        max_layer_sparsity: with `global`, no layer is pruned beyond this; the threshold
+            rises so that the others make up the difference.
         begin_step: first step that prunes.
         end_step: last step of the polynomial ramp (0 = end_fraction of the steps).
         end_fraction: where the ramp ends when end_step is 0, as a fraction of all steps.
@@ -310,6 +319,8 @@ class PruneConfig:
     schedule: str = "polynomial"
     initial_sparsity: float = 0.0
     final_sparsity: float = 0.8
+    allocation: str = "uniform"
+    max_layer_sparsity: float = 0.95
     begin_step: int = 0
     end_step: int = 0
     end_fraction: float = 0.75
@@ -323,6 +334,14 @@ class PruneConfig:
     def __post_init__(self) -> None:
         _check(self.schedule in PRUNE_SCHEDULES, "prune.schedule",
                f"expected one of {', '.join(PRUNE_SCHEDULES)}, found {self.schedule!r}")
+        _check(self.allocation in PRUNE_ALLOCATIONS, "prune.allocation",
+               f"expected one of {', '.join(PRUNE_ALLOCATIONS)}, found {self.allocation!r}")
+        _check(0 < self.max_layer_sparsity < 1 and (
+            self.allocation == "uniform" or self.max_layer_sparsity >= self.final_sparsity),
+            "prune.max_layer_sparsity", "expected (0, 1) and, with allocation 'global', at "
+            f"least final_sparsity; found {self.max_layer_sparsity}")
+        _check(self.allocation == "uniform" or not self.m_by_n, "prune.allocation",
+               "m_by_n sparsity is the same in every layer: use allocation 'uniform'")
         _check(0 <= self.initial_sparsity < 1, "prune.initial_sparsity", "expected [0, 1)")
         _check(0 < self.final_sparsity < 1, "prune.final_sparsity", "expected (0, 1)")
         _check(self.initial_sparsity <= self.final_sparsity, "prune.initial_sparsity",

@@ -3,10 +3,12 @@
 Wraps the layers selected by `prune.include`/`prune.exclude` (by default every encoder
 linear kernel: attention query/key/value/output, FFN in/out, pooler) with
 `prune_low_magnitude` on the `prune.schedule` (PolynomialDecay or ConstantSparsity,
-optionally M:N structured), trains with `UpdatePruningStep` under the `prune.train`
-settings (same keys and resume behaviour as `finetune`; `prune.train.distill_weight`
-adds knowledge distillation from the fine-tuned model), keeps the best epoch at full
-target sparsity, strips the wrappers and evaluates the result like the evaluate stage.
+optionally M:N structured; the same final sparsity in every layer, or per-layer targets
+from one global magnitude threshold with `prune.allocation: global`), trains with
+`UpdatePruningStep` under the `prune.train` settings (same keys and resume behaviour as
+`finetune`; `prune.train.distill_weight` adds knowledge distillation from the fine-tuned
+model), keeps the best epoch at full target sparsity, strips the wrappers and evaluates
+the result like the evaluate stage.
 
     <run-dir>/prune/
         model.keras, model.json      the stripped (plain) sparse classifier
@@ -62,6 +64,14 @@ def run(config: PipelineConfig, inputs: dict[str, Path], out_dir: Path,
         trainer.best_from_step = pruning.schedule_end_step(schedule)
         selected.extend(pruning.select_layers(model, cfg.include, cfg.exclude))
         schedule_info.update(schedule.get_config())
+        if cfg.allocation == "global":
+            targets = pruning.global_allocation(model, selected, cfg.final_sparsity,
+                                                cfg.max_layer_sparsity)
+            schedule_info["layer_targets"] = targets
+            log.info("global allocation: layer sparsity %.4f..%.4f",
+                     min(targets.values()), max(targets.values()))
+            schedule = {name: pruning.make_schedule(cfg, trainer.total_steps, target)
+                        for name, target in targets.items()}
         wrapped = pruning.wrap_for_pruning(model, schedule, cfg.include, cfg.exclude,
                                            tuple(cfg.m_by_n) or None)
         return wrapped, {"source": str(source), "pruned_layers": list(selected)}
@@ -82,7 +92,8 @@ def run(config: PipelineConfig, inputs: dict[str, Path], out_dir: Path,
     values = [k["sparsity"] for k in kernels.values()]
     size_after = pruning.gzipped_weights_size(stripped)
     summary = {"overall": round(zeros / params, 6), "min": min(values), "max": max(values),
-               "target": cfg.final_sparsity, "kernels": len(kernels),
+               "target": cfg.final_sparsity, "allocation": cfg.allocation,
+               "kernels": len(kernels),
                "m_by_n": list(cfg.m_by_n) or None}
     log.info("sparsity of %d pruned kernels: overall %.4f (range %.4f..%.4f); gzip size "
              "%.1f MB -> %.1f MB", len(kernels), summary["overall"], summary["min"],

@@ -51,19 +51,16 @@ def test_prune_stage_reaches_target_sparsity(trained_run, tmp_path, easy_data):
     assert (run_dir / "prune" / "metrics.json").is_file()
 
 
-def test_stripped_model_predicts_like_the_wrapped_one(trained_run):
-    model, _ = load_model(trained_run / "finetune")
-    schedule = pruning.make_schedule(PruneConfig(schedule="constant", final_sparsity=0.6,
-                                                 frequency=1), total_steps=10)
-    wrapped = pruning.wrap_for_pruning(model, schedule, (".*",), ("embeddings_.*",))
+def train_wrapped(wrapped, run_dir, steps=3):
+    """A few SGD steps of a pruning-wrapped model, driven like the prune stage."""
     features, labels = next(iter(batch_examples(
-        read_split(trained_run / "prepare", "train", with_text=False), 16)))
+        read_split(run_dir / "prepare", "train", with_text=False), 16)))
     optimizer = tf.keras.optimizers.SGD(0.01)
     wrapped.optimizer = optimizer
     callback = tfmot.sparsity.keras.UpdatePruningStep()
     callback.set_model(wrapped)
     callback.on_train_begin()
-    for _ in range(3):
+    for _ in range(steps):
         callback.on_train_batch_begin(batch=-1)
         with tf.GradientTape() as tape:
             loss = tf.reduce_mean(tf.keras.losses.sparse_categorical_crossentropy(
@@ -71,6 +68,15 @@ def test_stripped_model_predicts_like_the_wrapped_one(trained_run):
         grads = tape.gradient(loss, wrapped.trainable_variables)
         optimizer.apply_gradients(zip(grads, wrapped.trainable_variables))
     callback.on_epoch_end(batch=-1)
+    return features
+
+
+def test_stripped_model_predicts_like_the_wrapped_one(trained_run):
+    model, _ = load_model(trained_run / "finetune")
+    schedule = pruning.make_schedule(PruneConfig(schedule="constant", final_sparsity=0.6,
+                                                 frequency=1), total_steps=10)
+    wrapped = pruning.wrap_for_pruning(model, schedule, (".*",), ("embeddings_.*",))
+    features = train_wrapped(wrapped, trained_run)
     stripped = pruning.strip(wrapped)
     assert not any(type(layer).__name__ == "PruneLowMagnitude" for layer in stripped.layers)
     np.testing.assert_allclose(stripped(features, training=False).numpy(),
@@ -104,3 +110,58 @@ def test_selection_errors(trained_run):
         pruning.select_layers(model, ("nothing",), ())
     assert pruning.select_layers(model, ("layer_1_.*",), ()) == \
         ["layer_1_attention", "layer_1_ffn_in", "layer_1_ffn_out"]
+
+
+def test_global_allocation_cuts_at_one_magnitude(trained_run):
+    model, _ = load_model(trained_run / "finetune")
+    names = pruning.select_layers(model, (".*",), ("embeddings_.*", "classifier"))
+    small = model.get_layer("layer_0_ffn_out")  # make one layer's weights the smallest
+    small.kernel.assign(small.kernel * 0.05)
+    kernels = {n: [np.abs(w.numpy()).ravel() for w in pruning.prunable_weights(
+        model.get_layer(n))] for n in names}
+    sizes = {n: sum(k.size for k in ks) for n, ks in kernels.items()}
+    everything = np.concatenate([k for ks in kernels.values() for k in ks])
+
+    uncapped = pruning.global_allocation(model, names, 0.6, cap=0.999)
+    threshold = np.quantile(everything, 0.6)
+    for name, ks in kernels.items():  # each layer's share below the one global threshold
+        below = sum(np.count_nonzero(k < threshold) for k in ks) / sizes[name]
+        assert uncapped[name] == pytest.approx(below, abs=2e-3), name
+    assert uncapped["layer_0_ffn_out"] > 0.99 and min(uncapped.values()) < 0.6
+
+    capped = pruning.global_allocation(model, names, 0.6, cap=0.9)
+    assert capped["layer_0_ffn_out"] == pytest.approx(0.9)
+    assert max(capped.values()) <= 0.9
+    overall = sum(capped[n] * sizes[n] for n in names) / sum(sizes.values())
+    assert overall == pytest.approx(0.6, abs=1e-3)  # the others make up the difference
+    assert all(capped[n] >= uncapped[n] for n in names if n != "layer_0_ffn_out")
+
+    # Per-layer schedules reach their own targets.
+    cfg = PruneConfig(schedule="constant", frequency=1)
+    schedules = {n: pruning.make_schedule(cfg, 10, capped[n]) for n in names}
+    wrapped = pruning.wrap_for_pruning(model, schedules, (".*",), ("embeddings_.*", "classifier"))
+    train_wrapped(wrapped, trained_run, steps=1)
+    measured = pruning.kernel_sparsity(pruning.strip(wrapped), names)
+    for kernel, info in measured.items():
+        assert info["sparsity"] == pytest.approx(capped[kernel.split("/")[0]], abs=0.01), kernel
+    with pytest.raises(ValueError, match="no pruning schedule"):
+        pruning.wrap_for_pruning(model, {names[0]: schedules[names[0]]}, (".*",), ())
+
+
+def test_prune_stage_with_global_allocation(trained_run, tmp_path, easy_data, capsys):
+    run_dir = fresh_run(trained_run, tmp_path)
+    assert run_stage("prune", run_dir, *easy_data, *TRAINED, *PRUNE, "prune.m_by_n=[2, 4]",
+                     "prune.allocation=global") == 2
+    assert "prune.allocation" in capsys.readouterr().err
+    assert not (run_dir / "prune").exists()
+    assert run_stage("prune", run_dir, *easy_data, *TRAINED, *PRUNE,
+                     "prune.allocation=global", "prune.train.epochs=1") == 0
+    m = manifest(run_dir, "prune")["metrics"]
+    targets = m["schedule"]["layer_targets"]
+    assert sorted(targets) == sorted(m["pruned_layers"])
+    assert m["sparsity"]["allocation"] == "global"
+    assert m["sparsity"]["overall"] == pytest.approx(0.75, abs=0.01)
+    assert m["sparsity"]["max"] - m["sparsity"]["min"] > 0.02  # not uniform
+    model, _ = load_model(run_dir / "prune")
+    for kernel, info in pruning.kernel_sparsity(model, m["pruned_layers"]).items():
+        assert info["sparsity"] == pytest.approx(targets[kernel.split("/")[0]], abs=0.01)
