@@ -203,6 +203,9 @@ class FinetuneConfig:
         augment_rate: in a perturbed copy, the probability that a token is changed
             (masked, replaced by a token drawn from the training text, or deleted,
             equally likely).
+        seed: the seed of this training's initialisation, dropout, shuffling and copies;
+            -1 (default) = the pipeline's `seed`. Set it to repeat a stage with other draws
+            (on the same prepared data) and see how much its results vary.
     """
 
     epochs: int = 3
@@ -225,6 +228,7 @@ class FinetuneConfig:
     distill_hidden_weight: float = 0.0
     augment_fraction: float = 0.0
     augment_rate: float = 0.15
+    seed: int = -1
 
     def __post_init__(self) -> None:
         for key in ("epochs", "batch_size", "eval_batch_size", "shuffle_buffer",
@@ -249,6 +253,7 @@ class FinetuneConfig:
                "must be >= 0")
         _check(0 <= self.augment_fraction <= 1, "finetune.augment_fraction", "expected 0..1")
         _check(0 < self.augment_rate <= 1, "finetune.augment_rate", "expected 0 < rate <= 1")
+        _check(self.seed >= -1, "finetune.seed", "expected -1 (the pipeline seed) or >= 0")
         _check(self.augment_fraction == 0 or self.distill_weight > 0,
                "finetune.augment_fraction", "perturbed copies have no label of their own; "
                "they need distill_weight > 0 (the teacher's soft labels)")

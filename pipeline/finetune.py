@@ -209,7 +209,8 @@ class Trainer:
         self.chief = is_chief(self.strategy)
         if ft.precision != "float32":
             keras.mixed_precision.set_global_policy(ft.precision)
-        keras.utils.set_random_seed(config.seed)
+        self.seed = config.seed if ft.seed < 0 else ft.seed
+        keras.utils.set_random_seed(self.seed)
 
         # Every input pipeline (one per worker) reads its shard of the examples and
         # feeds its local replicas per-replica batches; all run the same number of steps
@@ -300,7 +301,7 @@ class Trainer:
         def dataset_fn(context: tf.distribute.InputContext) -> tf.data.Dataset:
             examples = self.train_examples.shard(context.num_input_pipelines,
                                                  context.input_pipeline_id)
-            epoch_seed = self.config.seed * 1009 + epoch
+            epoch_seed = self.seed * 1009 + epoch
             examples = examples.shuffle(ft.shuffle_buffer, seed=epoch_seed,
                                         reshuffle_each_iteration=False)
             if ft.augment_fraction:

@@ -379,3 +379,19 @@ def test_finetune_cannot_distill(capsys, tmp_path):
                      "prune.train.distill_weight=0") == 2
     assert "they need distill_weight > 0" in capsys.readouterr().err
     assert not any(tmp_path.iterdir())
+
+
+def test_training_seed_repeats_a_stage_with_other_draws(trained_run, tmp_path, easy_data):
+    """finetune.seed (and prune/quantize.train.seed) replaces the pipeline seed for one
+    training: the same value reproduces it exactly, another value draws differently."""
+    weights = {}
+    for name, seed in (("default", None), ("same", 0), ("other", 7)):  # tiny.yaml: seed 0
+        run_dir = tmp_path / name
+        shutil.copytree(trained_run / "prepare", run_dir / "prepare")
+        extra = [] if seed is None else [f"finetune.seed={seed}"]
+        assert run_stage("finetune", run_dir, *easy_data, "finetune.max_steps=3",
+                         *extra) == 0
+        weights[name] = load_model(run_dir / "finetune")[0].get_weights()
+    for a, b in zip(weights["default"], weights["same"]):
+        np.testing.assert_array_equal(a, b)
+    assert any(not np.array_equal(a, b) for a, b in zip(weights["default"], weights["other"]))
