@@ -856,8 +856,9 @@ def census_summary(census: dict[str, Any]) -> dict[str, Any]:
                                          "custom_ops", "flex_ops")}
 
 
-def matmul_weight_sparsity(tflite: bytes) -> dict[str, float]:
-    """Zero fraction of every constant weight operand of the model's matmuls.
+def matmul_weight_sparsity(tflite: bytes) -> dict[str, dict[str, Any]]:
+    """Zeros of every constant weight operand of the model's matmuls: name ->
+    {"sparsity" (zero fraction), "zeros", "parameters"}.
 
     The weights as the runtime reads them (int8 or float), keyed by tensor name: shows
     whether pruning survived conversion. Rounding to int8 can add a few zeros.
@@ -888,7 +889,9 @@ def matmul_weight_sparsity(tflite: bytes) -> dict[str, float]:
             continue
         values = np.frombuffer(data.tobytes(), dtypes[tensor.Type()])
         name = tensor.Name().decode()
-        out[name if name not in out else f"{name}#{i}"] = float(np.mean(values == 0))
+        zeros = int(np.count_nonzero(values == 0))
+        out[name if name not in out else f"{name}#{i}"] = {
+            "sparsity": zeros / values.size, "zeros": zeros, "parameters": int(values.size)}
     return out
 
 

@@ -53,18 +53,25 @@ def fingerprint_config(config: PipelineConfig) -> dict[str, Any]:
             "eval_batch_size": config.finetune.eval_batch_size}
 
 
-def _sparsity_summary(values: dict[str, float]) -> dict[str, Any] | None:
-    if not values:
+def _sparsity_summary(kernels: dict[str, dict[str, Any]]) -> dict[str, Any] | None:
+    """Per-kernel range and mean, and the overall zero fraction of all the kernels
+    together (name -> {"sparsity", "zeros", "parameters"}); layers pruned to different
+    sparsities make the overall figure differ from the mean."""
+    if not kernels:
         return None
-    return {"kernels": len(values), "min": round(min(values.values()), 6),
-            "max": round(max(values.values()), 6),
-            "mean": round(float(np.mean(list(values.values()))), 6)}
+    values = [k["sparsity"] for k in kernels.values()]
+    return {"kernels": len(kernels), "min": round(min(values), 6),
+            "max": round(max(values), 6), "mean": round(float(np.mean(values)), 6),
+            "overall": round(sum(k["zeros"] for k in kernels.values())
+                             / sum(k["parameters"] for k in kernels.values()), 6)}
 
 
-def _pruned_sparsity(kernels: dict[str, np.ndarray], pruned: list[str]) -> dict[str, float]:
-    """Zero fraction of the kernels (name -> array) that belong to the pruned layers."""
-    return {name: float(np.mean(value == 0)) for name, value in kernels.items()
-            if name.split("/")[0] in pruned}
+def _pruned_sparsity(kernels: dict[str, np.ndarray], pruned: list[str]
+                     ) -> dict[str, dict[str, Any]]:
+    """Zeros of the kernels (name -> array) that belong to the pruned layers."""
+    return {name: {"sparsity": float(np.mean(value == 0)),
+                   "zeros": int(np.count_nonzero(value == 0)), "parameters": int(value.size)}
+            for name, value in kernels.items() if name.split("/")[0] in pruned}
 
 
 def _evaluate_tflite(flat: bytes, batches: list, y_true: np.ndarray, labels: list[str],

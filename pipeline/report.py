@@ -70,7 +70,7 @@ def collect_models(inputs: dict[str, Path]) -> list[dict[str, Any]]:
                      "kind": "tflite", "format": "tflite", "path": str(path),
                      "file": str(path), "bytes": v["bytes"], "gzip_bytes": v["gzip_bytes"],
                      "accuracy": v["accuracy"], "macro_f1": v["macro_f1"],
-                     "sparsity": v["sparsity"]["mean"] if v.get("sparsity")
+                     "sparsity": v["sparsity"]["overall"] if v.get("sparsity")
                      else sparsity_of[v["source"]],
                      "census": v.get("census"),
                      "measured_in": "ai_edge_litert (quantize)"})

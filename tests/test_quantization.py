@@ -267,7 +267,7 @@ def test_pqat_keeps_sparsity_in_attention_and_ffn(tiny, trained_run):
     flat = quant.to_tflite(qat_model, "qat_int8", seq_len=tiny["seq_len"],
                            representative=tiny["representative"])
     weights = quant.matmul_weight_sparsity(flat)
-    encoder = {name: s for name, s in weights.items() if "layer_" in name}
+    encoder = {name: w["sparsity"] for name, w in weights.items() if "layer_" in name}
     assert len(encoder) == 12
     assert all(s >= 0.49 for s in encoder.values()), encoder
     assert agreement(quant.run_tflite(flat, tiny["test"]), predict(pruned, tiny["test"])) \

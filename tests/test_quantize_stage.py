@@ -55,6 +55,9 @@ def test_prune_preserving_qat_keeps_the_sparsity(quantized_run):
     # In the int8 weights the runtime reads: 12 encoder kernels, still >= 75% zeros.
     converted = variants["prune/qat_int8"]["sparsity"]
     assert converted["kernels"] == 12 and converted["min"] >= 0.74
+    pruned = manifest(quantized_run, "prune")["metrics"]["sparsity"]["overall"]
+    assert converted["overall"] == pytest.approx(pruned, abs=0.01)  # zeros / all weights
+    assert report["sparsity_after"]["overall"] == pytest.approx(pruned, abs=1e-4)
     assert "sparsity" not in variants["finetune/qat_int8"]
     assert "sparsity_before" not in m["qat"]["finetune"]
     history = json.loads((quantized_run / "quantize" / "prune" / "qat_history.json").read_text())
