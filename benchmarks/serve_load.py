@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import tempfile
 import threading
 import time
@@ -34,6 +33,7 @@ import httpx
 import numpy as np
 
 from data.input import read_split
+from pipeline.artifacts import machine_info
 from serve.testing import ServerError, ServerProcess
 
 PREDICT = "/v1/models/{name}:predict"
@@ -168,8 +168,8 @@ def main() -> None:
                   f"max_batch 1): {gain:.2f}x")
     if args.json:
         result = {"date": time.strftime("%Y-%m-%d"),
-                  "machine": f"{platform.machine()}, {os.cpu_count()} cores, client and "
-                             "server on the same machine",
+                  "machine": {**machine_info(),
+                              "note": "client and server on the same machine"},
                   "load_average_before": load_before,
                   "export_dir": str(args.export_dir), "clients": args.clients,
                   "requests_per_config": args.requests, "seconds_limit": args.seconds,
