@@ -178,11 +178,29 @@ def kernel_sparsity(model: keras.Model, names: list[str]) -> dict[str, dict[str,
             continue
         for weight in prunable_weights(layer):
             values = weight.numpy()
-            out[weight.name.split(":")[0]] = {
-                "shape": list(values.shape), "parameters": int(values.size),
-                "zeros": int(np.count_nonzero(values == 0)),
-                "sparsity": round(float(np.mean(values == 0)), 6)}
+            out[weight.name.split(":")[0]] = {"shape": list(values.shape),
+                                              **zero_counts(values)}
     return out
+
+
+def zero_counts(values: np.ndarray) -> dict[str, Any]:
+    """Parameters, zeros and zero fraction (`sparsity`) of an array of weights."""
+    zeros = int(np.count_nonzero(values == 0))
+    return {"parameters": int(values.size), "zeros": zeros,
+            "sparsity": round(zeros / values.size, 6)}
+
+
+def sparsity_summary(kernels: dict[str, dict[str, Any]]) -> dict[str, Any] | None:
+    """Kernel count, per-kernel min/max/mean and the overall zero fraction of all the
+    kernels together, from `zero_counts` entries (None for no kernels). Layers pruned to
+    different sparsities make the overall figure differ from the mean."""
+    if not kernels:
+        return None
+    values = [k["sparsity"] for k in kernels.values()]
+    return {"kernels": len(kernels), "min": min(values), "max": max(values),
+            "mean": round(float(np.mean(values)), 6),
+            "overall": round(sum(k["zeros"] for k in kernels.values())
+                             / sum(k["parameters"] for k in kernels.values()), 6)}
 
 
 def gzipped_weights_size(model: keras.Model) -> dict[str, int]:
@@ -205,4 +223,4 @@ def parameter_counts(model: keras.Model, names: list[str]) -> dict[str, int]:
 
 __all__ = ["PruningStepHook", "global_allocation", "gzipped_weights_size", "kernel_sparsity",
            "make_schedule", "parameter_counts", "prunable_weights", "schedule_end_step",
-           "select_layers", "strip", "wrap_for_pruning"]
+           "select_layers", "sparsity_summary", "strip", "wrap_for_pruning", "zero_counts"]

@@ -94,6 +94,7 @@ from models.bert import (
     QuantPoints,
     gelu_approximate,
 )
+from models.pruning import zero_counts
 
 log = logging.getLogger(__name__)
 
@@ -858,7 +859,7 @@ def census_summary(census: dict[str, Any]) -> dict[str, Any]:
 
 def matmul_weight_sparsity(tflite: bytes) -> dict[str, dict[str, Any]]:
     """Zeros of every constant weight operand of the model's matmuls: name ->
-    {"sparsity" (zero fraction), "zeros", "parameters"}.
+    `models.pruning.zero_counts` (parameters, zeros, zero fraction `sparsity`).
 
     The weights as the runtime reads them (int8 or float), keyed by tensor name: shows
     whether pruning survived conversion. Rounding to int8 can add a few zeros.
@@ -889,9 +890,7 @@ def matmul_weight_sparsity(tflite: bytes) -> dict[str, dict[str, Any]]:
             continue
         values = np.frombuffer(data.tobytes(), dtypes[tensor.Type()])
         name = tensor.Name().decode()
-        zeros = int(np.count_nonzero(values == 0))
-        out[name if name not in out else f"{name}#{i}"] = {
-            "sparsity": zeros / values.size, "zeros": zeros, "parameters": int(values.size)}
+        out[name if name not in out else f"{name}#{i}"] = zero_counts(values)
     return out
 
 

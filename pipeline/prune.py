@@ -87,14 +87,9 @@ def run(config: PipelineConfig, inputs: dict[str, Path], out_dir: Path,
     stripped = pruning.strip(trainer.model)
 
     kernels = pruning.kernel_sparsity(stripped, selected)
-    zeros = sum(k["zeros"] for k in kernels.values())
-    params = sum(k["parameters"] for k in kernels.values())
-    values = [k["sparsity"] for k in kernels.values()]
     size_after = pruning.gzipped_weights_size(stripped)
-    summary = {"overall": round(zeros / params, 6), "min": min(values), "max": max(values),
-               "target": cfg.final_sparsity, "allocation": cfg.allocation,
-               "kernels": len(kernels),
-               "m_by_n": list(cfg.m_by_n) or None}
+    summary = {**pruning.sparsity_summary(kernels), "target": cfg.final_sparsity,
+               "allocation": cfg.allocation, "m_by_n": list(cfg.m_by_n) or None}
     log.info("sparsity of %d pruned kernels: overall %.4f (range %.4f..%.4f); gzip size "
              "%.1f MB -> %.1f MB", len(kernels), summary["overall"], summary["min"],
              summary["max"], size_before["gzip_bytes"] / 1e6, size_after["gzip_bytes"] / 1e6)

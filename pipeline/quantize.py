@@ -53,25 +53,13 @@ def fingerprint_config(config: PipelineConfig) -> dict[str, Any]:
             "eval_batch_size": config.finetune.eval_batch_size}
 
 
-def _sparsity_summary(kernels: dict[str, dict[str, Any]]) -> dict[str, Any] | None:
-    """Per-kernel range and mean, and the overall zero fraction of all the kernels
-    together (name -> {"sparsity", "zeros", "parameters"}); layers pruned to different
-    sparsities make the overall figure differ from the mean."""
-    if not kernels:
-        return None
-    values = [k["sparsity"] for k in kernels.values()]
-    return {"kernels": len(kernels), "min": round(min(values), 6),
-            "max": round(max(values), 6), "mean": round(float(np.mean(values)), 6),
-            "overall": round(sum(k["zeros"] for k in kernels.values())
-                             / sum(k["parameters"] for k in kernels.values()), 6)}
-
-
 def _pruned_sparsity(kernels: dict[str, np.ndarray], pruned: list[str]
                      ) -> dict[str, dict[str, Any]]:
-    """Zeros of the kernels (name -> array) that belong to the pruned layers."""
-    return {name: {"sparsity": float(np.mean(value == 0)),
-                   "zeros": int(np.count_nonzero(value == 0)), "parameters": int(value.size)}
-            for name, value in kernels.items() if name.split("/")[0] in pruned}
+    """`zero_counts` of the kernels (name -> array) that belong to the pruned layers."""
+    from models.pruning import zero_counts
+
+    return {name: zero_counts(value) for name, value in kernels.items()
+            if name.split("/")[0] in pruned}
 
 
 def _evaluate_tflite(flat: bytes, batches: list, y_true: np.ndarray, labels: list[str],
@@ -102,6 +90,7 @@ def _qat(config: PipelineConfig, source: str, source_dir: Path, prep_dir: Path,
     from models import quantization as quant
     from models.artifact import load_model, read_meta
     from models.bert import BertArchitecture
+    from models.pruning import sparsity_summary
     from pipeline.finetune import Trainer
 
     cfg = config.quantize
@@ -119,7 +108,7 @@ def _qat(config: PipelineConfig, source: str, source_dir: Path, prep_dir: Path,
                                                 calibration=calibration,
                                                 per_channel=cfg.per_channel)
         if preserve_sparsity:
-            report["sparsity_before"] = _sparsity_summary(_pruned_sparsity(
+            report["sparsity_before"] = sparsity_summary(_pruned_sparsity(
                 quant.effective_kernels(qat_model), pruned))
         return qat_model, {"source": str(source_dir), "preserve_sparsity": preserve_sparsity}
 
@@ -129,7 +118,7 @@ def _qat(config: PipelineConfig, source: str, source_dir: Path, prep_dir: Path,
     training = trainer.fit()
     quant.refresh_weight_ranges(trainer.model)
     if preserve_sparsity:
-        report["sparsity_after"] = _sparsity_summary(_pruned_sparsity(
+        report["sparsity_after"] = sparsity_summary(_pruned_sparsity(
             quant.effective_kernels(trainer.model), pruned))
     return trainer.model, {**report, "training": training}
 
@@ -139,6 +128,7 @@ def run(config: PipelineConfig, inputs: dict[str, Path], out_dir: Path,
     from data.input import batch_examples, read_split, representative_examples
     from models import quantization as quant
     from models.artifact import TOKENIZER_FILES, load_model, read_meta
+    from models.pruning import sparsity_summary
     from pipeline.evaluate import predict_keras
 
     cfg = config.quantize
@@ -208,7 +198,7 @@ def run(config: PipelineConfig, inputs: dict[str, Path], out_dir: Path,
                 "metrics": metrics, "census": quant.census_summary(census),
                 "ops": census["ops"]}
             if pruned:
-                variant["sparsity"] = _sparsity_summary(
+                variant["sparsity"] = sparsity_summary(
                     {k: v for k, v in weights.items() if any(p in k for p in pruned)})
             variants[name] = variant
             log.info("%s: accuracy %.4f (agreement %.4f), %.2f MB, matmuls int8 %d / "
