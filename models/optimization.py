@@ -51,3 +51,48 @@ def make_optimizer(*, peak_lr: float, total_steps: int, warmup_steps: int,
         global_clipnorm=clip_norm or None)
     optimizer.exclude_from_weight_decay(var_names=list(NO_DECAY))
     return optimizer
+
+
+class WeightAverage:
+    """Exponential moving average of variables (Polyak averaging), to evaluate and keep.
+
+    Each `update()` moves the average towards the variables by (1 - d), where
+    d = min(decay, (1 + n) / (10 + n)) after n earlier updates (the warm-up of
+    tf.train.ExponentialMovingAverage's `num_updates`); the first update copies them, so
+    the average starts wherever the caller starts updating. `swap()` exchanges the
+    variables' values and the average's (a second call undoes it). Build it in the
+    distribution strategy's scope and call both from the cross-replica context.
+
+    Args:
+        variables: the variables to average (a model's trainable variables).
+        decay: float in (0, 1), the long-run decay.
+    """
+
+    def __init__(self, variables, decay: float) -> None:
+        self.variables = list(variables)
+        self.average = [tf.Variable(tf.zeros(v.shape, v.dtype), trainable=False,
+                                    name=f"average_{i}")
+                        for i, v in enumerate(self.variables)]
+        self.updates = tf.Variable(0, dtype=tf.int64, trainable=False, name="updates")
+
+        @tf.function
+        def update():
+            n = tf.cast(self.updates, tf.float32)
+            d = tf.where(self.updates > 0, tf.minimum(decay, (1.0 + n) / (10.0 + n)), 0.0)
+            for average, value in zip(self.average, self.variables):
+                dv = tf.cast(d, value.dtype)
+                average.assign(dv * average + (1 - dv) * value)
+            self.updates.assign_add(1)
+
+        @tf.function
+        def swap():
+            for average, value in zip(self.average, self.variables):
+                held = tf.identity(value)
+                value.assign(average)
+                average.assign(held)
+
+        self.update, self.swap = update, swap
+
+    @property
+    def started(self) -> bool:
+        return int(self.updates.numpy()) > 0

@@ -163,6 +163,9 @@ class PruningStepHook:
         self.callback.on_train_batch_begin(batch=-1)
 
     def on_epoch_end(self, trainer) -> None:
+        self.callback.on_epoch_end(batch=-1)  # weights *= masks
+
+    def on_weights_changed(self, trainer) -> None:
         self.callback.on_epoch_end(batch=-1)
 
 

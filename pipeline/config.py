@@ -206,6 +206,10 @@ class FinetuneConfig:
         seed: the seed of this training's initialisation, dropout, shuffling and copies;
             -1 (default) = the pipeline's `seed`. Set it to repeat a stage with other draws
             (on the same prepared data) and see how much its results vary.
+        ema_decay: keep an exponential moving average of the weights (decay d per step,
+            warmed up as in tf.train.ExponentialMovingAverage) from the first step at
+            which an epoch may be kept as best (pruning: the end of the sparsity ramp);
+            validation, the best epoch and the saved model then use the average; 0 = off.
     """
 
     epochs: int = 3
@@ -229,6 +233,7 @@ class FinetuneConfig:
     augment_fraction: float = 0.0
     augment_rate: float = 0.15
     seed: int = -1
+    ema_decay: float = 0.0
 
     def __post_init__(self) -> None:
         for key in ("epochs", "batch_size", "eval_batch_size", "shuffle_buffer",
@@ -254,6 +259,7 @@ class FinetuneConfig:
         _check(0 <= self.augment_fraction <= 1, "finetune.augment_fraction", "expected 0..1")
         _check(0 < self.augment_rate <= 1, "finetune.augment_rate", "expected 0 < rate <= 1")
         _check(self.seed >= -1, "finetune.seed", "expected -1 (the pipeline seed) or >= 0")
+        _check(0 <= self.ema_decay < 1, "finetune.ema_decay", "expected 0 <= decay < 1")
         _check(self.augment_fraction == 0 or self.distill_weight > 0,
                "finetune.augment_fraction", "perturbed copies have no label of their own; "
                "they need distill_weight > 0 (the teacher's soft labels)")

@@ -168,14 +168,18 @@ class Trainer:
         arch: the encoder's architecture, checked against the prepared data.
         build_model: `build_model(trainer) -> (model, report)`, called inside the
             strategy scope once the step counts are known.
-        hooks: objects with any of `on_train_begin`, `on_step_begin`, `on_epoch_end`,
-            each called with the trainer.
+        hooks: objects with any of `on_train_begin`, `on_step_begin`, `on_epoch_end` and
+            `on_weights_changed` (after the averaged weights were swapped in), each
+            called with the trainer.
         name: what progress lines call this run.
 
     A hook or `build_model` may set `trainer.best_from_step`: epochs ending earlier are
     never kept as the best (e.g. before pruning reaches its target sparsity).
     `build_model` may set `trainer.teacher` (a Keras model, built in the strategy scope)
     to distill from it when `train_cfg.distill_weight` or `distill_hidden_weight` > 0.
+    With `train_cfg.ema_decay` > 0 a moving average of the weights is kept from
+    `best_from_step` on; from then, validation, the best epoch and the final weights are
+    the average's (the history also records the raw weights' validation).
     """
 
     def __init__(self, config: PipelineConfig, train_cfg: FinetuneConfig, prep_dir: Path,
@@ -186,7 +190,7 @@ class Trainer:
 
         from data.input import bucket_lengths, count_bucket_batches, example_lengths, read_split
         from models.artifact import read_labels
-        from models.optimization import make_optimizer
+        from models.optimization import WeightAverage, make_optimizer
         from pipeline.distribute import is_chief, make_strategy, num_input_pipelines, task_name
 
         ft = train_cfg
@@ -253,6 +257,8 @@ class Trainer:
                 optimizer = keras.mixed_precision.LossScaleOptimizer(optimizer)
             optimizer.build(self.model.trainable_variables)
             self.optimizer = optimizer
+            self.average = WeightAverage(self.model.trainable_variables, ft.ema_decay) \
+                if ft.ema_decay else None
             self.best = tf.Variable(-1.0, trainable=False, name="best_val_accuracy")
             self.train_loss = keras.metrics.Mean()
             self.train_accuracy = keras.metrics.SparseCategoricalAccuracy()
@@ -261,8 +267,10 @@ class Trainer:
 
         # Non-chief workers must save too (collectives), but into their own folder.
         ckpt_dir = work_dir / ("ckpt" if self.chief else f"ckpt-{task_name(self.strategy)}")
+        averaged = {} if self.average is None else {
+            "average": self.average.average, "average_updates": self.average.updates}
         self.ckpt = tf.train.Checkpoint(model=self.model, optimizer=self.optimizer,
-                                        best=self.best)
+                                        best=self.best, **averaged)
         self.manager = tf.train.CheckpointManager(self.ckpt, ckpt_dir, max_to_keep=2)
         self.best_ckpt = tf.train.Checkpoint(model=self.model)
         self.best_path = str(work_dir / ("best" if self.chief else "best-worker") / "weights")
@@ -391,6 +399,9 @@ class Trainer:
                 self._call_hooks("on_step_begin")
                 self.train_step(features, labels)
                 step += 1
+                if self.average is not None and step >= min(self.best_from_step,
+                                                             self.total_steps):
+                    self.average.update()
                 bar.update(1)
                 if step % 20 == 0 or step == self.total_steps:
                     loss = float(self.train_loss.result())
@@ -414,8 +425,13 @@ class Trainer:
             trained_steps += step - epoch * self.steps_per_epoch - in_epoch
             record = {"epoch": epoch + 1, "step": step,
                       "train_loss": float(self.train_loss.result()),
-                      "train_accuracy": float(self.train_accuracy.result()),
-                      **self.validate(), "seconds": round(seconds, 2)}
+                      "train_accuracy": float(self.train_accuracy.result())}
+            averaged = self.average is not None and self.average.started
+            if averaged:
+                record.update({f"{key}_raw": value for key, value in self.validate().items()})
+                self.average.swap()
+                self._call_hooks("on_weights_changed")
+            record.update(**self.validate(), seconds=round(seconds, 2))
             with val_writer.as_default(step=step):
                 tf.summary.scalar("loss", record["val_loss"])
                 tf.summary.scalar("accuracy", record["val_accuracy"])
@@ -424,6 +440,8 @@ class Trainer:
                 self.best.assign(record["val_accuracy"])
                 self.best_ckpt.write(self.best_path)
                 record["best"] = True
+            if averaged:
+                self.average.swap()
             history.append(record)
             log.info("epoch %d: train loss %.4f acc %.4f | validation loss %.4f acc %.4f "
                      "(%.0f s)", epoch + 1, record["train_loss"], record["train_accuracy"],
@@ -443,7 +461,11 @@ class Trainer:
                 "examples_per_second": round(trained_steps * self.mean_batch
                                              / max(train_seconds, 1e-9), 2),
                 "replicas": self.strategy.num_replicas_in_sync,
-                "parameters": int(self.model.count_params())}
+                "parameters": int(self.model.count_params()),
+                "weight_average": None if self.average is None else {
+                    "decay": ft.ema_decay, "from_step": min(self.best_from_step,
+                                                            self.total_steps),
+                    "updates": int(self.average.updates.numpy())}}
 
 
 def run(config: PipelineConfig, inputs: dict[str, Path], out_dir: Path,

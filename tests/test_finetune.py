@@ -395,3 +395,25 @@ def test_training_seed_repeats_a_stage_with_other_draws(trained_run, tmp_path, e
     for a, b in zip(weights["default"], weights["same"]):
         np.testing.assert_array_equal(a, b)
     assert any(not np.array_equal(a, b) for a, b in zip(weights["default"], weights["other"]))
+
+
+def test_weight_average_by_hand():
+    from models.optimization import WeightAverage
+
+    v = tf.Variable([1.0, -2.0])
+    average = WeightAverage([v], decay=0.5)
+    assert not average.started
+    expected = None
+    for n, value in enumerate(([1.0, -2.0], [3.0, 0.0], [5.0, 4.0], [-1.0, 1.0])):
+        v.assign(value)
+        average.update()
+        d = 0.0 if n == 0 else min(0.5, (1 + n) / (10 + n))
+        expected = np.array(value) if expected is None else \
+            d * expected + (1 - d) * np.array(value)
+    assert average.started and int(average.updates.numpy()) == 4
+    np.testing.assert_allclose(average.average[0].numpy(), expected, rtol=1e-6)
+    average.swap()
+    np.testing.assert_allclose(v.numpy(), expected, rtol=1e-6)
+    np.testing.assert_allclose(average.average[0].numpy(), [-1.0, 1.0])
+    average.swap()
+    np.testing.assert_allclose(v.numpy(), [-1.0, 1.0])

@@ -165,3 +165,24 @@ def test_prune_stage_with_global_allocation(trained_run, tmp_path, easy_data, ca
     model, _ = load_model(run_dir / "prune")
     for kernel, info in pruning.kernel_sparsity(model, m["pruned_layers"]).items():
         assert info["sparsity"] == pytest.approx(targets[kernel.split("/")[0]], abs=0.01)
+
+
+def test_weight_average_from_the_end_of_the_ramp(trained_run, tmp_path, easy_data):
+    """With prune.train.ema_decay the kept weights are the moving average of the steps
+    after the sparsity ramp, and they keep every mask."""
+    run_dir = fresh_run(trained_run, tmp_path)
+    assert run_stage("prune", run_dir, *easy_data, *TRAINED, *PRUNE,
+                     "prune.train.ema_decay=0.9", "prune.end_fraction=0.5") == 0
+    m = manifest(run_dir, "prune")["metrics"]
+    training = m["training"]
+    average = training["weight_average"]
+    end = m["schedule"]["config"]["end_step"]
+    assert average["from_step"] == end > 0
+    assert average["updates"] == training["steps"] - end + 1
+    for record in training["history"]:
+        # Epochs at full sparsity are validated both ways; earlier ones have no average.
+        assert ("val_accuracy_raw" in record) == (record["step"] >= end), record
+    model, _ = load_model(run_dir / "prune")
+    for name, info in pruning.kernel_sparsity(model, m["pruned_layers"]).items():
+        assert info["sparsity"] == pytest.approx(0.75, abs=0.01), name
+    assert m["evaluation"]["accuracy"] >= 0.85
