@@ -57,9 +57,10 @@ class WeightAverage:
     """Exponential moving average of variables (Polyak averaging), to evaluate and keep.
 
     Each `update()` moves the average towards the variables by (1 - d), where
-    d = min(decay, (1 + n) / (10 + n)) after n earlier updates (the warm-up of
-    tf.train.ExponentialMovingAverage's `num_updates`); the first update copies them, so
-    the average starts wherever the caller starts updating. `swap()` exchanges the
+    d = min(decay, n / (n + 1)) after n earlier updates: the plain mean of all updates
+    until 1 / (1 - decay) of them are in, an exponential average after that. The
+    first update copies the variables, so the average starts wherever the caller starts
+    updating. `swap()` exchanges the
     variables' values and the average's (a second call undoes it). Build it in the
     distribution strategy's scope and call both from the cross-replica context.
 
@@ -78,7 +79,7 @@ class WeightAverage:
         @tf.function
         def update():
             n = tf.cast(self.updates, tf.float32)
-            d = tf.where(self.updates > 0, tf.minimum(decay, (1.0 + n) / (10.0 + n)), 0.0)
+            d = tf.minimum(decay, n / (n + 1.0))
             for average, value in zip(self.average, self.variables):
                 dv = tf.cast(d, value.dtype)
                 average.assign(dv * average + (1 - dv) * value)

@@ -206,10 +206,11 @@ class FinetuneConfig:
         seed: the seed of this training's initialisation, dropout, shuffling and copies;
             -1 (default) = the pipeline's `seed`. Set it to repeat a stage with other draws
             (on the same prepared data) and see how much its results vary.
-        ema_decay: keep an exponential moving average of the weights (decay d per step,
-            warmed up as in tf.train.ExponentialMovingAverage) from the first step at
-            which an epoch may be kept as best (pruning: the end of the sparsity ramp);
-            validation, the best epoch and the saved model then use the average; 0 = off.
+        ema_decay: average the weights from the first step at which an epoch may be kept
+            as best (pruning: the end of the sparsity ramp): the plain mean of the steps
+            until 1 / (1 - d) of them are in, then an exponential moving average with
+            decay d per step. Validation, the best epoch and the saved model then use the
+            average; 0 = off.
     """
 
     epochs: int = 3

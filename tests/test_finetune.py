@@ -401,13 +401,13 @@ def test_weight_average_by_hand():
     from models.optimization import WeightAverage
 
     v = tf.Variable([1.0, -2.0])
-    average = WeightAverage([v], decay=0.5)
+    average = WeightAverage([v], decay=0.6)
     assert not average.started
     expected = None
     for n, value in enumerate(([1.0, -2.0], [3.0, 0.0], [5.0, 4.0], [-1.0, 1.0])):
         v.assign(value)
         average.update()
-        d = 0.0 if n == 0 else min(0.5, (1 + n) / (10 + n))
+        d = min(0.6, n / (n + 1))  # the mean of the first 2, then exponential
         expected = np.array(value) if expected is None else \
             d * expected + (1 - d) * np.array(value)
     assert average.started and int(average.updates.numpy()) == 4
