@@ -89,8 +89,9 @@ def _wait_for(predicate, timeout):
 
 
 def test_killed_finetune_resumes(tmp_path, easy_data):
+    """(With a weight average, whose state must be resumed too.)"""
     overrides = [*easy_data, "finetune.epochs=12", "finetune.batch_size=8",
-                 "finetune.checkpoint_every=3"]
+                 "finetune.checkpoint_every=3", "finetune.ema_decay=0.9"]
     assert run_stage("prepare", tmp_path, *overrides) == 0
     args = [sys.executable, "-m", "pipeline.finetune", "--config", TINY, "--run-dir",
             str(tmp_path)]
@@ -117,6 +118,9 @@ def test_killed_finetune_resumes(tmp_path, easy_data):
     assert 0 < m["resumed_from_step"] < m["steps"]
     assert m["steps"] == 12 * m["steps_per_epoch"]
     assert [h["epoch"] for h in m["history"]] == list(range(1, 13))
+    # The average was restored with the weights: one update per step, not since resume.
+    assert m["weight_average"] == {"decay": 0.9, "from_step": 0, "updates": m["steps"]}
+    assert all("val_accuracy_raw" in h for h in m["history"])
     assert not (tmp_path / ".work").exists()  # scratch removed after success
 
 
