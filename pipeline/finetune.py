@@ -3,9 +3,10 @@
 Builds the classifier from `model.*` inside the tf.distribute strategy named by
 `finetune.strategy`, loads the pretrained checkpoint, and trains with AdamW (linear
 warmup and decay, no weight decay on biases and LayerNorm, global norm clipping) on
-length-bucketed batches. Validates after every epoch and keeps the best epoch's weights.
-A resumable checkpoint is written every `finetune.checkpoint_every` steps and at each
-epoch end; rerunning an interrupted stage resumes from the last one, at the same batch.
+length-bucketed batches. Validates after every epoch and keeps the best epoch's weights
+(the later one on a tie). A resumable checkpoint is written every
+`finetune.checkpoint_every` steps and at each epoch end; rerunning an interrupted stage
+resumes from the last one, at the same batch.
 
     <run-dir>/finetune/
         model.keras        the best epoch's classifier (tf_keras; custom layers registered
@@ -436,7 +437,9 @@ class Trainer:
                 tf.summary.scalar("loss", record["val_loss"])
                 tf.summary.scalar("accuracy", record["val_accuracy"])
             eligible = step >= min(self.best_from_step, self.total_steps)
-            if eligible and record["val_accuracy"] > float(self.best.numpy()):
+            # Ties go to the later epoch (more steps at the final sparsity, a longer
+            # average); compared in the float32 the best value is checkpointed in.
+            if eligible and self.np.float32(record["val_accuracy"]) >= self.best.numpy():
                 self.best.assign(record["val_accuracy"])
                 self.best_ckpt.write(self.best_path)
                 record["best"] = True
