@@ -21,7 +21,7 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import yaml
 
@@ -34,9 +34,41 @@ class ConfigError(SlimbertError, ValueError):
     """An invalid configuration key or value."""
 
 
+class ConfigValueError(ConfigError):
+    """An invalid value. `key` is relative to the section that checked it; the message
+    names it in full (`section.key`)."""
+
+    def __init__(self, key: str, message: str, section: str = "") -> None:
+        self.key, self.message, self.section = key, message, section
+        full = f"{section}.{key}" if section else key
+        super().__init__(f"invalid config value for '{full}': {message}")
+
+    def within(self, section: str) -> ConfigValueError:
+        """The same error, named from `section` (e.g. `prune.train` for the finetune keys
+        of that section)."""
+        return ConfigValueError(self.key, self.message, section)
+
+
 def _check(condition: bool, key: str, message: str) -> None:
+    """Raise ConfigValueError for `key`, relative to the section being checked."""
     if not condition:
-        raise ConfigError(f"invalid config value for '{key}': {message}")
+        raise ConfigValueError(key, message)
+
+
+class _Section:
+    """A config section: `validate()` checks its values with keys relative to it; errors
+    name the section (`SECTION`, or where `_build` found it: `prune.train`, ...)."""
+
+    SECTION: ClassVar[str] = ""
+
+    def __post_init__(self) -> None:
+        try:
+            self.validate()
+        except ConfigValueError as err:
+            raise err.within(self.SECTION) from None
+
+    def validate(self) -> None:
+        pass
 
 
 # === Stage configs ===
@@ -48,7 +80,7 @@ SPLITS = ("train", "validation", "test")
 
 
 @dataclass(frozen=True)
-class DataConfig:
+class DataConfig(_Section):
     """Where examples come from and how they are split and tokenized (stage `prepare`).
 
     Attributes:
@@ -72,6 +104,8 @@ class DataConfig:
         max_examples: keep at most this many examples per split (0 = all); for tiny runs.
     """
 
+    SECTION: ClassVar[str] = "data"
+
     source: str = "rotten_tomatoes"
     tfds_name: str = ""
     tfds_data_dir: str = ""
@@ -90,33 +124,33 @@ class DataConfig:
     max_seq_length: int = 128
     max_examples: int = 0
 
-    def __post_init__(self) -> None:
-        _check(self.source in DATA_SOURCES, "data.source",
+    def validate(self) -> None:
+        _check(self.source in DATA_SOURCES, "source",
                f"expected one of {', '.join(DATA_SOURCES)}, found {self.source!r}")
-        _check(self.format in FILE_FORMATS, "data.format",
+        _check(self.format in FILE_FORMATS, "format",
                f"expected one of {', '.join(FILE_FORMATS)}, found {self.format!r}")
-        _check(2 < self.max_seq_length <= 4096, "data.max_seq_length",
+        _check(2 < self.max_seq_length <= 4096, "max_seq_length",
                f"expected 3..4096, found {self.max_seq_length}")
-        _check(self.max_examples >= 0, "data.max_examples", "must be >= 0")
+        _check(self.max_examples >= 0, "max_examples", "must be >= 0")
         _check(len(self.split_fractions) == 3 and all(f > 0 for f in self.split_fractions)
-               and abs(sum(self.split_fractions) - 1.0) < 1e-6, "data.split_fractions",
+               and abs(sum(self.split_fractions) - 1.0) < 1e-6, "split_fractions",
                "expected three positive fractions summing to 1, "
                f"found {list(self.split_fractions)}")
         for name in self.splits:
-            _check(name in SPLITS, f"data.splits.{name}", f"split names are {', '.join(SPLITS)}")
-        _check(len(set(self.labels)) == len(self.labels), "data.labels", "labels repeat")
-        _check(not set(self.labels) & set(self.drop_labels), "data.drop_labels",
+            _check(name in SPLITS, f"splits.{name}", f"split names are {', '.join(SPLITS)}")
+        _check(len(set(self.labels)) == len(self.labels), "labels", "labels repeat")
+        _check(not set(self.labels) & set(self.drop_labels), "drop_labels",
                "a label cannot be both declared and dropped")
-        _check(bool(self.text_key) and bool(self.label_key), "data.text_key",
+        _check(bool(self.text_key) and bool(self.label_key), "text_key",
                "text_key and label_key must be set")
         if self.source == "tfds":
-            _check(bool(self.tfds_name), "data.tfds_name", "required when data.source is tfds")
+            _check(bool(self.tfds_name), "tfds_name", "required when data.source is tfds")
         if self.source == "files":
-            _check(bool(self.files) != bool(self.path), "data.files",
+            _check(bool(self.files) != bool(self.path), "files",
                    "set exactly one of data.files (given splits) or data.path (one file)")
             if self.files:
                 for name in self.files:
-                    _check(bool(self.files[name]), f"data.files.{name}", "empty path")
+                    _check(bool(self.files[name]), f"files.{name}", "empty path")
 
     def source_split(self, split: str) -> str:
         """The source split expression that feeds output split `split`."""
@@ -124,7 +158,7 @@ class DataConfig:
 
 
 @dataclass(frozen=True)
-class ModelConfig:
+class ModelConfig(_Section):
     """The BERT checkpoint and architecture.
 
     Attributes:
@@ -139,6 +173,8 @@ class ModelConfig:
         pooling: `cls` (pooler over [CLS]) or `mean` (mean over real tokens).
     """
 
+    SECTION: ClassVar[str] = "model"
+
     checkpoint: str = "builtin"
     vocab: str = ""
     lower_case: bool | None = None
@@ -151,15 +187,15 @@ class ModelConfig:
     dropout: float = 0.1
     pooling: str = "mean"
 
-    def __post_init__(self) -> None:
-        _check(bool(self.checkpoint), "model.checkpoint", "must not be empty")
-        _check(self.pooling in ("cls", "mean"), "model.pooling",
+    def validate(self) -> None:
+        _check(bool(self.checkpoint), "checkpoint", "must not be empty")
+        _check(self.pooling in ("cls", "mean"), "pooling",
                f"expected cls or mean, found {self.pooling!r}")
-        _check(0.0 <= self.dropout < 1.0, "model.dropout", "expected 0 <= dropout < 1")
+        _check(0.0 <= self.dropout < 1.0, "dropout", "expected 0 <= dropout < 1")
         for key in ("hidden_size", "num_layers", "num_heads", "intermediate_size",
                     "max_positions", "type_vocab_size"):
-            _check(getattr(self, key) > 0, f"model.{key}", "must be positive")
-        _check(self.hidden_size % self.num_heads == 0, "model.num_heads",
+            _check(getattr(self, key) > 0, key, "must be positive")
+        _check(self.hidden_size % self.num_heads == 0, "num_heads",
                f"hidden_size {self.hidden_size} is not divisible by {self.num_heads} heads")
 
 
@@ -168,7 +204,7 @@ PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
 
 
 @dataclass(frozen=True)
-class FinetuneConfig:
+class FinetuneConfig(_Section):
     """Fine-tuning (stage `finetune`).
 
     Attributes:
@@ -213,6 +249,8 @@ class FinetuneConfig:
             average; 0 = off.
     """
 
+    SECTION: ClassVar[str] = "finetune"
+
     epochs: int = 3
     max_steps: int = 0
     batch_size: int = 32
@@ -236,33 +274,33 @@ class FinetuneConfig:
     seed: int = -1
     ema_decay: float = 0.0
 
-    def __post_init__(self) -> None:
+    def validate(self) -> None:
         for key in ("epochs", "batch_size", "eval_batch_size", "shuffle_buffer",
                     "checkpoint_every"):
-            _check(getattr(self, key) > 0, f"finetune.{key}", "must be positive")
-        _check(self.max_steps >= 0, "finetune.max_steps", "must be >= 0")
-        _check(0 < self.learning_rate < 1, "finetune.learning_rate", "expected 0 < lr < 1")
-        _check(0 <= self.warmup_fraction < 1, "finetune.warmup_fraction", "expected [0, 1)")
-        _check(self.weight_decay >= 0, "finetune.weight_decay", "must be >= 0")
-        _check(self.clip_norm >= 0, "finetune.clip_norm", "must be >= 0")
+            _check(getattr(self, key) > 0, key, "must be positive")
+        _check(self.max_steps >= 0, "max_steps", "must be >= 0")
+        _check(0 < self.learning_rate < 1, "learning_rate", "expected 0 < lr < 1")
+        _check(0 <= self.warmup_fraction < 1, "warmup_fraction", "expected [0, 1)")
+        _check(self.weight_decay >= 0, "weight_decay", "must be >= 0")
+        _check(self.clip_norm >= 0, "clip_norm", "must be >= 0")
         _check(all(b > 0 for b in self.bucket_boundaries)
                and list(self.bucket_boundaries) == sorted(set(self.bucket_boundaries)),
-               "finetune.bucket_boundaries", "expected increasing positive lengths")
-        _check(self.strategy in STRATEGIES, "finetune.strategy",
+               "bucket_boundaries", "expected increasing positive lengths")
+        _check(self.strategy in STRATEGIES, "strategy",
                f"expected one of {', '.join(STRATEGIES)}, found {self.strategy!r}")
-        _check(self.precision in PRECISIONS, "finetune.precision",
+        _check(self.precision in PRECISIONS, "precision",
                f"expected one of {', '.join(PRECISIONS)}, found {self.precision!r}")
-        _check(0 <= self.distill_weight <= 1, "finetune.distill_weight", "expected 0..1")
-        _check(self.distill_temperature > 0, "finetune.distill_temperature",
+        _check(0 <= self.distill_weight <= 1, "distill_weight", "expected 0..1")
+        _check(self.distill_temperature > 0, "distill_temperature",
                "must be positive")
-        _check(self.distill_hidden_weight >= 0, "finetune.distill_hidden_weight",
+        _check(self.distill_hidden_weight >= 0, "distill_hidden_weight",
                "must be >= 0")
-        _check(0 <= self.augment_fraction <= 1, "finetune.augment_fraction", "expected 0..1")
-        _check(0 < self.augment_rate <= 1, "finetune.augment_rate", "expected 0 < rate <= 1")
-        _check(self.seed >= -1, "finetune.seed", "expected -1 (the pipeline seed) or >= 0")
-        _check(0 <= self.ema_decay < 1, "finetune.ema_decay", "expected 0 <= decay < 1")
+        _check(0 <= self.augment_fraction <= 1, "augment_fraction", "expected 0..1")
+        _check(0 < self.augment_rate <= 1, "augment_rate", "expected 0 < rate <= 1")
+        _check(self.seed >= -1, "seed", "expected -1 (the pipeline seed) or >= 0")
+        _check(0 <= self.ema_decay < 1, "ema_decay", "expected 0 <= decay < 1")
         _check(self.augment_fraction == 0 or self.distill_weight > 0,
-               "finetune.augment_fraction", "perturbed copies have no label of their own; "
+               "augment_fraction", "perturbed copies have no label of their own; "
                "they need distill_weight > 0 (the teacher's soft labels)")
 
     @property
@@ -272,7 +310,7 @@ class FinetuneConfig:
 
 
 @dataclass(frozen=True)
-class EvaluateConfig:
+class EvaluateConfig(_Section):
     """Evaluation and blessing (stage `evaluate`).
 
     A model is blessed when it meets every threshold; export refuses an unblessed model
@@ -284,14 +322,16 @@ class EvaluateConfig:
         min_macro_f1: lowest macro-F1 that blesses the model.
     """
 
+    SECTION: ClassVar[str] = "evaluate"
+
     split: str = "test"
     min_accuracy: float = 0.0
     min_macro_f1: float = 0.0
 
-    def __post_init__(self) -> None:
-        _check(self.split in SPLITS, "evaluate.split", f"expected one of {', '.join(SPLITS)}")
+    def validate(self) -> None:
+        _check(self.split in SPLITS, "split", f"expected one of {', '.join(SPLITS)}")
         for key in ("min_accuracy", "min_macro_f1"):
-            _check(0 <= getattr(self, key) <= 1, f"evaluate.{key}", "expected 0..1")
+            _check(0 <= getattr(self, key) <= 1, key, "expected 0..1")
 
 
 PRUNE_SCHEDULES = ("polynomial", "constant")
@@ -299,7 +339,7 @@ PRUNE_ALLOCATIONS = ("uniform", "global")
 
 
 @dataclass(frozen=True)
-class PruneConfig:
+class PruneConfig(_Section):
     """Magnitude pruning with tfmot (stage `prune`).
 
     Attributes:
@@ -328,6 +368,8 @@ class PruneConfig:
         train: the fine-tuning run during pruning (same keys as `finetune`).
     """
 
+    SECTION: ClassVar[str] = "prune"
+
     schedule: str = "polynomial"
     initial_sparsity: float = 0.0
     final_sparsity: float = 0.8
@@ -343,38 +385,37 @@ class PruneConfig:
     train: FinetuneConfig = field(default_factory=lambda: FinetuneConfig(
         epochs=3, learning_rate=5e-5, warmup_fraction=0.0))
 
-    def __post_init__(self) -> None:
-        _check(self.schedule in PRUNE_SCHEDULES, "prune.schedule",
+    def validate(self) -> None:
+        _check(self.schedule in PRUNE_SCHEDULES, "schedule",
                f"expected one of {', '.join(PRUNE_SCHEDULES)}, found {self.schedule!r}")
-        _check(self.allocation in PRUNE_ALLOCATIONS, "prune.allocation",
+        _check(self.allocation in PRUNE_ALLOCATIONS, "allocation",
                f"expected one of {', '.join(PRUNE_ALLOCATIONS)}, found {self.allocation!r}")
         _check(0 < self.max_layer_sparsity < 1 and (
             self.allocation == "uniform" or self.max_layer_sparsity >= self.final_sparsity),
-            "prune.max_layer_sparsity", "expected (0, 1) and, with allocation 'global', at "
+            "max_layer_sparsity", "expected (0, 1) and, with allocation 'global', at "
             f"least final_sparsity; found {self.max_layer_sparsity}")
-        _check(self.allocation == "uniform" or not self.m_by_n, "prune.allocation",
+        _check(self.allocation == "uniform" or not self.m_by_n, "allocation",
                "m_by_n sparsity is the same in every layer: use allocation 'uniform'")
-        _check(0 <= self.initial_sparsity < 1, "prune.initial_sparsity", "expected [0, 1)")
-        _check(0 < self.final_sparsity < 1, "prune.final_sparsity", "expected (0, 1)")
-        _check(self.initial_sparsity <= self.final_sparsity, "prune.initial_sparsity",
+        _check(0 <= self.initial_sparsity < 1, "initial_sparsity", "expected [0, 1)")
+        _check(0 < self.final_sparsity < 1, "final_sparsity", "expected (0, 1)")
+        _check(self.initial_sparsity <= self.final_sparsity, "initial_sparsity",
                "must not exceed final_sparsity")
-        _check(self.begin_step >= 0 and self.end_step >= 0, "prune.begin_step",
+        _check(self.begin_step >= 0 and self.end_step >= 0, "begin_step",
                "steps must be >= 0")
-        _check(self.end_step == 0 or self.end_step > self.begin_step, "prune.end_step",
+        _check(self.end_step == 0 or self.end_step > self.begin_step, "end_step",
                "must come after begin_step")
-        _check(0 < self.end_fraction <= 1, "prune.end_fraction", "expected (0, 1]")
-        _check(self.frequency > 0, "prune.frequency", "must be positive")
+        _check(0 < self.end_fraction <= 1, "end_fraction", "expected (0, 1]")
+        _check(self.frequency > 0, "frequency", "must be positive")
         pair = list(self.m_by_n)
-        _check(not pair or (len(pair) == 2 and 0 < pair[0] < pair[1]), "prune.m_by_n",
+        _check(not pair or (len(pair) == 2 and 0 < pair[0] < pair[1]), "m_by_n",
                f"expected [] or [M, N] with 0 < M < N (e.g. [2, 4]), found {pair}")
         for key in ("include", "exclude"):
             for pattern in getattr(self, key):
                 try:
                     re.compile(pattern)
                 except re.error as err:
-                    raise ConfigError(f"invalid config value for 'prune.{key}': "
-                                      f"{pattern!r} is not a regular expression ({err})") \
-                        from None
+                    raise ConfigValueError(key, f"{pattern!r} is not a regular "
+                                           f"expression ({err})") from None
 
 
 QUANTIZE_SOURCES = ("finetune", "prune")
@@ -382,7 +423,7 @@ POST_TRAINING_KINDS = ("float32", "dynamic_int8", "float16", "full_int8")
 
 
 @dataclass(frozen=True)
-class QuantizeConfig:
+class QuantizeConfig(_Section):
     """Quantization (stage `quantize`): QAT with tfmot and post-training TFLite variants.
 
     Attributes:
@@ -403,6 +444,8 @@ class QuantizeConfig:
         train: the QAT fine-tune (same keys as `finetune`).
     """
 
+    SECTION: ClassVar[str] = "quantize"
+
     sources: tuple[str, ...] = QUANTIZE_SOURCES
     post_training: tuple[str, ...] = POST_TRAINING_KINDS
     qat: bool = True
@@ -412,21 +455,21 @@ class QuantizeConfig:
     train: FinetuneConfig = field(default_factory=lambda: FinetuneConfig(
         epochs=1, learning_rate=1e-5, warmup_fraction=0.1))
 
-    def __post_init__(self) -> None:
+    def validate(self) -> None:
         _check(len(self.sources) > 0 and len(set(self.sources)) == len(self.sources)
-               and all(s in QUANTIZE_SOURCES for s in self.sources), "quantize.sources",
+               and all(s in QUANTIZE_SOURCES for s in self.sources), "sources",
                f"expected distinct names from {', '.join(QUANTIZE_SOURCES)}, "
                f"found {list(self.sources)}")
         _check(all(k in POST_TRAINING_KINDS for k in self.post_training)
                and len(set(self.post_training)) == len(self.post_training),
-               "quantize.post_training",
+               "post_training",
                f"expected distinct names from {', '.join(POST_TRAINING_KINDS)}, "
                f"found {list(self.post_training)}")
-        _check(self.qat or self.post_training, "quantize.post_training",
+        _check(self.qat or self.post_training, "post_training",
                "nothing to do: empty and quantize.qat is false")
-        _check(self.representative_examples > 0, "quantize.representative_examples",
+        _check(self.representative_examples > 0, "representative_examples",
                "must be positive")
-        _check(self.calibration_batches >= 0, "quantize.calibration_batches", "must be >= 0")
+        _check(self.calibration_batches >= 0, "calibration_batches", "must be >= 0")
 
 
 EXPORT_TARGETS = ("savedmodel", "cpu", "gpu", "int8", "qat", "pruned-qat", "text")
@@ -434,7 +477,7 @@ EXPORT_MODELS = ("finetune", "prune")
 
 
 @dataclass(frozen=True)
-class ExportConfig:
+class ExportConfig(_Section):
     """Deliverables (stage `export`) and their verification gate.
 
     Attributes:
@@ -454,6 +497,8 @@ class ExportConfig:
         warmup_requests: write TF Serving warm-up requests into the SavedModel.
     """
 
+    SECTION: ClassVar[str] = "export"
+
     model: str = "finetune"
     name: str = "slimbert"
     version: int = 1
@@ -462,22 +507,22 @@ class ExportConfig:
     min_agreement: float = 0.99
     warmup_requests: bool = True
 
-    def __post_init__(self) -> None:
-        _check(self.model in EXPORT_MODELS, "export.model",
+    def validate(self) -> None:
+        _check(self.model in EXPORT_MODELS, "model",
                f"expected one of {', '.join(EXPORT_MODELS)}, found {self.model!r}")
         _check(re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", self.name) is not None,
-               "export.name", f"expected letters, digits, '_', '.', '-', found {self.name!r}")
-        _check(self.version > 0, "export.version", "must be positive")
+               "name", f"expected letters, digits, '_', '.', '-', found {self.name!r}")
+        _check(self.version > 0, "version", "must be positive")
         _check(len(self.targets) > 0 and len(set(self.targets)) == len(self.targets)
-               and all(t in EXPORT_TARGETS for t in self.targets), "export.targets",
+               and all(t in EXPORT_TARGETS for t in self.targets), "targets",
                f"expected distinct names from {', '.join(EXPORT_TARGETS)}, "
                f"found {list(self.targets)}")
-        _check(0 <= self.max_accuracy_drop <= 1, "export.max_accuracy_drop", "expected 0..1")
-        _check(0 <= self.min_agreement <= 1, "export.min_agreement", "expected 0..1")
+        _check(0 <= self.max_accuracy_drop <= 1, "max_accuracy_drop", "expected 0..1")
+        _check(0 <= self.min_agreement <= 1, "min_agreement", "expected 0..1")
 
 
 @dataclass(frozen=True)
-class ReportConfig:
+class ReportConfig(_Section):
     """The run report (stage `report`): every model's accuracy, size and speed.
 
     Attributes:
@@ -489,6 +534,8 @@ class ReportConfig:
         examples: test examples the timed calls cycle through.
     """
 
+    SECTION: ClassVar[str] = "report"
+
     latency_runs: int = 50
     warmup: int = 3
     threads: tuple[int, ...] = (1, 0)
@@ -496,13 +543,13 @@ class ReportConfig:
     throughput_runs: int = 3
     examples: int = 256
 
-    def __post_init__(self) -> None:
+    def validate(self) -> None:
         for key in ("latency_runs", "throughput_batch", "examples"):
-            _check(getattr(self, key) > 0, f"report.{key}", "must be positive")
+            _check(getattr(self, key) > 0, key, "must be positive")
         for key in ("warmup", "throughput_runs"):
-            _check(getattr(self, key) >= 0, f"report.{key}", "must be >= 0")
+            _check(getattr(self, key) >= 0, key, "must be >= 0")
         _check(len(self.threads) > 0 and all(t >= 0 for t in self.threads)
-               and len(set(self.threads)) == len(self.threads), "report.threads",
+               and len(set(self.threads)) == len(self.threads), "threads",
                f"expected distinct counts >= 0 (0 = all cores), found {list(self.threads)}")
 
 
@@ -638,12 +685,9 @@ def _build(cls: type, data: dict[str, Any], prefix: str = "", base: Any = None) 
                               default if dataclasses.is_dataclass(default) else None)
     try:
         return dataclasses.replace(base, **kwargs) if base is not None else cls(**kwargs)
-    except ConfigError as err:
-        # FinetuneConfig checks name their keys 'finetune.*'; prune.train and
-        # quantize.train share that class, so name the section the value came from.
-        if cls is FinetuneConfig and prefix and prefix != "finetune":
-            raise ConfigError(str(err).replace("'finetune.", f"'{prefix}.")) from None
-        raise
+    except ConfigValueError as err:
+        # Name the section the value came from (FinetuneConfig is also prune.train, ...).
+        raise err.within(prefix) from None
     except TypeError as err:
         raise ConfigError(f"invalid config section '{prefix or '<root>'}': {err}") from None
 

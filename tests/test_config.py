@@ -2,7 +2,14 @@
 
 import pytest
 
-from pipeline.config import ConfigError, PipelineConfig, config_hash, load_config
+from pipeline.config import (
+    ConfigError,
+    ExportConfig,
+    FinetuneConfig,
+    PipelineConfig,
+    config_hash,
+    load_config,
+)
 
 from .conftest import REPO
 
@@ -58,11 +65,20 @@ def test_shipped_configs_load(name):
     (["quantize.train.learning_rate=3"],
      "invalid config value for 'quantize.train.learning_rate'"),
     (["finetune.learning_rate=3"], "invalid config value for 'finetune.learning_rate'"),
+    (["prune.train.ema_decay=1"], "invalid config value for 'prune.train.ema_decay'"),
+    (['prune.include=["("]'], "'prune.include': '(' is not a regular expression"),
 ])
 def test_invalid_configs_name_the_key(overrides, message):
     with pytest.raises(ConfigError) as err:
         load_config(None, overrides)
     assert message in str(err.value)
+
+
+def test_a_section_built_in_code_names_its_own_keys():
+    with pytest.raises(ConfigError, match="'finetune.epochs': must be positive"):
+        FinetuneConfig(epochs=0)
+    with pytest.raises(ConfigError, match="'export.version': must be positive"):
+        ExportConfig(version=0)
 
 
 def test_bad_files(tmp_path):
