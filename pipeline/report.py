@@ -63,12 +63,18 @@ def collect_models(inputs: dict[str, Path]) -> list[dict[str, Any]]:
                      "accuracy": metrics["accuracy"], "macro_f1": metrics["macro_f1"],
                      "sparsity": sparsity_of[stage], "measured_in": "tf_keras (evaluate)"})
 
+    # The producing stages' manifests hold every file's sha256: identical TFLite files
+    # (e.g. an export target copied from the quantize stage) are timed once.
+    digests = {stage: {rel: info["sha256"] for rel, info in
+                       _manifest(inputs[stage])["files"].items()}
+               for stage in ("quantize", "export")}
     variants = json.loads((inputs["quantize"] / "variants.json").read_text())
     for v in variants.values():
         path = inputs["quantize"] / v["file"]
         rows.append({"name": f"TFLite {v['description']}", "stage": "quantize",
                      "kind": "tflite", "format": "tflite", "path": str(path),
-                     "file": str(path), "bytes": v["bytes"], "gzip_bytes": v["gzip_bytes"],
+                     "file": str(path), "sha256": digests["quantize"][v["file"]],
+                     "bytes": v["bytes"], "gzip_bytes": v["gzip_bytes"],
                      "accuracy": v["accuracy"], "macro_f1": v["macro_f1"],
                      "sparsity": v["sparsity"]["overall"] if v.get("sparsity")
                      else sparsity_of[v["source"]],
@@ -82,7 +88,8 @@ def collect_models(inputs: dict[str, Path]) -> list[dict[str, Any]]:
             "tflite-text" if target == "text" else "tflite"
         rows.append({"name": f"export {target}", "stage": "export", "kind": kind,
                      "format": "savedmodel" if kind == "savedmodel" else "tflite",
-                     "path": str(path), "file": str(path), "bytes": t["bytes"],
+                     "path": str(path), "file": str(path),
+                     "sha256": digests["export"].get(t["path"]), "bytes": t["bytes"],
                      "gzip_bytes": t["gzip_bytes"], "accuracy": t["accuracy"],
                      "macro_f1": t["macro_f1"], "sparsity": sparsity_of.get(t["source"]),
                      "gate_passed": t["passed"], "agreement": t["agreement"],
@@ -97,8 +104,6 @@ def measure_speed(rows: list[dict[str, Any]], config: PipelineConfig, prep_dir: 
     from data.input import split_arrays
     from export.latency import measure_in_fresh_process
     from export.verify import write_split
-    from pipeline.artifacts import sha256_file
-
     cfg = config.report
     seq_len = json.loads((prep_dir / "tokenizer.json").read_text())["max_seq_length"]
     features, texts, labels = split_arrays(prep_dir, config.evaluate.split, seq_len)
@@ -109,8 +114,7 @@ def measure_speed(rows: list[dict[str, Any]], config: PipelineConfig, prep_dir: 
     keys: dict[str, str] = {}  # row name -> the name it is measured under
     models, seen = [], {}
     for row in rows:
-        digest = sha256_file(Path(row["file"])) if row["kind"].startswith("tflite") else \
-            row["path"]
+        digest = row.get("sha256") or row["path"]
         if digest in seen:
             keys[row["name"]] = seen[digest]
             row["same_file_as"] = seen[digest]
