@@ -135,8 +135,9 @@ def _free_ports(n):
 
 
 def test_multi_worker_two_cpu_processes(tmp_path, easy_data):
+    """(With a weight average, kept in the strategy's variables like the weights.)"""
     overrides = [*easy_data, "finetune.epochs=1", "finetune.batch_size=16",
-                 "finetune.strategy=multi_worker"]
+                 "finetune.strategy=multi_worker", "finetune.ema_decay=0.9"]
     assert run_stage("prepare", tmp_path / "w0", *overrides) == 0
     shutil.copytree(tmp_path / "w0" / "prepare", tmp_path / "w1" / "prepare")
     workers = [f"127.0.0.1:{p}" for p in _free_ports(2)]
@@ -162,6 +163,8 @@ def test_multi_worker_two_cpu_processes(tmp_path, easy_data):
     other = manifest(tmp_path / "w1", "finetune")["metrics"]
     assert chief["replicas"] == 2
     assert chief["steps"] == other["steps"] == chief["steps_per_epoch"]
+    assert chief["weight_average"]["updates"] == other["weight_average"]["updates"] \
+        == chief["steps"]
     # Synchronous training: both workers end with the same weights.
     m0, _ = load_model(tmp_path / "w0" / "finetune")
     m1, _ = load_model(tmp_path / "w1" / "finetune")
