@@ -60,9 +60,9 @@ class WeightAverage:
     d = min(decay, n / (n + 1)) after n earlier updates: the plain mean of all updates
     until 1 / (1 - decay) of them are in, an exponential average after that. The
     first update copies the variables, so the average starts wherever the caller starts
-    updating. `swap()` exchanges the
-    variables' values and the average's (a second call undoes it). Build it in the
-    distribution strategy's scope and call both from the cross-replica context.
+    updating. `swap()` exchanges the variables' values and the average's (a second call
+    undoes it). Build it in the distribution strategy's scope and call both from the
+    cross-replica context.
 
     Args:
         variables: the variables to average (a model's trainable variables).

@@ -165,8 +165,7 @@ class PruningStepHook:
     def on_epoch_end(self, trainer) -> None:
         self.callback.on_epoch_end(batch=-1)  # weights *= masks
 
-    def on_weights_changed(self, trainer) -> None:
-        self.callback.on_epoch_end(batch=-1)
+    on_weights_changed = on_epoch_end  # averaged weights swapped in: mask them too
 
 
 def strip(model: keras.Model) -> keras.Model:

@@ -383,6 +383,8 @@ class Trainer:
         step = resumed_from
         history = [h for h in history if h["epoch"] < step // self.steps_per_epoch + 1]
         self._call_hooks("on_train_begin")
+        # The first step whose epoch may be kept as best, and where the average starts.
+        keep_from = min(self.best_from_step, self.total_steps)
         train_writer, val_writer = self._summaries()
         train_seconds, trained_steps = 0.0, 0
         bar = progress(total=self.total_steps, initial=step, desc=self.name, unit="step",
@@ -400,8 +402,7 @@ class Trainer:
                 self._call_hooks("on_step_begin")
                 self.train_step(features, labels)
                 step += 1
-                if self.average is not None and step >= min(self.best_from_step,
-                                                             self.total_steps):
+                if self.average is not None and step >= keep_from:
                     self.average.update()
                 bar.update(1)
                 if step % 20 == 0 or step == self.total_steps:
@@ -436,7 +437,7 @@ class Trainer:
             with val_writer.as_default(step=step):
                 tf.summary.scalar("loss", record["val_loss"])
                 tf.summary.scalar("accuracy", record["val_accuracy"])
-            eligible = step >= min(self.best_from_step, self.total_steps)
+            eligible = step >= keep_from
             # Ties go to the later epoch (more steps at the final sparsity, a longer
             # average); compared in the float32 the best value is checkpointed in.
             if eligible and self.np.float32(record["val_accuracy"]) >= self.best.numpy():
@@ -466,8 +467,7 @@ class Trainer:
                 "replicas": self.strategy.num_replicas_in_sync,
                 "parameters": int(self.model.count_params()),
                 "weight_average": None if self.average is None else {
-                    "decay": ft.ema_decay, "from_step": min(self.best_from_step,
-                                                            self.total_steps),
+                    "decay": ft.ema_decay, "from_step": keep_from,
                     "updates": int(self.average.updates.numpy())}}
 
 

@@ -104,6 +104,7 @@ def measure_speed(rows: list[dict[str, Any]], config: PipelineConfig, prep_dir: 
     from data.input import split_arrays
     from export.latency import measure_in_fresh_process
     from export.verify import write_split
+
     cfg = config.report
     seq_len = json.loads((prep_dir / "tokenizer.json").read_text())["max_seq_length"]
     features, texts, labels = split_arrays(prep_dir, config.evaluate.split, seq_len)
