@@ -441,6 +441,10 @@ class QuantizeConfig(_Section):
             ranges before training (0 = tfmot's [-6, 6] start).
         per_channel: QAT quantizes the FFN kernels with one range per output channel
             (TFLite per-channel int8 weights) instead of one per kernel.
+        outlier_ratio: QAT gives the FFN output channels whose largest value on the
+            calibration batches exceeds this multiple of the median channel's an int8
+            range of their own (a second, narrow matmul); 0 = one range for all.
+            Needs `calibration_batches`.
         train: the QAT fine-tune (same keys as `finetune`).
     """
 
@@ -452,6 +456,7 @@ class QuantizeConfig(_Section):
     representative_examples: int = 256
     calibration_batches: int = 8
     per_channel: bool = True
+    outlier_ratio: float = 4.0
     train: FinetuneConfig = field(default_factory=lambda: FinetuneConfig(
         epochs=1, learning_rate=1e-5, warmup_fraction=0.1))
 
@@ -470,6 +475,11 @@ class QuantizeConfig(_Section):
         _check(self.representative_examples > 0, "representative_examples",
                "must be positive")
         _check(self.calibration_batches >= 0, "calibration_batches", "must be >= 0")
+        _check(self.outlier_ratio == 0 or self.outlier_ratio > 1, "outlier_ratio",
+               f"must be 0 (off) or above 1, found {self.outlier_ratio!r}")
+        _check(self.outlier_ratio == 0 or self.calibration_batches > 0, "outlier_ratio",
+               "needs quantize.calibration_batches > 0 to find the outlier channels "
+               "(or set quantize.outlier_ratio: 0)")
 
 
 EXPORT_TARGETS = ("savedmodel", "cpu", "gpu", "int8", "qat", "pruned-qat", "text")

@@ -106,7 +106,9 @@ def _qat(config: PipelineConfig, source: str, source_dir: Path, prep_dir: Path,
             if cfg.calibration_batches else None
         qat_model = quant.quantize_for_training(model, preserve_sparsity=preserve_sparsity,
                                                 calibration=calibration,
-                                                per_channel=cfg.per_channel)
+                                                per_channel=cfg.per_channel,
+                                                split_outliers=cfg.outlier_ratio)
+        report["outlier_channels"] = quant.split_channels(qat_model)
         if preserve_sparsity:
             report["sparsity_before"] = sparsity_summary(_pruned_sparsity(
                 quant.effective_kernels(qat_model), pruned))

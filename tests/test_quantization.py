@@ -444,6 +444,108 @@ def test_qat_int8_stores_embeddings_on_the_keras_grid(per_channel):
     np.testing.assert_allclose(tables[0]["scales"][0], (high - low) / 255, rtol=1e-3)
 
 
+# === Outlier channels of the FFN output ===
+
+
+def test_split_output_dense_is_the_dense_in_float():
+    dense = keras.layers.Dense(6, name="layer_0_ffn_out")
+    x = tf.random.stateless_normal([2, 5, 8], seed=[1, 2])
+    expected = dense(x).numpy()
+    split = quant.SplitOutputDense.from_config(
+        {**dense.get_config(), "outlier_channels": [4, 1]})
+    split(x)
+    split.set_weights(dense.get_weights())
+    assert split.outlier_channels == [1, 4]
+    np.testing.assert_allclose(split(x).numpy(), expected, rtol=1e-5, atol=1e-6)
+    again = quant.SplitOutputDense.from_config(split.get_config())
+    assert again.outlier_channels == [1, 4] and again.units == 6
+
+
+@pytest.fixture(scope="module")
+def outlier_model(tiny):
+    """The tiny model with FFN output channel 3 of layer 0 made 40x larger (as BERT's
+    outlier dimensions are), and a QAT copy that splits it off, trained 3 steps, and its
+    qat_int8 model."""
+    model = keras.models.clone_model(tiny["model"])
+    model.set_weights(tiny["model"].get_weights())
+    dense = model.get_layer("layer_0_ffn_out")
+    kernel, bias = dense.get_weights()
+    kernel[:, 3] *= 40.0
+    bias[3] = 40.0 * bias[3] + 20.0
+    dense.set_weights([kernel, bias])
+    calibration = [features for features, _ in tiny["train"][:2]]
+    qat = quant.quantize_for_training(model, per_channel=True, calibration=calibration,
+                                      split_outliers=4.0)
+    train_steps(qat, tiny["train"], steps=3)
+    quant.refresh_weight_ranges(qat)
+    flat = quant.to_tflite(qat, "qat_int8", seq_len=tiny["seq_len"],
+                           representative=tiny["representative"])
+    return {"model": model, "calibration": calibration, "qat": qat, "flat": flat}
+
+
+def test_outlier_channels_are_found_on_calibration_data(tiny, outlier_model):
+    found = quant.outlier_channels(outlier_model["model"], outlier_model["calibration"], 4.0)
+    assert 3 in found["layer_0_ffn_out"]
+    assert len(found["layer_0_ffn_out"]) < 4  # of 16 channels: only the large ones
+    assert quant.outlier_channels(tiny["model"], outlier_model["calibration"], 0) == {}
+    assert quant.split_channels(outlier_model["qat"]) == found
+
+
+def test_split_outliers_convert_to_two_int8_matmuls_with_their_own_ranges(
+        tiny, outlier_model):
+    qat, flat = outlier_model["qat"], outlier_model["flat"]
+    layer = wrapper(qat, "layer_0_ffn_out")
+    assert isinstance(layer.layer, quant.SplitOutputDense)
+    assert isinstance(layer.quantize_config, quant.SplitOutputDenseQuantizeConfig)
+    census = quant.op_census(flat)
+    splits = len(quant.split_channels(qat))
+    assert census["int8_matmuls"] == expected_matmuls(tiny["model"]) + splits
+    assert census["float_matmuls"] == census["hybrid_matmuls"] == 0
+    # The ordinary channels' int8 output step is far finer than the outliers'.
+    interpreter = Interpreter(model_content=flat)
+    tensors = interpreter.get_tensor_details()
+    steps = sorted(tensors[op["outputs"][0]]["quantization"][0]
+                   for op in interpreter._get_ops_details()  # noqa: SLF001
+                   if op["op_name"] == "FULLY_CONNECTED"
+                   and "layer_0_ffn_out" in tensors[op["outputs"][0]]["name"])
+    assert len(steps) == 2 and steps[1] > 5 * steps[0]
+    for name, point in (("main", 0), ("outliers", 1)):
+        variables = layer.layer._internal_quantizers[name].variables  # noqa: SLF001
+        low, high = variables["min_var"].numpy(), variables["max_var"].numpy()
+        assert (high - low) / 255 == pytest.approx(steps[point], rel=1e-3)
+    # The int8 model computes what the QAT model computes.
+    logits = quant.run_tflite(flat, tiny["test"])
+    np.testing.assert_allclose(logits, predict(qat, tiny["test"]), atol=0.05)
+
+
+def test_split_outliers_keep_the_pruned_zeros(tiny, outlier_model):
+    """Prune-preserving QAT of a layer with outlier channels: every zero of its kernel
+    stays zero through training and in both int8 matmuls."""
+    model = keras.models.clone_model(outlier_model["model"])
+    model.set_weights(outlier_model["model"].get_weights())
+    dense = model.get_layer("layer_0_ffn_out")
+    kernel, bias = dense.get_weights()
+    kernel[np.abs(kernel) < np.median(np.abs(kernel))] = 0.0
+    dense.set_weights([kernel, bias])
+    qat = quant.quantize_for_training(model, per_channel=True, preserve_sparsity=True,
+                                      calibration=outlier_model["calibration"],
+                                      split_outliers=4.0)
+    channels = quant.split_channels(qat)["layer_0_ffn_out"]
+    train_steps(qat, tiny["train"], steps=3)
+    trained = quant.effective_kernels(qat)["layer_0_ffn_out/kernel"]
+    assert np.all(trained[kernel == 0] == 0) and np.mean(trained == 0) >= 0.5
+    flat = quant.to_tflite(qat, "qat_int8", seq_len=tiny["seq_len"],
+                           representative=tiny["representative"])
+    weights = {name: counts for name, counts in quant.matmul_weight_sparsity(flat).items()
+               if "layer_0_ffn_out" in name}
+    assert sorted(counts["parameters"] for counts in weights.values()) == \
+        sorted([kernel.size, kernel.shape[0] * len(channels)])
+    # Zeros in int8: every pruned one (in one matmul or the other), plus the zeroed
+    # outlier columns of the main matmul (rounding may add a few).
+    zeros = sum(counts["zeros"] for counts in weights.values())
+    assert zeros >= int(np.sum(kernel == 0)) + kernel.shape[0] * len(channels)
+
+
 def test_run_tflite_pads_shorter_examples(tiny, flatbuffers):
     """Batches padded to their longest example run through the fixed-length model."""
     batches = list(batch_examples(read_split(tiny["prep"], "test", with_text=False), 16))

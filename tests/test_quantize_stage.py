@@ -29,15 +29,20 @@ def test_every_variant_is_written_evaluated_and_integer(quantized_run):
         assert v["accuracy"] >= 0.85, name
         assert v["agreement_with_source"] >= 0.9, name
         census = v["census"]
-        assert census["matmuls"] == 17  # 8 per layer x 2 + classifier
+        # 8 per layer x 2 + classifier, + one per FFN output with outlier channels.
+        splits = len(m["metrics"]["qat"][v["source"]]["outlier_channels"]) \
+            if v["kind"] == "qat_int8" else 0
+        assert census["matmuls"] == 17 + splits
         if v["kind"] in ("full_int8", "qat_int8"):
-            assert census["int8_matmuls"] == 17 and census["float_matmuls"] == 0, name
+            assert census["int8_matmuls"] == 17 + splits, name
+            assert census["float_matmuls"] == 0, name
             assert v["ops"]["BATCH_MATMUL int8,int8->int8"] == 4
         else:
             assert census["hybrid_matmuls"] == 12, name
     # Files are what the manifest says: reload one and recompute its accuracy.
     flat = (quantized_run / "quantize" / "finetune" / "qat_int8.tflite").read_bytes()
-    assert quant.op_census(flat)["int8_matmuls"] == 17
+    assert quant.op_census(flat)["int8_matmuls"] == \
+        variants["finetune/qat_int8"]["census"]["int8_matmuls"]
     Interpreter(model_content=flat).allocate_tensors()
     for name in ("labels.txt", "vocab.txt", "tokenizer.json"):
         assert (quantized_run / "quantize" / name).read_bytes() == \
@@ -89,6 +94,8 @@ def test_sources_decide_the_inputs(trained_run, tmp_path, easy_data, capsys):
     ("quantize.sources=[evaluate]", "quantize.sources"),
     ("quantize.post_training=[int4]", "quantize.post_training"),
     ("quantize.representative_examples=0", "quantize.representative_examples"),
+    ("quantize.outlier_ratio=0.5", "quantize.outlier_ratio"),
+    ("quantize.calibration_batches=0", "needs quantize.calibration_batches > 0"),
     ("quantize.trian.epochs=1", "did you mean 'train'"),
 ])
 def test_config_errors(override, message, capsys, tmp_path):
