@@ -673,7 +673,8 @@ def quantize_for_training(model: keras.Model, *, preserve_sparsity: bool = False
         split_outliers: float. With `calibration`: FFN output channels whose peak on
             the calibration batches exceeds this multiple of the median channel's get
             an int8 output range of their own (`SplitOutputDense`, found by
-            `outlier_channels`); 0 = off.
+            `outlier_channels`; its kernel is quantized per channel whatever
+            `per_channel` says); 0 = off.
 
     Returns:
         A new functional `keras.Model` whose quantized layers are `QuantizeWrapperV2`s.
