@@ -119,6 +119,11 @@ TFMOT_ACTIVATIONS = frozenset({"linear", "relu", "swish", "gelu", "softmax", "si
 # === Quantizers ===
 
 
+def _features(batch):
+    """The feature dict of a batch given as features or as a (features, labels) pair."""
+    return batch[0] if isinstance(batch, (tuple, list)) else batch
+
+
 def _resolve(obj: Any, path: str) -> Any:
     """`_resolve(layer, "_query_dense.kernel")` -> layer._query_dense.kernel."""
     for part in path.split("."):
@@ -416,7 +421,7 @@ def outlier_channels(model: keras.Model, batches: Iterable, ratio: float
     probe = keras.Model(model.inputs, [layer.output for layer in layers])
     peaks = [None] * len(layers)
     for batch in batches:
-        features = batch[0] if isinstance(batch, (tuple, list)) else batch
+        features = _features(batch)
         real = np.asarray(features["input_mask"]).astype(bool)
         outputs = probe(features, training=False)
         for i, y in enumerate(tf.nest.flatten(outputs)):
@@ -688,8 +693,7 @@ def quantize_for_training(model: keras.Model, *, preserve_sparsity: bool = False
         ['quant_layer_0_attention']
     """
     calibration = list(calibration) if calibration is not None else None
-    splits = outlier_channels(model, calibration, split_outliers) \
-        if calibration and split_outliers > 0 else {}
+    splits = outlier_channels(model, calibration, split_outliers) if calibration else {}
     if splits:
         log.info("quantization: FFN output channels with their own int8 range: %s", splits)
     annotated = _annotate(model, preserve_sparsity, per_channel, splits)
@@ -749,7 +753,7 @@ def calibrate_ranges(qat_model: keras.Model, batches: Iterable) -> int:
                 internal.quantizer = recorder
     try:
         for batch in batches:
-            features = batch[0] if isinstance(batch, (tuple, list)) else batch
+            features = _features(batch)
             qat_model(features, training=False)
     finally:
         for owner, attribute, value in saved:
@@ -1029,7 +1033,7 @@ def _rows(batches) -> Iterable[dict[str, np.ndarray]]:
     """Single examples ([1, L] int32 features) from batches of features or
     (features, labels) pairs."""
     for batch in batches:
-        features = batch[0] if isinstance(batch, (tuple, list)) else batch
+        features = _features(batch)
         arrays = {name: np.asarray(features[name]) for name in INPUT_NAMES}
         for i in range(arrays["input_ids"].shape[0]):
             yield {name: value[i:i + 1].astype(np.int32) for name, value in arrays.items()}

@@ -461,13 +461,18 @@ def test_split_output_dense_is_the_dense_in_float():
     assert again.outlier_channels == [1, 4] and again.units == 6
 
 
+def copy_model(model: keras.Model) -> keras.Model:
+    copy = keras.models.clone_model(model)
+    copy.set_weights(model.get_weights())
+    return copy
+
+
 @pytest.fixture(scope="module")
 def outlier_model(tiny):
     """The tiny model with FFN output channel 3 of layer 0 made 40x larger (as BERT's
     outlier dimensions are), and a QAT copy that splits it off, trained 3 steps, and its
     qat_int8 model."""
-    model = keras.models.clone_model(tiny["model"])
-    model.set_weights(tiny["model"].get_weights())
+    model = copy_model(tiny["model"])
     dense = model.get_layer("layer_0_ffn_out")
     kernel, bias = dense.get_weights()
     kernel[:, 3] *= 40.0
@@ -521,8 +526,7 @@ def test_split_outliers_convert_to_two_int8_matmuls_with_their_own_ranges(
 def test_split_outliers_keep_the_pruned_zeros(tiny, outlier_model):
     """Prune-preserving QAT of a layer with outlier channels: every zero of its kernel
     stays zero through training and in both int8 matmuls."""
-    model = keras.models.clone_model(outlier_model["model"])
-    model.set_weights(outlier_model["model"].get_weights())
+    model = copy_model(outlier_model["model"])
     dense = model.get_layer("layer_0_ffn_out")
     kernel, bias = dense.get_weights()
     kernel[np.abs(kernel) < np.median(np.abs(kernel))] = 0.0
