@@ -14,8 +14,10 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import logging
+import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -72,15 +74,34 @@ def load_source(cfg: DataConfig, seed: int) -> Source:
     options.update(fractions=tuple(cfg.split_fractions), seed=seed)
     identity = {"files": [(s, p, sha256_file(Path(p))) for s, p in files], **options}
     name = "h" + config_hash(identity)[:16]
-    builder = SlimbertTextFiles(
-        config=TextFilesConfig(name=name, files=files, **options),
-        data_dir=cfg.tfds_data_dir or None)
+    with _builder_scratch():
+        builder = SlimbertTextFiles(
+            config=TextFilesConfig(name=name, files=files, **options),
+            data_dir=cfg.tfds_data_dir or None)
     builder.download_and_prepare()
     declared = options["labels"] or None
     description = {"source": cfg.source, "files": [p for _, p in files],
                    "tfds_builder": f"{builder.name}/{name}", "tfds_dir": str(builder.data_dir)}
     return Source(_split_readers(builder, cfg, lambda ex: (ex["text"], ex["label"], ex["group"])),
                   tuple(declared) if declared else None, description)
+
+
+@contextlib.contextmanager
+def _builder_scratch() -> Iterator[None]:
+    """Temporary files made while a tfds builder is constructed go to a folder that is
+    removed afterwards.
+
+    A builder whose dataset is not prepared yet looks for its DatasetInfo on GCS through a
+    `tempfile.mkdtemp` folder that tfds (4.9) never removes: without this, every first
+    `prepare` and every test left an empty /tmp/tmp*tfds behind.
+    """
+    saved = tempfile.tempdir
+    with tempfile.TemporaryDirectory(prefix="slimbert-tfds-") as scratch:
+        tempfile.tempdir = scratch
+        try:
+            yield
+        finally:
+            tempfile.tempdir = saved
 
 
 def _split_readers(builder, cfg: DataConfig, to_row: Callable[[dict], tuple]) -> dict:
@@ -117,7 +138,8 @@ def _catalog_source(cfg: DataConfig) -> Source:
     import tensorflow_datasets as tfds
 
     try:
-        builder = tfds.builder(cfg.tfds_name, data_dir=cfg.tfds_data_dir or None)
+        with _builder_scratch():
+            builder = tfds.builder(cfg.tfds_name, data_dir=cfg.tfds_data_dir or None)
     except tfds.core.registered.DatasetNotFoundError:
         base = cfg.tfds_name.split("/")[0].split(":")[0]
         close = difflib.get_close_matches(base, tfds.list_builders(with_community_datasets=False),

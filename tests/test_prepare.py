@@ -3,6 +3,8 @@
 import json
 import subprocess
 import sys
+import tempfile
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -154,6 +156,16 @@ def test_tsv_format(tmp_path, tfds_dir):
                    "data.max_examples=0") == 0
     assert sum(s["examples"] for s in manifest(tmp_path / "run")["metrics"]["splits"]
                .values()) == 60
+
+
+def test_a_new_dataset_leaves_no_temporary_folder(tmp_path, tfds_dir):
+    # tfds makes a /tmp/tmp*tfds folder for every builder of an unprepared dataset and
+    # never removes it; the source loader must clean it up.
+    before = set(Path(tempfile.gettempdir()).glob("tmp*tfds"))
+    path = write(tmp_path / "data.csv", rows_csv(30))
+    assert prepare(tmp_path / "run", tfds_dir, "data.source=files", f"data.path={path}",
+                   "data.max_examples=0") == 0
+    assert set(Path(tempfile.gettempdir()).glob("tmp*tfds")) - before == set()
 
 
 BAD_INPUTS = {
