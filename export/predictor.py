@@ -49,6 +49,7 @@ class Predictor:
     Args:
         path: a SavedModel version folder or a .tflite file from `slimbert export`.
         num_threads: TFLite interpreter threads (None: the runtime's default).
+        kernels: TFLite kernels, `default` or `builtin` (see `export.runtime`).
 
     Attributes:
         format: `savedmodel`, `tflite` or `tflite-text`.
@@ -57,8 +58,10 @@ class Predictor:
         seq_len: fixed sequence length of a token-id TFLite model (else None).
     """
 
-    def __init__(self, path: str | Path, num_threads: int | None = None) -> None:
+    def __init__(self, path: str | Path, num_threads: int | None = None,
+                 kernels: str = "default") -> None:
         self.path = Path(path)
+        self.kernels = kernels
         self.format = model_format(self.path)
         self.seq_len: int | None = None
         self._tokenizer = None
@@ -68,6 +71,7 @@ class Predictor:
 
             self._loaded = tf.saved_model.load(str(self.path))
             self.runtime = "tensorflow"
+            self.kernels = None
             self.labels = (self.path / "assets" / "labels.txt").read_text(
                 encoding="utf-8").splitlines()
             return
@@ -75,7 +79,7 @@ class Predictor:
 
         self.interpreter, self.runtime = make_interpreter(
             model_path=self.path, num_threads=num_threads,
-            custom_ops=self.format == "tflite-text")
+            custom_ops=self.format == "tflite-text", kernels=kernels)
         self.labels = (self.path.parent / "labels.txt").read_text(
             encoding="utf-8").splitlines()
         self._inputs = inputs_by_name(

@@ -4,6 +4,12 @@ ai-edge-litert is the maintained interpreter (tflite-runtime stopped at 2.14 and
 import under numpy 2; `tf.lite.Interpreter` is deprecated). Whichever is used is named in
 the result, so verification reports say what ran the model.
 
+Kernels: `default` is what the runtime does out of the box (ai-edge-litert applies its
+XNNPACK delegate to the ops it takes); `builtin` runs every op on the runtime's own
+builtin kernels, as a runtime without XNNPACK would. Both are exact for float models up
+to rounding; int8 kernels round their requantized results differently, so an int8 BERT
+can predict differently on a few percent of examples depending on which kernels run it.
+
 A model with tensorflow_text custom ops (the raw-string `text` variant) needs TF Text's
 op registerers, passed as `custom_op_registerers`; only ai-edge-litert and tf.lite
 accept them by name here.
@@ -23,6 +29,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 RUNTIMES = ("ai_edge_litert", "tflite_runtime", "tensorflow")
+KERNELS = ("default", "builtin")
 TOKEN_ID_INPUTS = ("input_ids", "input_mask", "segment_ids")
 
 
@@ -43,8 +50,8 @@ def _interpreter_module(runtime: str):
 
 def make_interpreter(*, model_path: str | os.PathLike | None = None,
                      model_content: bytes | None = None, num_threads: int | None = None,
-                     custom_ops: bool = False, runtime: str | None = None
-                     ) -> tuple[Any, str]:
+                     custom_ops: bool = False, runtime: str | None = None,
+                     kernels: str = "default") -> tuple[Any, str]:
     """An allocated TFLite interpreter and the name of the runtime that provides it.
 
     Args:
@@ -52,6 +59,8 @@ def make_interpreter(*, model_path: str | os.PathLike | None = None,
         num_threads: int | None. Interpreter threads (None: the runtime's default).
         custom_ops: bool. Register tensorflow_text's TFLite ops (for the `text` variant).
         runtime: str | None. Force one of `RUNTIMES` (None: the first available).
+        kernels: str. `default` (the runtime's default delegates, i.e. XNNPACK) or
+            `builtin` (its builtin kernels only).
 
     Returns:
         (interpreter, runtime name).
@@ -64,8 +73,16 @@ def make_interpreter(*, model_path: str | os.PathLike | None = None,
     name = candidates[0]
     if name not in RUNTIMES:
         raise ValueError(f"runtime must be one of {RUNTIMES}, found {name!r}")
+    if kernels not in KERNELS:
+        raise ValueError(f"kernels must be one of {KERNELS}, found {kernels!r}")
     module = _interpreter_module(name)
     kwargs: dict[str, Any] = {"num_threads": num_threads}
+    if kernels == "builtin":
+        resolvers = getattr(module, "OpResolverType", None)
+        if resolvers is None:  # tf.lite keeps it under experimental
+            resolvers = module.experimental.OpResolverType
+        kwargs["experimental_op_resolver_type"] = \
+            resolvers.BUILTIN_WITHOUT_DEFAULT_DELEGATES
     if model_path is not None:
         kwargs["model_path"] = str(model_path)
     else:
@@ -140,5 +157,5 @@ def run_token_ids(interpreter, rows: Iterable[dict], on_example: Callable[[], An
     return np.stack(out) if out else np.zeros((0, num_classes), np.float32)
 
 
-__all__ = ["RUNTIMES", "TOKEN_ID_INPUTS", "available_runtimes", "inputs_by_name",
+__all__ = ["KERNELS", "RUNTIMES", "TOKEN_ID_INPUTS", "available_runtimes", "inputs_by_name",
            "make_interpreter", "read_output", "run_token_ids"]

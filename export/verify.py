@@ -1,12 +1,14 @@
 """Run one exported model on a test split in this (fresh) process: the export gate's probe.
 
-    python -m export.verify MODEL DATA.npz OUT.npz
+    python -m export.verify MODEL DATA.npz OUT.npz [--kernels builtin]
 
 DATA.npz holds the split as `export.verify.write_split` saves it: token ids (int32
 [N, L]) and the texts. A SavedModel and the `text` TFLite model get the raw texts (what
 their users send); token-id TFLite models get the ids. The runtime a user would use loads
 the model: `tf.saved_model.load`, or the TFLite runtime adapter (ai-edge-litert first).
-OUT.npz receives `probabilities` and a JSON `info` (runtime, load and run seconds).
+`--kernels builtin` runs a TFLite model on the runtime's builtin kernels instead of its
+default delegate (XNNPACK). OUT.npz receives `probabilities` and a JSON `info` (runtime,
+kernels, load and run seconds).
 """
 
 from __future__ import annotations
@@ -26,11 +28,11 @@ def write_split(path: Path, features: dict[str, np.ndarray], texts: list[str],
                         texts=np.array(json.dumps(texts, ensure_ascii=False)))
 
 
-def verify(model: Path, data: Path, out: Path) -> dict:
+def verify(model: Path, data: Path, out: Path, kernels: str = "default") -> dict:
     started = time.perf_counter()
     from export.predictor import Predictor
 
-    predictor = Predictor(model)
+    predictor = Predictor(model, kernels=kernels)
     loaded = time.perf_counter()
     split = np.load(data)
     if predictor.format == "tflite":
@@ -40,7 +42,8 @@ def verify(model: Path, data: Path, out: Path) -> dict:
     else:
         probabilities = predictor.predict_texts(json.loads(str(split["texts"])))
         fed = "text"
-    info = {"format": predictor.format, "runtime": predictor.runtime, "input": fed,
+    info = {"format": predictor.format, "runtime": predictor.runtime,
+            "kernels": predictor.kernels, "input": fed,
             "labels": predictor.labels, "load_seconds": round(loaded - started, 3),
             "run_seconds": round(time.perf_counter() - loaded, 3),
             "examples": int(probabilities.shape[0])}
@@ -48,12 +51,12 @@ def verify(model: Path, data: Path, out: Path) -> dict:
     return info
 
 
-def verify_in_fresh_process(model: Path, data: Path, out: Path, timeout: float = 3600
-                            ) -> tuple[np.ndarray, dict]:
+def verify_in_fresh_process(model: Path, data: Path, out: Path, timeout: float = 3600,
+                            kernels: str = "default") -> tuple[np.ndarray, dict]:
     """Run `verify` in a new Python process; returns (probabilities, info)."""
     result = subprocess.run([sys.executable, "-m", "export.verify", str(model), str(data),
-                             str(out)], capture_output=True, text=True, timeout=timeout,
-                            cwd=Path(__file__).resolve().parents[1])
+                             str(out), "--kernels", kernels], capture_output=True, text=True,
+                            timeout=timeout, cwd=Path(__file__).resolve().parents[1])
     if result.returncode != 0:
         tail = "\n".join(result.stderr.strip().splitlines()[-15:])
         raise RuntimeError(f"{model} failed to run in a fresh process:\n{tail}")
@@ -62,11 +65,15 @@ def verify_in_fresh_process(model: Path, data: Path, out: Path, timeout: float =
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = sys.argv[1:] if argv is None else argv
+    args = list(sys.argv[1:] if argv is None else argv)
+    kernels = "default"
+    if len(args) == 5 and args[3] == "--kernels":
+        kernels = args.pop(4)
+        args.pop(3)
     if len(args) != 3:
         print(__doc__, file=sys.stderr)
         return 2
-    info = verify(Path(args[0]), Path(args[1]), Path(args[2]))
+    info = verify(Path(args[0]), Path(args[1]), Path(args[2]), kernels)
     print(json.dumps(info))
     return 0
 

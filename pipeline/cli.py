@@ -131,6 +131,9 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--json", action="store_true",
                          help="JSON lines with every class probability")
     predict.add_argument("--threads", type=int, default=None, help="TFLite threads")
+    predict.add_argument("--kernels", choices=("default", "builtin"), default="default",
+                         help="TFLite kernels: the runtime's default delegate (XNNPACK) or "
+                              "its builtin kernels only (default: %(default)s)")
     predict.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     _serve_parser(sub)
     show = sub.add_parser("config", help="print the resolved config as YAML",
@@ -273,7 +276,7 @@ def predict_command(args: argparse.Namespace) -> int:
         model_format(args.model)
     except ValueError as err:
         raise SlimbertError(str(err)) from None
-    predictor = Predictor(args.model, num_threads=args.threads)
+    predictor = Predictor(args.model, num_threads=args.threads, kernels=args.kernels)
     probabilities = predictor.predict_texts(texts)
     for text, probs in zip(texts, probabilities):
         best = int(probs.argmax())

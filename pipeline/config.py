@@ -505,6 +505,9 @@ class ExportConfig(_Section):
             the model it came from ...
         min_agreement: ... and agree with its predictions on at least this fraction.
         warmup_requests: write TF Serving warm-up requests into the SavedModel.
+        compare_kernels: also run each TFLite export on the runtime's builtin kernels
+            (without its XNNPACK delegate) and record accuracy and agreement there;
+            not part of the gate.
     """
 
     SECTION: ClassVar[str] = "export"
@@ -516,6 +519,7 @@ class ExportConfig(_Section):
     max_accuracy_drop: float = 0.005
     min_agreement: float = 0.99
     warmup_requests: bool = True
+    compare_kernels: bool = True
 
     def validate(self) -> None:
         _check(self.model in EXPORT_MODELS, "model",

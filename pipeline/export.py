@@ -6,7 +6,9 @@ first) on the test split. An export counts only if its accuracy is within
 `export.max_accuracy_drop` of the model it came from and it agrees with that model's
 predictions on at least `export.min_agreement` of the examples; otherwise the stage fails
 and leaves nothing behind, unless `--force` (then the failures are recorded). The model
-must be blessed by evaluation (or `--force`).
+must be blessed by evaluation (or `--force`). With `export.compare_kernels`, each TFLite
+file also runs on the runtime's builtin kernels instead of XNNPACK; its accuracy and
+agreement there are recorded, not gated (int8 kernels round differently, see README).
 
     <run-dir>/export/
         saved_model/<name>/<version>/   saved_model.pb, variables/, assets/ (vocab.txt,
@@ -18,7 +20,8 @@ must be blessed by evaluation (or `--force`).
         tflite/<name>-pruned-qat.tflite prune-preserving QAT int8 of the pruned model
         tflite/<name>-text.tflite       raw string in: tokenizer (TF Text ops) + `cpu` model
         tflite/labels.txt, vocab.txt, tokenizer.json   travel with the TFLite models
-        verification.json               per target: accuracy, agreement, runtime, gate
+        verification.json               per target: accuracy, agreement, runtime, gate;
+                                        TFLite targets also on the builtin kernels
         config.yaml, manifest.json
 
 Token-id TFLite models take `input_ids`, `input_mask`, `segment_ids` (int32 [1,
@@ -190,6 +193,13 @@ def run(config: PipelineConfig, inputs: dict[str, Path], out_dir: Path, work_dir
         if not passed:
             failures.append(f"{target} (accuracy {metrics['accuracy']:.4f} vs "
                             f"{source_accuracy:.4f}, agreement {agreement:.4f})")
+        if cfg.compare_kernels and target != "savedmodel":
+            results[target]["builtin_kernels"] = _builtin_kernels(
+                item["path"], data_path, work_dir / f"{target}-builtin.npz", y_true,
+                reference, predicted)
+            log.info("%s: on the builtin kernels accuracy %.4f, agreement with the default "
+                     "kernels %.4f", target, results[target]["builtin_kernels"]["accuracy"],
+                     results[target]["builtin_kernels"]["agreement_with_default_kernels"])
         bar.update(1)
     bar.close()
     gate = {"max_accuracy_drop": cfg.max_accuracy_drop, "min_agreement": cfg.min_agreement,
@@ -201,6 +211,21 @@ def run(config: PipelineConfig, inputs: dict[str, Path], out_dir: Path, work_dir
     (out_dir / "verification.json").write_text(
         json.dumps({"gate": gate, "targets": results}, indent=2) + "\n")
     return {"gate": gate, "targets": results, "blessing": blessing["blessed"]}
+
+
+def _builtin_kernels(path: Path, data_path: Path, out: Path, y_true: np.ndarray,
+                     reference: np.ndarray, default: np.ndarray) -> dict[str, Any]:
+    """The same TFLite file on the runtime's builtin kernels (no XNNPACK), in a fresh
+    process: what a runtime without the default delegate predicts. Recorded, not gated."""
+    from export.verify import verify_in_fresh_process
+
+    probabilities, run_info = verify_in_fresh_process(path, data_path, out,
+                                                      kernels="builtin")
+    predicted = probabilities.argmax(-1)
+    return {"accuracy": round(float(np.mean(predicted == y_true)), 6),
+            "agreement": round(float(np.mean(predicted == reference)), 6),
+            "agreement_with_default_kernels": round(float(np.mean(predicted == default)), 6),
+            "run_seconds": run_info["run_seconds"]}
 
 
 if __name__ == "__main__":

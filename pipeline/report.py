@@ -93,6 +93,7 @@ def collect_models(inputs: dict[str, Path]) -> list[dict[str, Any]]:
                      "gzip_bytes": t["gzip_bytes"], "accuracy": t["accuracy"],
                      "macro_f1": t["macro_f1"], "sparsity": sparsity_of.get(t["source"]),
                      "gate_passed": t["passed"], "agreement": t["agreement"],
+                     "builtin_kernels": t.get("builtin_kernels"),
                      "measured_in": f"{t['verified_with']['runtime']} (export gate, fresh "
                                     "process)"})
     return rows
@@ -195,6 +196,21 @@ def markdown(report: dict[str, Any]) -> str:
            f"own process. b{batch} ex/s: examples per second at batch {batch} on all "
            "cores (\"1 at a time\": the model runs batch 1 only, so the batch is "
            "looped).", ""]
+    kernels = [r for r in rows if r.get("builtin_kernels")]
+    if kernels:
+        out += ["## TFLite exports on other kernels", "",
+                "The same file on the runtime's builtin kernels instead of its default "
+                "XNNPACK delegate (recorded by export, not gated). Agreement: the fraction "
+                "of test examples with the same predicted label.", "",
+                "| model | accuracy % (default) | accuracy % (builtin) | agreement with "
+                "default | agreement with source |", "|---|---|---|---|---|"]
+        for r in kernels:
+            b = r["builtin_kernels"]
+            out.append(f"| {r['name']} | {100 * r['accuracy']:.2f} | "
+                       f"{100 * b['accuracy']:.2f} | "
+                       f"{100 * b['agreement_with_default_kernels']:.2f}% | "
+                       f"{100 * b['agreement']:.2f}% |")
+        out.append("")
     same = [f"{r['name']} = {r['same_file_as']}" for r in rows if r.get("same_file_as")]
     if same:
         out += ["Identical files, timed once: " + "; ".join(same) + ".", ""]

@@ -72,6 +72,14 @@ def test_every_target_is_exported_and_passes_the_gate(exported):
                                 else "token_ids"), target
         if target != "savedmodel":
             assert result["census"]["flex_ops"] == [], target
+            # The same file on the builtin kernels (no XNNPACK), recorded beside the gate.
+            builtin = result["builtin_kernels"]
+            assert 0.5 <= builtin["accuracy"] <= 1 and builtin["run_seconds"] > 0, target
+            assert builtin["agreement"] >= 0.9, target
+        else:
+            assert "builtin_kernels" not in result
+    # Float arithmetic on either kernels: the same predictions.
+    assert m["targets"]["gpu"]["builtin_kernels"]["agreement_with_default_kernels"] == 1.0
     assert m["targets"]["qat"]["source"] == "finetune"
     assert m["targets"]["pruned-qat"]["source"] == "prune"
     # The QAT exports are the quantize stage's files, compared with its QAT models.
@@ -195,9 +203,11 @@ def test_predict_command(exported, tmp_path, capsys):
                           for r in rows])
         np.testing.assert_allclose(probs, expected, atol=0.02)
         assert [r["label"] for r in rows] == [["neg", "pos"][i] for i in expected.argmax(-1)]
-    assert main(["predict", str(cpu), "one text"]) == 0
-    label, probability, text = capsys.readouterr().out.strip().split("\t")
-    assert label in ("neg", "pos") and 0.5 <= float(probability) <= 1 and text == "one text"
+    for kernels in ("default", "builtin"):
+        assert main(["predict", str(cpu), "one text", "--kernels", kernels]) == 0
+        label, probability, text = capsys.readouterr().out.strip().split("\t")
+        assert label in ("neg", "pos") and 0.5 <= float(probability) <= 1
+        assert text == "one text"
 
     bad = tmp_path / "bad.txt"
     bad.write_bytes(b"fine line\ncaf\xe9\n")
@@ -225,6 +235,16 @@ def test_runtime_adapter(exported):
     # int8 logits: XNNPACK (ai-edge-litert) and tf.lite's kernels may round differently.
     difference = outputs["ai_edge_litert"].astype(int) - outputs["tensorflow"].astype(int)
     assert np.abs(difference).max() <= 1
+    # The default kernels hand the model to XNNPACK (one DELEGATE node); `builtin`
+    # keeps every op on the runtime's own kernels.
+    for runtime in ("ai_edge_litert", "tensorflow"):
+        ops = {kernels: {op["op_name"] for op in make_interpreter(
+            model_path=path, runtime=runtime, kernels=kernels)[0]._get_ops_details()}
+            for kernels in ("default", "builtin")}
+        assert "DELEGATE" in ops["default"] and "DELEGATE" not in ops["builtin"], runtime
+        assert "FULLY_CONNECTED" in ops["builtin"], runtime
+    with pytest.raises(ValueError, match="kernels must be one of"):
+        make_interpreter(model_path=path, kernels="gpu")
     with pytest.raises(ValueError, match="exactly one"):
         make_interpreter()
     with pytest.raises(ValueError, match="runtime must be one of"):
