@@ -6,9 +6,9 @@ first) on the test split. An export counts only if its accuracy is within
 `export.max_accuracy_drop` of the model it came from and it agrees with that model's
 predictions on at least `export.min_agreement` of the examples; otherwise the stage fails
 and leaves nothing behind, unless `--force` (then the failures are recorded). The model
-must be blessed by evaluation (or `--force`). With `export.compare_kernels`, each TFLite
-file also runs on the runtime's builtin kernels instead of XNNPACK; its accuracy and
-agreement there are recorded, not gated (int8 kernels round differently, see README).
+must be blessed by evaluation (or `--force`). The targets in `export.compare_kernels`
+(the int8 ones by default) also run on the runtime's builtin kernels instead of XNNPACK;
+accuracy and agreement there are recorded, not gated (int8 kernels round differently).
 
     <run-dir>/export/
         saved_model/<name>/<version>/   saved_model.pb, variables/, assets/ (vocab.txt,
@@ -21,7 +21,7 @@ agreement there are recorded, not gated (int8 kernels round differently, see REA
         tflite/<name>-text.tflite       raw string in: tokenizer (TF Text ops) + `cpu` model
         tflite/labels.txt, vocab.txt, tokenizer.json   travel with the TFLite models
         verification.json               per target: accuracy, agreement, runtime, gate;
-                                        TFLite targets also on the builtin kernels
+                                        (export.compare_kernels: on builtin kernels too)
         config.yaml, manifest.json
 
 Token-id TFLite models take `input_ids`, `input_mask`, `segment_ids` (int32 [1,
@@ -193,7 +193,7 @@ def run(config: PipelineConfig, inputs: dict[str, Path], out_dir: Path, work_dir
         if not passed:
             failures.append(f"{target} (accuracy {metrics['accuracy']:.4f} vs "
                             f"{source_accuracy:.4f}, agreement {agreement:.4f})")
-        if cfg.compare_kernels and target != "savedmodel":
+        if target in cfg.compare_kernels:
             results[target]["builtin_kernels"] = _builtin_kernels(
                 item["path"], data_path, work_dir / f"{target}-builtin.npz", y_true,
                 reference, predicted)

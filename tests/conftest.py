@@ -100,5 +100,6 @@ def copy_run(source, target, stages=("prepare", "finetune", "evaluate", "prune",
 def exported_run(quantized_run, tmp_path_factory, easy_data):
     """The quantized run plus `slimbert export` of every default target (read-only)."""
     run_dir = copy_run(quantized_run, tmp_path_factory.mktemp("exported"))
-    assert run_stage("export", run_dir, *easy_data, *TRAINED, *PRUNE, *QUANTIZE) == 0
+    assert run_stage("export", run_dir, *easy_data, *TRAINED, *PRUNE, *QUANTIZE,
+                     "export.compare_kernels=[gpu, int8, qat, pruned-qat]") == 0
     return run_dir

@@ -67,6 +67,8 @@ def test_shipped_configs_load(name):
     (["finetune.learning_rate=3"], "invalid config value for 'finetune.learning_rate'"),
     (["prune.train.ema_decay=1"], "invalid config value for 'prune.train.ema_decay'"),
     (['prune.include=["("]'], "'prune.include': '(' is not a regular expression"),
+    (["export.compare_kernels=[savedmodel]"],
+     "invalid config value for 'export.compare_kernels': expected TFLite target names"),
 ])
 def test_invalid_configs_name_the_key(overrides, message):
     with pytest.raises(ConfigError) as err:
