@@ -42,6 +42,7 @@ def test_every_model_is_a_row_with_its_stage_figures(reported):
         assert (row["accuracy"], row["bytes"]) == (v["accuracy"], v["bytes"])
     for target, t in targets.items():
         assert rows[f"export {target}"]["gate_passed"] == t["passed"]
+        assert rows[f"export {target}"]["builtin_kernels"] == t.get("builtin_kernels")
     for row in rows.values():
         assert 0 < row["gzip_bytes"] < row["bytes"] * 1.01
     stage_seconds = {s: manifest(reported, s)["duration_s"] for s in STAGES}
@@ -81,6 +82,14 @@ def test_markdown_table_and_plots(reported):
         assert f"{100 * row['accuracy']:.2f}" in line
         assert f"{row['latency']['1']['median_ms']:.1f}" in line
     assert "| quantize |" in text and "## Stage wall times" in text
+    # The exports also run on the builtin kernels (the fixture's export.compare_kernels).
+    kernels = text.split("## TFLite exports on other kernels")[1].split("\n## ")[0]
+    targets = manifest(reported, "export")["metrics"]["targets"]
+    for target in ("gpu", "int8", "qat", "pruned-qat"):
+        builtin = targets[target]["builtin_kernels"]
+        assert f"| export {target} | {100 * targets[target]['accuracy']:.2f} | " \
+            f"{100 * builtin['accuracy']:.2f} | " in kernels, target
+    assert "| export cpu |" not in kernels
     for name in ("accuracy_vs_size.png", "accuracy_vs_latency.png", "training_curves.png"):
         data = (out / name).read_bytes()
         assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10_000, name
