@@ -61,7 +61,6 @@ class Predictor:
     def __init__(self, path: str | Path, num_threads: int | None = None,
                  kernels: str = "default") -> None:
         self.path = Path(path)
-        self.kernels = kernels
         self.format = model_format(self.path)
         self.seq_len: int | None = None
         self._tokenizer = None
@@ -77,6 +76,7 @@ class Predictor:
             return
         from export.runtime import inputs_by_name, make_interpreter
 
+        self.kernels = kernels
         self.interpreter, self.runtime = make_interpreter(
             model_path=self.path, num_threads=num_threads,
             custom_ops=self.format == "tflite-text", kernels=kernels)

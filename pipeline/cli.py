@@ -99,6 +99,8 @@ def _common_options(parser: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from export.runtime import KERNELS  # stdlib imports only
+
     parser = argparse.ArgumentParser(
         prog="slimbert",
         description="Fine-tune, compress and ship a BERT text classifier.",
@@ -131,7 +133,7 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--json", action="store_true",
                          help="JSON lines with every class probability")
     predict.add_argument("--threads", type=int, default=None, help="TFLite threads")
-    predict.add_argument("--kernels", choices=("default", "builtin"), default="default",
+    predict.add_argument("--kernels", choices=KERNELS, default="default",
                          help="TFLite kernels: the runtime's default delegate (XNNPACK) or "
                               "its builtin kernels only (default: %(default)s)")
     predict.add_argument("-v", "--verbose", action="store_true", help="debug logging")

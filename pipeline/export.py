@@ -194,12 +194,12 @@ def run(config: PipelineConfig, inputs: dict[str, Path], out_dir: Path, work_dir
             failures.append(f"{target} (accuracy {metrics['accuracy']:.4f} vs "
                             f"{source_accuracy:.4f}, agreement {agreement:.4f})")
         if target in cfg.compare_kernels:
-            results[target]["builtin_kernels"] = _builtin_kernels(
+            builtin = results[target]["builtin_kernels"] = _builtin_kernels(
                 item["path"], data_path, work_dir / f"{target}-builtin.npz", y_true,
                 reference, predicted)
             log.info("%s: on the builtin kernels accuracy %.4f, agreement with the default "
-                     "kernels %.4f", target, results[target]["builtin_kernels"]["accuracy"],
-                     results[target]["builtin_kernels"]["agreement_with_default_kernels"])
+                     "kernels %.4f", target, builtin["accuracy"],
+                     builtin["agreement_with_default_kernels"])
         bar.update(1)
     bar.close()
     gate = {"max_accuracy_drop": cfg.max_accuracy_drop, "min_agreement": cfg.min_agreement,
