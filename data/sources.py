@@ -6,7 +6,7 @@ source declares them. The built-in corpus and local files go through one tfds bu
 (`data/text_files`), so they get tfds caching and split syntax like catalog datasets.
 
 Example:
-    >>> from pipeline.config import DataConfig
+    >>> from data.config import DataConfig
     >>> source = load_source(DataConfig(), seed=42)    # the built-in corpus
     >>> sorted(source.splits)
     ['test', 'train', 'validation']
@@ -23,10 +23,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from core.config import config_hash
+from core.files import sha256_file
+from data import assets
+from data.config import SPLITS, DataConfig
 from data.text_files.builder import DataError, SlimbertTextFiles, TextFilesConfig
-from pipeline import assets
-from pipeline.artifacts import sha256_file
-from pipeline.config import SPLITS, DataConfig, config_hash
 
 log = logging.getLogger(__name__)
 

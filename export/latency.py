@@ -209,7 +209,6 @@ def main(argv: list[str] | None = None) -> int:
     threads = int(spec.get("threads", 0))
     import tensorflow as tf
 
-    import pipeline  # noqa: F401  (Keras 2 before TensorFlow)
 
     if threads:
         tf.config.threading.set_intra_op_parallelism_threads(threads)

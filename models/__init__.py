@@ -1,3 +1,3 @@
 """models package of slimbert."""
 
-import pipeline  # noqa: F401  (selects Keras 2 before TensorFlow is imported)
+import core  # noqa: F401  (selects Keras 2 before TensorFlow is imported)

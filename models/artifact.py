@@ -21,7 +21,7 @@ import tf_keras as keras
 
 import models.bert  # noqa: F401  (registers the custom layers for loading)
 import models.optimization  # noqa: F401
-from pipeline.artifacts import ArtifactError
+from core.errors import ArtifactError
 
 MODEL_FILE = "model.keras"
 META_FILE = "model.json"

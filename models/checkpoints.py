@@ -14,7 +14,7 @@ keras-hub presets are loaded with keras-hub (Keras 3) and copied over variable b
 Every tensor's shape is checked before anything is assigned.
 
 Example:
-    >>> from pipeline.config import ModelConfig
+    >>> from models.config import ModelConfig
     >>> spec = tokenizer_spec(ModelConfig())
     >>> len(spec.vocab), spec.lower_case
     (30522, True)
@@ -32,10 +32,11 @@ from pathlib import Path
 import numpy as np
 import tf_keras as keras
 
+from core.errors import SlimbertError
 from data.tokenizer import load_vocab
+from models import assets
 from models.bert import BertArchitecture, num_transformer_layers
-from pipeline import assets
-from pipeline.config import ModelConfig, SlimbertError
+from models.config import ModelConfig
 
 logger = logging.getLogger(__name__)
 

@@ -29,8 +29,9 @@ from tensorflow_model_optimization.python.core.sparsity.keras.pruning_wrapper im
     PruneLowMagnitude,
 )
 
+from core.errors import ConfigError
 from models.bert import BertSelfAttention
-from pipeline.config import ConfigError, PruneConfig
+from models.pruning_config import PruneConfig
 
 sparsity = tfmot.sparsity.keras
 

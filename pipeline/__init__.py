@@ -1,21 +1,10 @@
 """slimbert: fine-tune, compress and ship a BERT text classifier.
 
-Importing this package selects Keras 2 (tf_keras) for TensorFlow. It is the one place
-that does so, and every other top-level package (`data`, `models`, `export`) imports it
-first, because tfmot works only with Keras 2 and the choice is read once, when
-TensorFlow is first imported.
+`pipeline` is the spine: the config, the artifact folders, the CLI and one module per
+stage. The libraries below it (`data`, `models`, `export`, `serve`) never import it;
+`core` (imported first, here as in every package) selects Keras 2 for TensorFlow.
 """
 
-import os
-import sys
-
-os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-
-if "tensorflow" in sys.modules and os.environ["TF_USE_LEGACY_KERAS"] != "1":
-    raise ImportError(
-        "slimbert needs Keras 2 (tf_keras): set TF_USE_LEGACY_KERAS=1, or import "
-        "slimbert before TensorFlow."
-    )
+import core  # noqa: F401  (selects Keras 2 before TensorFlow is imported)
 
 __version__ = "0.1.0"

@@ -15,8 +15,6 @@ path and manifest sha256), `files` (relative path -> sha256 and size), `metrics`
 from __future__ import annotations
 
 import contextlib
-import gzip
-import hashlib
 import json
 import logging
 import os
@@ -30,7 +28,12 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from pipeline.config import PipelineConfig, SlimbertError, config_hash
+from core.config import config_hash
+from core.errors import ArtifactError
+from core.files import gzip_size, sha256_file
+from pipeline.config import PipelineConfig
+
+__all__ = ["ArtifactError", "gzip_size", "sha256_file"]  # re-exported for stages
 
 log = logging.getLogger(__name__)
 
@@ -40,18 +43,6 @@ TRACKED_LIBRARIES = (
     "tensorflow", "tf-keras", "tensorflow-text", "tensorflow-model-optimization",
     "keras-hub", "keras", "tensorflow-datasets", "ai-edge-litert", "numpy", "slimbert",
 )
-
-
-class ArtifactError(SlimbertError):
-    """A missing, incomplete or tampered artifact."""
-
-
-def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def library_versions(names: tuple[str, ...] = TRACKED_LIBRARIES) -> dict[str, str]:
@@ -199,11 +190,3 @@ def write_manifest(out_dir: Path, *, stage: str, config: PipelineConfig, fingerp
     text = json.dumps(manifest, indent=2, sort_keys=False, default=str)
     (out_dir / MANIFEST).write_text(text + "\n", encoding="utf-8")
     return manifest
-
-
-def gzip_size(path: Path) -> dict[str, int]:
-    """Bytes of a file or of all files under a folder (in sorted order, concatenated),
-    and their gzip size at level 9: the compressed size tfmot's guides report."""
-    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
-    data = b"".join(p.read_bytes() for p in files)
-    return {"bytes": len(data), "gzip_bytes": len(gzip.compress(data, compresslevel=9))}

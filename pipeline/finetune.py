@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.cli import stage_main
-from pipeline.config import ConfigError, FinetuneConfig, PipelineConfig
+from pipeline.config import ConfigError, PipelineConfig, TrainConfig
 from pipeline.progress import progress
 
 log = logging.getLogger(__name__)
@@ -183,7 +183,7 @@ class Trainer:
     the average's (the history also records the raw weights' validation).
     """
 
-    def __init__(self, config: PipelineConfig, train_cfg: FinetuneConfig, prep_dir: Path,
+    def __init__(self, config: PipelineConfig, train_cfg: TrainConfig, prep_dir: Path,
                  work_dir: Path, arch, build_model, hooks=(), name: str = "finetune") -> None:
         import numpy as np
         import tensorflow as tf

@@ -9,4 +9,4 @@ target with TF Serving's REST API, so TF Serving clients work unchanged:
     serve.app       the Starlette app, its routes and errors, and the uvicorn server
 """
 
-import pipeline  # noqa: F401  (selects Keras 2 before TensorFlow is imported)
+import core  # noqa: F401  (selects Keras 2 before TensorFlow is imported)

@@ -43,7 +43,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from pipeline.config import SlimbertError
+from core.errors import SlimbertError
 from serve.batcher import Batcher, ShuttingDown
 from serve.model import TEXT_SIGNATURE, ServedModel
 from serve.rest import (

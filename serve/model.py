@@ -23,8 +23,9 @@ from typing import Any
 
 import numpy as np
 
+from core.errors import SlimbertError
 from export.predictor import INPUT_NAMES, Predictor
-from pipeline.config import EXPORT_TARGETS, SlimbertError
+from export.targets import EXPORT_TARGETS
 
 TEXT_SIGNATURE = "serving_default"  # as in export.savedmodel (which needs TensorFlow)
 IDS_SIGNATURE = "token_ids"

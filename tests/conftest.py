@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 import pipeline  # noqa: F401
-from pipeline import assets
+from models import assets
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = str(REPO / "configs" / "tiny.yaml")

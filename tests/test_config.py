@@ -5,8 +5,8 @@ import pytest
 from pipeline.config import (
     ConfigError,
     ExportConfig,
-    FinetuneConfig,
     PipelineConfig,
+    TrainConfig,
     config_hash,
     load_config,
 )
@@ -78,7 +78,7 @@ def test_invalid_configs_name_the_key(overrides, message):
 
 def test_a_section_built_in_code_names_its_own_keys():
     with pytest.raises(ConfigError, match="'finetune.epochs': must be positive"):
-        FinetuneConfig(epochs=0)
+        TrainConfig(epochs=0)
     with pytest.raises(ConfigError, match="'export.version': must be positive"):
         ExportConfig(version=0)
 

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import tensorflow_datasets as tfds
 
-from pipeline.config import SlimbertError
+from core.errors import SlimbertError
 
 csv.field_size_limit(1 << 27)
 
