@@ -9,6 +9,7 @@ entry point, a stage, the CLI or a notebook's `import models.bert`, passes throu
     core.config   the base of the config dataclasses, and their canonical hash
     core.files    file hashing and gzip size
     core.assets   locating files inside the offline asset packages
+    core.progress progress bars (tqdm on a terminal, log lines otherwise)
 """
 
 import os

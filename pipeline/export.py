@@ -75,6 +75,7 @@ def _blessing(source_dir: Path, evaluate_dir: Path | None) -> dict[str, Any]:
 
 def run(config: PipelineConfig, inputs: dict[str, Path], out_dir: Path, work_dir: Path,
         force: bool = False) -> dict[str, Any]:
+    from core.progress import progress
     from data.input import split_arrays
     from data.tokenizer import BertTokenizer
     from export.savedmodel import save_serving_model
@@ -84,7 +85,6 @@ def run(config: PipelineConfig, inputs: dict[str, Path], out_dir: Path, work_dir
     from models.artifact import TOKENIZER_FILES, load_model
     from pipeline.artifacts import gzip_size
     from pipeline.evaluate import classification_metrics, predict_keras
-    from pipeline.progress import progress
 
     cfg = config.export
     prep_dir, source_dir = inputs["prepare"], inputs[cfg.model]

@@ -33,9 +33,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+from core.progress import progress
 from pipeline.cli import stage_main
 from pipeline.config import ConfigError, PipelineConfig, TrainConfig
-from pipeline.progress import progress
 
 log = logging.getLogger(__name__)
 

@@ -27,10 +27,10 @@ from typing import Any
 
 import numpy as np
 
+from core.progress import progress
 from data.text_files.builder import DataError
 from pipeline.cli import stage_main
 from pipeline.config import SPLITS, PipelineConfig
-from pipeline.progress import progress
 
 log = logging.getLogger(__name__)
 

@@ -67,9 +67,9 @@ def _evaluate_tflite(flat: bytes, batches: list, y_true: np.ndarray, labels: lis
     """Test metrics of a TFLite model run in ai-edge-litert on `batches` (labels
     `y_true`), and its agreement with the Keras model it came from (`reference`: that
     model's predicted classes)."""
+    from core.progress import progress
     from models.quantization import run_tflite
     from pipeline.evaluate import classification_metrics
-    from pipeline.progress import progress
 
     bar = progress(total=len(y_true), desc=desc, unit="ex")
     try:
