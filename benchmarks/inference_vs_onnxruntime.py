@@ -63,7 +63,8 @@ from pathlib import Path
 import numpy as np
 
 import pipeline  # noqa: F401  (Keras 2 for tf.keras, before TensorFlow is imported)
-from export.runtime import TOKEN_ID_INPUTS, inputs_by_name, make_interpreter, read_output
+from data.features import INPUT_NAMES
+from export.runtime import inputs_by_name, make_interpreter, read_output
 from pipeline.artifacts import library_versions, machine_info, sha256_file
 
 OPSET = 17
@@ -115,7 +116,7 @@ def take(features: dict[str, np.ndarray], start: int, count: int) -> dict[str, n
 
 def tflite_seq_len(path: Path) -> int:
     interpreter, _ = make_interpreter(model_path=path)
-    return int(inputs_by_name(interpreter, TOKEN_ID_INPUTS)["input_ids"]["shape"][1])
+    return int(inputs_by_name(interpreter, INPUT_NAMES)["input_ids"]["shape"][1])
 
 
 class TFLiteModel:
@@ -130,7 +131,7 @@ class TFLiteModel:
         self.batched, self.batched_io, self.resize_error = None, None, None
         try:
             interpreter, _ = make_interpreter(model_path=path, num_threads=threads)
-            for detail in inputs_by_name(interpreter, TOKEN_ID_INPUTS).values():
+            for detail in inputs_by_name(interpreter, INPUT_NAMES).values():
                 interpreter.resize_tensor_input(detail["index"], [batch, seq_len])
             interpreter.allocate_tensors()
             io = self._io(interpreter)
@@ -143,7 +144,7 @@ class TFLiteModel:
 
     @staticmethod
     def _io(interpreter):
-        return inputs_by_name(interpreter, TOKEN_ID_INPUTS), interpreter.get_output_details()[0]
+        return inputs_by_name(interpreter, INPUT_NAMES), interpreter.get_output_details()[0]
 
     @staticmethod
     def _run(interpreter, io, feed: dict[str, np.ndarray]) -> np.ndarray:
@@ -258,7 +259,7 @@ def convert_onnx(model, seq_len: int, out_dir: Path, check: dict[str, np.ndarray
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     logging.getLogger("tf2onnx").setLevel(logging.ERROR)
-    specs = [tf.TensorSpec([None, seq_len], tf.int32, name=name) for name in TOKEN_ID_INPUTS]
+    specs = [tf.TensorSpec([None, seq_len], tf.int32, name=name) for name in INPUT_NAMES]
 
     @tf.function(input_signature=specs)
     def serve(input_ids, input_mask, segment_ids):

@@ -96,9 +96,9 @@ def count_bucket_batches(lengths: np.ndarray, batch_size: int, buckets: list[int
     return sum(math.ceil(count / batch_size) for count in per_bucket.values())
 
 
-def split_arrays(artifact_dir: str | Path, split: str, seq_len: int
+def split_arrays(artifact_dir: str | Path, split: str, max_seq_length: int
                  ) -> tuple[dict, list[str], np.ndarray]:
-    """One split as numpy: features int32 [N, seq_len] (input_ids, input_mask,
+    """One split as numpy: features int32 [N, max_seq_length] (input_ids, input_mask,
     segment_ids; longer examples cut), the texts and the labels int32 [N].
 
     Raises:
@@ -107,10 +107,10 @@ def split_arrays(artifact_dir: str | Path, split: str, seq_len: int
     rows = list(read_split(artifact_dir, split, with_text=True).as_numpy_iterator())
     if not rows:
         raise ValueError(f"the {split} split of {artifact_dir} is empty")
-    ids = np.zeros((len(rows), seq_len), np.int32)
+    ids = np.zeros((len(rows), max_seq_length), np.int32)
     mask = np.zeros_like(ids)
     for i, row in enumerate(rows):
-        n = min(len(row["input_ids"]), seq_len)
+        n = min(len(row["input_ids"]), max_seq_length)
         ids[i, :n] = row["input_ids"][:n]
         mask[i, :n] = 1
     texts = [row["text"].decode("utf-8") for row in rows]
@@ -128,12 +128,12 @@ def training_sample(artifact_dir: str | Path, batches: int, batch_size: int, see
     return list(batch_examples(shuffled, batch_size, pad_to=pad_to).take(batches))
 
 
-def representative_examples(artifact_dir: str | Path, count: int, seq_len: int,
+def representative_examples(artifact_dir: str | Path, count: int, max_seq_length: int,
                             seed: int) -> list[dict]:
     """`count` training examples (shuffled with `seed`), each a feature dict of int32
-    [1, seq_len] arrays: the representative dataset of int8 TFLite conversion."""
+    [1, max_seq_length] arrays: the representative dataset of int8 TFLite conversion."""
     return [{name: value.numpy() for name, value in features.items()}
-            for features, _ in training_sample(artifact_dir, count, 1, seed, pad_to=seq_len)]
+            for features, _ in training_sample(artifact_dir, count, 1, seed, pad_to=max_seq_length)]
 
 
 def token_pool(dataset: tf.data.Dataset) -> np.ndarray:

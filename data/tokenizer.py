@@ -33,12 +33,17 @@ registerers (`tensorflow_text.tflite_registrar.SELECT_TFTEXT_OPS`).
 
 from __future__ import annotations
 
+# `data/__init__.py` imports `core` first, which selects Keras 2 before TensorFlow loads.
+import json
 import os
 from pathlib import Path
+from typing import Any
 
-# `data/__init__.py` imports `pipeline` first, which selects Keras 2 before TensorFlow loads.
 import tensorflow as tf
 import tensorflow_text as tf_text
+
+from core.errors import ArtifactError
+from data.features import INPUT_NAMES
 
 CLS_TOKEN = "[CLS]"
 SEP_TOKEN = "[SEP]"
@@ -46,6 +51,12 @@ PAD_TOKEN = "[PAD]"
 UNK_TOKEN = "[UNK]"
 MASK_TOKEN = "[MASK]"  # not required: only training perturbations use it
 SPECIAL_TOKENS = (CLS_TOKEN, SEP_TOKEN, PAD_TOKEN, UNK_TOKEN)
+
+# A tokenizer artifact: the vocabulary and a description of how it is applied. Prepared
+# data, every model artifact and every export carries these two files side by side.
+VOCAB_FILE = "vocab.txt"
+TOKENIZER_FILE = "tokenizer.json"
+_REQUIRED_KEYS = ("lower_case", "max_seq_length", "vocab_size")
 
 _TEXTS_SPEC = tf.TensorSpec([None], tf.string, name="text")
 
@@ -156,17 +167,17 @@ class BertTokenizer(tf.Module):
 
         Only plain tensor ops after the WordPiece step, so that TFLite needs no Flex ops.
         """
-        max_len = self.max_seq_length
+        max_seq_length = self.max_seq_length
         wordpieces = self._wordpiece.tokenize(texts)  # int32 [B, (tokens)]
         full = tf.cast(wordpieces.row_lengths(), tf.int32)
-        content_len = tf.minimum(full, max_len - 2)
+        content_len = tf.minimum(full, max_seq_length - 2)
         # to_tensor with a fixed width truncates and pads in one op.
-        content = wordpieces.to_tensor(default_value=self.pad_id, shape=[None, max_len - 2])
+        content = wordpieces.to_tensor(default_value=self.pad_id, shape=[None, max_seq_length - 2])
         batch = tf.shape(content)[0]
         cls = tf.fill([batch, 1], tf.constant(self.cls_id, tf.int32))
         pad = tf.fill([batch, 1], tf.constant(self.pad_id, tf.int32))
-        ids = tf.concat([cls, content, pad], axis=1)  # [B, max_len]
-        positions = tf.range(max_len, dtype=tf.int32)[tf.newaxis, :]
+        ids = tf.concat([cls, content, pad], axis=1)  # [B, max_seq_length]
+        positions = tf.range(max_seq_length, dtype=tf.int32)[tf.newaxis, :]
         ids = tf.where(positions == content_len[:, tf.newaxis] + 1,
                        tf.constant(self.sep_id, tf.int32), ids)
         return ids, content_len + 2, full + 2
@@ -190,7 +201,7 @@ class BertTokenizer(tf.Module):
         ids, length, _ = self._pack(texts)
         positions = tf.range(self.max_seq_length, dtype=tf.int32)[tf.newaxis, :]
         mask = tf.cast(positions < length[:, tf.newaxis], tf.int32)
-        return {"input_ids": ids, "input_mask": mask, "segment_ids": tf.zeros_like(ids)}
+        return dict(zip(INPUT_NAMES, (ids, mask, tf.zeros_like(ids))))
 
     @tf.function(input_signature=[_TEXTS_SPEC])
     def tokenize(self, texts: tf.Tensor) -> tuple[tf.RaggedTensor, tf.Tensor]:
@@ -210,3 +221,63 @@ class BertTokenizer(tf.Module):
         """
         ids, length, full = self._pack(texts)
         return tf.RaggedTensor.from_tensor(ids, lengths=length), full
+
+    # --- the tokenizer artifact (vocab.txt + tokenizer.json) ---
+
+    def describe(self, origin: str = "") -> dict[str, Any]:
+        """What `tokenizer.json` records: casing, length, vocabulary size, special ids."""
+        return {"lower_case": self.lower_case, "max_seq_length": self.max_seq_length,
+                "vocab_size": self.vocab_size, "cls_id": self.cls_id, "sep_id": self.sep_id,
+                "pad_id": self.pad_id, "unk_id": self.unk_id, "vocab_origin": origin}
+
+    def save(self, folder: str | os.PathLike, vocab: list[str] | tuple[str, ...],
+             origin: str = "") -> dict[str, Any]:
+        """Writes `vocab.txt` (the tokens this tokenizer was built from) and
+        `tokenizer.json` into `folder`; returns what `tokenizer.json` holds."""
+        if len(vocab) != self.vocab_size:
+            raise ValueError(f"vocab has {len(vocab)} tokens, the tokenizer {self.vocab_size}")
+        folder = Path(folder)
+        (folder / VOCAB_FILE).write_text("".join(f"{t}\n" for t in vocab), encoding="utf-8")
+        info = self.describe(origin)
+        (folder / TOKENIZER_FILE).write_text(json.dumps(info, indent=2) + "\n",
+                                             encoding="utf-8")
+        return info
+
+    @classmethod
+    def load(cls, folder: str | os.PathLike, max_seq_length: int | None = None
+             ) -> BertTokenizer:
+        """The tokenizer saved in `folder` (by `save`); `max_seq_length` overrides the
+        saved length (e.g. a TFLite model's fixed input width).
+
+        Example:
+            >>> tok = BertTokenizer.load("runs/default/prepare")
+            >>> tok.max_seq_length
+            128
+        """
+        info = read_tokenizer_config(folder)
+        return cls(Path(folder) / VOCAB_FILE, lower_case=info["lower_case"],
+                   max_seq_length=max_seq_length or info["max_seq_length"])
+
+
+def read_tokenizer_config(folder: str | os.PathLike) -> dict[str, Any]:
+    """The `tokenizer.json` of a tokenizer artifact: the one reader of that file.
+
+    Returns:
+        dict with `lower_case`, `max_seq_length`, `vocab_size`, the special token ids
+        and `vocab_origin`.
+
+    Raises:
+        ArtifactError: the file is missing, not JSON, or lacks a required key.
+    """
+    path = Path(folder) / TOKENIZER_FILE
+    try:
+        info = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ArtifactError(f"{path} is missing: the folder holds no tokenizer "
+                            "(rerun the stage that wrote it)") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ArtifactError(f"{path} cannot be read: {err}") from None
+    missing = [key for key in _REQUIRED_KEYS if not isinstance(info, dict) or key not in info]
+    if missing:
+        raise ArtifactError(f"{path} lacks {', '.join(missing)}")
+    return info

@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-INPUT_NAMES = ("input_ids", "input_mask", "segment_ids")
+from data.features import INPUT_NAMES
 
 
 def _percentiles(seconds: list[float]) -> dict[str, float]:

@@ -17,13 +17,12 @@ Example:
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
 
-INPUT_NAMES = ("input_ids", "input_mask", "segment_ids")
+from data.features import INPUT_NAMES
 
 
 def model_format(path: Path) -> str:
@@ -55,14 +54,14 @@ class Predictor:
         format: `savedmodel`, `tflite` or `tflite-text`.
         labels: label names, in the order of the probabilities.
         runtime: what runs it (`tensorflow`, `ai_edge_litert`, ...).
-        seq_len: fixed sequence length of a token-id TFLite model (else None).
+        max_seq_length: fixed sequence length of a token-id TFLite model (else None).
     """
 
     def __init__(self, path: str | Path, num_threads: int | None = None,
                  kernels: str = "default") -> None:
         self.path = Path(path)
         self.format = model_format(self.path)
-        self.seq_len: int | None = None
+        self.max_seq_length: int | None = None
         self._tokenizer = None
         if self.format == "savedmodel":
             import tensorflow as tf
@@ -86,7 +85,7 @@ class Predictor:
             self.interpreter, ("text",) if self.format == "tflite-text" else INPUT_NAMES)
         self._output = self.interpreter.get_output_details()[0]
         if self.format == "tflite":
-            self.seq_len = int(self._inputs["input_ids"]["shape"][1])
+            self.max_seq_length = int(self._inputs["input_ids"]["shape"][1])
 
     # --- texts ---
 
@@ -132,10 +131,8 @@ class Predictor:
 
             from data.tokenizer import BertTokenizer
 
-            info = json.loads((self.path.parent / "tokenizer.json").read_text())
-            self._tokenizer = BertTokenizer(self.path.parent / "vocab.txt",
-                                            lower_case=info["lower_case"],
-                                            max_seq_length=self.seq_len)
+            self._tokenizer = BertTokenizer.load(self.path.parent,
+                                                 max_seq_length=self.max_seq_length)
         import tensorflow as tf
 
         return {k: v.numpy() for k, v in self._tokenizer(tf.constant(list(texts))).items()}

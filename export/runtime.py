@@ -28,9 +28,10 @@ import os
 from collections.abc import Callable, Iterable
 from typing import Any
 
+from data.features import INPUT_NAMES
+
 RUNTIMES = ("ai_edge_litert", "tflite_runtime", "tensorflow")
 KERNELS = ("default", "builtin")
-TOKEN_ID_INPUTS = ("input_ids", "input_mask", "segment_ids")
 
 
 def available_runtimes() -> list[str]:
@@ -131,23 +132,23 @@ def run_token_ids(interpreter, rows: Iterable[dict], on_example: Callable[[], An
     """Outputs (float32 [N, C]) of a token-id model, one example at a time.
 
     Args:
-        interpreter: an allocated interpreter of a model with inputs `TOKEN_ID_INPUTS`
-            of shape [1, seq_len].
-        rows: single examples, {name: int [1, L]} with L <= seq_len (padded with 0).
+        interpreter: an allocated interpreter of a model with inputs `INPUT_NAMES`
+            of shape [1, max_seq_length].
+        rows: single examples, {name: int [1, L]} with L <= max_seq_length (padded with 0).
         on_example: called after each example (a progress bar's `update`).
     """
     import numpy as np
 
-    by_name = inputs_by_name(interpreter, TOKEN_ID_INPUTS)
+    by_name = inputs_by_name(interpreter, INPUT_NAMES)
     output = interpreter.get_output_details()[0]
-    seq_len = int(by_name["input_ids"]["shape"][1])
+    max_seq_length = int(by_name["input_ids"]["shape"][1])
     out = []
     for row in rows:
         length = row["input_ids"].shape[1]
-        if length > seq_len:
-            raise ValueError(f"example of length {length} > the model's {seq_len}")
+        if length > max_seq_length:
+            raise ValueError(f"example of length {length} > the model's {max_seq_length}")
         for name, detail in by_name.items():
-            value = np.pad(np.asarray(row[name]), ((0, 0), (0, seq_len - length)))
+            value = np.pad(np.asarray(row[name]), ((0, 0), (0, max_seq_length - length)))
             interpreter.set_tensor(detail["index"], value.astype(detail["dtype"]))
         interpreter.invoke()
         out.append(read_output(interpreter, output)[0])
@@ -157,5 +158,5 @@ def run_token_ids(interpreter, rows: Iterable[dict], on_example: Callable[[], An
     return np.stack(out) if out else np.zeros((0, num_classes), np.float32)
 
 
-__all__ = ["KERNELS", "RUNTIMES", "TOKEN_ID_INPUTS", "available_runtimes", "inputs_by_name",
+__all__ = ["KERNELS", "RUNTIMES", "INPUT_NAMES", "available_runtimes", "inputs_by_name",
            "make_interpreter", "read_output", "run_token_ids"]

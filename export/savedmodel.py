@@ -30,8 +30,8 @@ from pathlib import Path
 
 import tensorflow as tf
 
+from data.features import INPUT_NAMES
 from data.tokenizer import BertTokenizer
-from models.bert import INPUT_NAMES
 
 TEXT_SIGNATURE = "serving_default"
 IDS_SIGNATURE = "token_ids"

@@ -21,6 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
+from data.features import INPUT_NAMES
+
 
 def write_split(path: Path, features: dict[str, np.ndarray], texts: list[str],
                 labels: np.ndarray) -> None:
@@ -37,7 +39,7 @@ def verify(model: Path, data: Path, out: Path, kernels: str = "default") -> dict
     split = np.load(data)
     if predictor.format == "tflite":
         probabilities = predictor.predict_ids({k: split[k] for k in
-                                               ("input_ids", "input_mask", "segment_ids")})
+                                               INPUT_NAMES})
         fed = "token_ids"
     else:
         probabilities = predictor.predict_texts(json.loads(str(split["texts"])))

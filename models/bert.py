@@ -48,8 +48,9 @@ from dataclasses import dataclass
 import tensorflow as tf
 import tf_keras as keras
 
+from data.features import INPUT_NAMES
+
 PACKAGE = "slimbert"
-INPUT_NAMES = ("input_ids", "input_mask", "segment_ids")
 POOLINGS = ("cls", "mean")
 ACTIVATIONS = ("gelu", "gelu_approximate")
 INITIALIZER_RANGE = 0.02

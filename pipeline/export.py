@@ -93,10 +93,9 @@ def run(config: PipelineConfig, inputs: dict[str, Path], out_dir: Path, work_dir
         raise ExportGateError(f"the {cfg.model} model is not blessed by evaluation "
                               f"({blessing['checks']}); lower evaluate.min_* or pass --force")
     model, meta = load_model(source_dir)
-    labels, seq_len = meta["labels"], meta["max_seq_length"]
-    info = json.loads((source_dir / "tokenizer.json").read_text())
-    tokenizer = BertTokenizer(source_dir / "vocab.txt", lower_case=info["lower_case"],
-                              max_seq_length=seq_len)
+    labels = meta["labels"]
+    tokenizer = BertTokenizer.load(source_dir)
+    seq_len = tokenizer.max_seq_length
     split = config.evaluate.split
     try:
         features, texts, y_true = split_arrays(prep_dir, split, seq_len)
@@ -110,7 +109,7 @@ def run(config: PipelineConfig, inputs: dict[str, Path], out_dir: Path, work_dir
     made: dict[str, dict[str, Any]] = {}  # target -> {path, reference probabilities, ...}
     if "savedmodel" in cfg.targets:
         version_dir = out_dir / "saved_model" / cfg.name / str(cfg.version)
-        assets = [source_dir / "vocab.txt", source_dir / "labels.txt"]
+        assets = [source_dir / name for name in ("vocab.txt", "tokenizer.json", "labels.txt")]
         log.info("savedmodel: writing %s", version_dir)
         saved = save_serving_model(model, tokenizer, labels, version_dir, assets, cfg.name,
                                    texts[:16] if cfg.warmup_requests else [])

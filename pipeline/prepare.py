@@ -19,7 +19,6 @@ models carry) and writes:
 
 from __future__ import annotations
 
-import json
 import logging
 from collections import Counter
 from pathlib import Path
@@ -117,7 +116,8 @@ def _write_split(path: Path, texts, label_ids, ids) -> None:
             writer.write(example.SerializeToString())
 
 
-def _split_stats(labels: list[str], names, lengths: np.ndarray, max_len: int, groups) -> dict:
+def _split_stats(labels: list[str], names, lengths: np.ndarray, max_seq_length: int,
+                 groups) -> dict:
     counts = Counter(labels)
     p = np.percentile(lengths, [50, 90, 95, 99])
     return {
@@ -127,8 +127,8 @@ def _split_stats(labels: list[str], names, lengths: np.ndarray, max_len: int, gr
                             for name in names},
         "tokens": {"p50": float(p[0]), "p90": float(p[1]), "p95": float(p[2]),
                    "p99": float(p[3]), "max": int(lengths.max()), "mean": float(lengths.mean())},
-        "truncated": int((lengths > max_len).sum()),
-        "truncation_rate": round(float((lengths > max_len).mean()), 6),
+        "truncated": int((lengths > max_seq_length).sum()),
+        "truncation_rate": round(float((lengths > max_seq_length).mean()), 6),
         "groups": len(set(groups) - {""}),
     }
 
@@ -144,9 +144,9 @@ def run(config: PipelineConfig, inputs: dict[str, Path], out_dir: Path,
     rows = _collect(config, source)
     names = _label_names(config, source, rows)
     label_id = {name: i for i, name in enumerate(names)}
-    max_len = config.data.max_seq_length
+    max_seq_length = config.data.max_seq_length
     tokenizer = BertTokenizer(list(spec.vocab), lower_case=spec.lower_case,
-                              max_seq_length=max_len)
+                              max_seq_length=max_seq_length)
     if tokenizer.pad_id != 0:  # batching pads with 0 and masks on ids != 0
         raise DataError(f"{spec.origin}: [PAD] must be token 0 of the vocabulary, found it at "
                         f"{tokenizer.pad_id}")
@@ -157,7 +157,7 @@ def run(config: PipelineConfig, inputs: dict[str, Path], out_dir: Path,
         texts, labels, split_groups = (list(col) for col in zip(*rows[split]))
         ids, lengths = _tokenize(tokenizer, texts)
         _write_split(out_dir / f"{split}.tfrecord", texts, [label_id[x] for x in labels], ids)
-        splits[split] = _split_stats(labels, names, lengths, max_len, split_groups)
+        splits[split] = _split_stats(labels, names, lengths, max_seq_length, split_groups)
         groups[split] = set(split_groups) - {""}
         log.info("%s: %d examples, labels %s, median %.0f tokens, %.2f%% truncated", split,
                  len(texts), splits[split]["label_counts"], splits[split]["tokens"]["p50"],
@@ -169,13 +169,7 @@ def run(config: PipelineConfig, inputs: dict[str, Path], out_dir: Path,
         log.info("groups shared between splits: %s", shared)
 
     (out_dir / "labels.txt").write_text("".join(f"{n}\n" for n in names), encoding="utf-8")
-    (out_dir / "vocab.txt").write_text("".join(f"{t}\n" for t in spec.vocab), encoding="utf-8")
-    tokenizer_info = {"lower_case": spec.lower_case, "max_seq_length": max_len,
-                      "vocab_size": tokenizer.vocab_size, "cls_id": tokenizer.cls_id,
-                      "sep_id": tokenizer.sep_id, "pad_id": tokenizer.pad_id,
-                      "unk_id": tokenizer.unk_id, "vocab_origin": spec.origin}
-    (out_dir / "tokenizer.json").write_text(json.dumps(tokenizer_info, indent=2) + "\n",
-                                            encoding="utf-8")
+    tokenizer_info = tokenizer.save(out_dir, spec.vocab, origin=spec.origin)
     return {"labels": list(names), "splits": splits, "shared_groups": shared,
             "tokenizer": tokenizer_info, "source": source.description}
 

@@ -103,12 +103,13 @@ def measure_speed(rows: list[dict[str, Any]], config: PipelineConfig, prep_dir: 
                   work_dir: Path) -> list[dict[str, Any]]:
     """Latency of every row (each distinct file once), one process per thread count."""
     from data.input import split_arrays
+    from data.tokenizer import read_tokenizer_config
     from export.latency import measure_in_fresh_process
     from export.verify import write_split
 
     cfg = config.report
-    seq_len = json.loads((prep_dir / "tokenizer.json").read_text())["max_seq_length"]
-    features, texts, labels = split_arrays(prep_dir, config.evaluate.split, seq_len)
+    max_seq_length = read_tokenizer_config(prep_dir)["max_seq_length"]
+    features, texts, labels = split_arrays(prep_dir, config.evaluate.split, max_seq_length)
     n = min(cfg.examples, len(texts))
     data = work_dir / "latency-data.npz"
     write_split(data, {k: v[:n] for k, v in features.items()}, texts[:n], labels[:n])
@@ -191,7 +192,7 @@ def markdown(report: dict[str, Any]) -> str:
            f"{report['settings']['latency_runs']} calls after "
            f"{report['settings']['warmup']} warm-up calls, cycling through "
            f"{report['settings']['examples']} test examples; token-id models get them "
-           f"padded to {report['split']['seq_len']} tokens, the SavedModel and the text "
+           f"padded to {report['split']['max_seq_length']} tokens, the SavedModel and the text "
            "model get the raw text (tokenization included). Each thread count runs in its "
            f"own process. b{batch} ex/s: examples per second at batch {batch} on all "
            "cores (\"1 at a time\": the model runs batch 1 only, so the batch is "
@@ -285,12 +286,13 @@ def run(config: PipelineConfig, inputs: dict[str, Path], out_dir: Path,
         work_dir: Path) -> dict[str, Any]:
     import tensorflow as tf
 
+    from data.tokenizer import read_tokenizer_config
     from pipeline.artifacts import machine_info
 
     rows = collect_models(inputs)
     work_dir.mkdir(parents=True, exist_ok=True)
     measurements = measure_speed(rows, config, inputs["prepare"], work_dir)
-    tokenizer = json.loads((inputs["prepare"] / "tokenizer.json").read_text())
+    tokenizer = read_tokenizer_config(inputs["prepare"])
     examples = _manifest(inputs["evaluate"])["metrics"]["examples"]
     report = {
         "run_dir": str(inputs["export"].parent),
@@ -298,7 +300,7 @@ def run(config: PipelineConfig, inputs: dict[str, Path], out_dir: Path,
         "machine": {**machine_info(), "python": platform.python_version(),
                     "tensorflow": tf.__version__},
         "split": {"name": config.evaluate.split, "examples": examples,
-                  "seq_len": tokenizer["max_seq_length"]},
+                  "max_seq_length": tokenizer["max_seq_length"]},
         "settings": {k: getattr(config.report, k) for k in
                      ("latency_runs", "warmup", "threads", "throughput_batch",
                       "throughput_runs", "examples")},

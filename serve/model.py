@@ -23,8 +23,10 @@ from typing import Any
 
 import numpy as np
 
-from core.errors import SlimbertError
-from export.predictor import INPUT_NAMES, Predictor
+from core.errors import ArtifactError, SlimbertError
+from data.features import INPUT_NAMES
+from data.tokenizer import read_tokenizer_config
+from export.predictor import Predictor
 from export.targets import EXPORT_TARGETS
 
 TEXT_SIGNATURE = "serving_default"  # as in export.savedmodel (which needs TensorFlow)
@@ -44,7 +46,8 @@ class ExportTarget:
         target: `savedmodel` or a TFLite target (`cpu`, `gpu`, ..., `text`).
         path: the SavedModel version folder or the .tflite file.
         passed: whether it passed the export gate.
-        max_seq_length: the tokenizer's sequence length (`data.max_seq_length`).
+        max_seq_length: the tokenizer's sequence length (from its `tokenizer.json`).
+        vocab_size: number of WordPiece ids (valid `input_ids` are below it).
     """
 
     name: str
@@ -53,6 +56,7 @@ class ExportTarget:
     path: Path
     passed: bool
     max_seq_length: int
+    vocab_size: int
 
 
 def _read_json(path: Path, what: str) -> dict[str, Any]:
@@ -97,9 +101,15 @@ def open_target(export_dir: Path, target: str, force: bool = False) -> ExportTar
     if not path.is_relative_to(export_dir.resolve()) or not path.exists():
         raise SlimbertError(f"{export_dir}: the {target!r} export {result['path']!r} is "
                             "missing; rerun `slimbert export`")
+    tokenizer_dir = path / "assets" if path.is_dir() else path.parent
+    try:
+        tokenizer = read_tokenizer_config(tokenizer_dir)
+    except ArtifactError as err:
+        raise SlimbertError(f"{err}; rerun `slimbert export`") from None
     return ExportTarget(name=config["export"]["name"], version=int(config["export"]["version"]),
                         target=target, path=path, passed=bool(result["passed"]),
-                        max_seq_length=int(config["data"]["max_seq_length"]))
+                        max_seq_length=int(tokenizer["max_seq_length"]),
+                        vocab_size=int(tokenizer["vocab_size"]))
 
 
 def _tensor(dtype: str, *dims: int) -> dict[str, Any]:
@@ -127,9 +137,7 @@ class ServedModel:
         self.labels = predictor.labels
         self.signatures = (TEXT_SIGNATURE,) if predictor.format == "tflite-text" \
             else (TEXT_SIGNATURE, IDS_SIGNATURE)
-        vocab = (target.path / "assets" if target.path.is_dir() else target.path.parent) \
-            / "vocab.txt"
-        self.vocab_size = len(vocab.read_text(encoding="utf-8").splitlines())
+        self.vocab_size = target.vocab_size
 
     @classmethod
     def load(cls, export_dir: Path, target: str, force: bool = False,

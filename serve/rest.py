@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from export.predictor import INPUT_NAMES
+from data.features import INPUT_NAMES
 from serve.model import TEXT_SIGNATURE, TokenIds
 
 PREDICT_KEYS = ("signature_name", "instances", "inputs")

@@ -35,10 +35,7 @@ def keras_probabilities(run_dir, texts):
     from data.tokenizer import BertTokenizer
 
     model, meta = load_model(run_dir / "finetune")
-    info = json.loads((run_dir / "finetune" / "tokenizer.json").read_text())
-    tokenizer = BertTokenizer(run_dir / "finetune" / "vocab.txt",
-                              lower_case=info["lower_case"],
-                              max_seq_length=meta["max_seq_length"])
+    tokenizer = BertTokenizer.load(run_dir / "finetune")
     return tf.nn.softmax(model(tokenizer(tf.constant(texts)))).numpy()
 
 

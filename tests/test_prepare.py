@@ -11,7 +11,7 @@ import pytest
 import tensorflow as tf
 
 from data.input import batch_examples, read_split
-from data.tokenizer import BertTokenizer, load_vocab
+from data.tokenizer import BertTokenizer
 from pipeline.cli import main
 
 from .conftest import REPO
@@ -65,15 +65,13 @@ def test_tiny_prepare_writes_a_complete_artifact(tiny_run):
 
 def test_cached_ids_equal_the_serving_tokenizer(tiny_run):
     out = tiny_run / "prepare"
-    info = json.loads((out / "tokenizer.json").read_text())
-    tokenizer = BertTokenizer(load_vocab(out / "vocab.txt"), lower_case=info["lower_case"],
-                              max_seq_length=info["max_seq_length"])
+    tokenizer = BertTokenizer.load(out)
     examples = list(read_split(out, "test").as_numpy_iterator())
     texts = [e["text"] for e in examples]
     served = tokenizer(tf.constant(texts))["input_ids"].numpy()
     for example, row in zip(examples, served):
         n = len(example["input_ids"])
-        assert n <= info["max_seq_length"]
+        assert n <= tokenizer.max_seq_length
         np.testing.assert_array_equal(row[:n], example["input_ids"])
         assert (row[n:] == 0).all()
     stats = manifest(tiny_run)["metrics"]["splits"]["test"]

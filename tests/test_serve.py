@@ -19,7 +19,8 @@ import httpx
 import numpy as np
 import pytest
 
-from export.predictor import INPUT_NAMES, Predictor
+from data.features import INPUT_NAMES
+from export.predictor import Predictor
 from serve.batcher import Batcher, ShuttingDown
 from serve.testing import ServerError, ServerProcess, free_port
 
@@ -76,10 +77,7 @@ def token_ids(export_dir: Path, texts: list[str]) -> list[dict[str, list[int]]]:
 
     from data.tokenizer import BertTokenizer
 
-    folder = export_dir / "tflite"
-    info = json.loads((folder / "tokenizer.json").read_text())
-    tokenizer = BertTokenizer(folder / "vocab.txt", lower_case=info["lower_case"],
-                              max_seq_length=info["max_seq_length"])
+    tokenizer = BertTokenizer.load(export_dir / "tflite")
     features = {k: v.numpy() for k, v in tokenizer(tf.constant(texts)).items()}
     lengths = features["input_mask"].sum(-1)
     return [{name: features[name][i, :n].tolist() for name in INPUT_NAMES}
@@ -208,9 +206,10 @@ def test_classify(client, savedmodel):
 def test_long_text_is_truncated_not_refused(client, savedmodel, export_dir):
     """A text far past the sequence length is cut by the tokenizer, as in training: it
     predicts like any other text of more than max_seq_length tokens with the same start."""
-    seq_len = json.loads((export_dir / "tflite" / "tokenizer.json").read_text())[
-        "max_seq_length"]
-    long, longer = "wonderful " * (seq_len + 5), "wonderful " * 5000
+    from data.tokenizer import read_tokenizer_config
+
+    max_seq_length = read_tokenizer_config(export_dir / "tflite")["max_seq_length"]
+    long, longer = "wonderful " * (max_seq_length + 5), "wonderful " * 5000
     response = client.post(PREDICT, json={"instances": [long, longer]})
     assert response.status_code == 200, response.text
     got = probabilities(response.json()["predictions"])

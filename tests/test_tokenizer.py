@@ -14,7 +14,8 @@ import pytest
 import tensorflow as tf
 import tensorflow_text as tf_text
 
-from data.tokenizer import BertTokenizer, load_vocab
+from core.errors import ArtifactError
+from data.tokenizer import BertTokenizer, load_vocab, read_tokenizer_config
 
 CLS, SEP, PAD = 101, 102, 0  # ids in the all-MiniLM-L6-v2 (bert-base-uncased) vocabulary
 LENGTHS = (16, 128)
@@ -73,10 +74,11 @@ HUGGING_FACE_DIFFERS = [
 ]
 
 
-def pack(ids: list[int], max_len: int, cls: int = CLS, sep: int = SEP, pad: int = PAD) -> list[int]:
-    """[CLS] ids [SEP] [PAD]..., content truncated to max_len - 2."""
-    row = [cls] + list(ids)[: max_len - 2] + [sep]
-    return row + [pad] * (max_len - len(row))
+def pack(ids: list[int], max_seq_length: int, cls: int = CLS, sep: int = SEP,
+         pad: int = PAD) -> list[int]:
+    """[CLS] ids [SEP] [PAD]..., content truncated to max_seq_length - 2."""
+    row = [cls] + list(ids)[: max_seq_length - 2] + [sep]
+    return row + [pad] * (max_seq_length - len(row))
 
 
 def as_lists(ids) -> list[list[int]]:
@@ -128,10 +130,10 @@ def our_tokens(tokenizer: BertTokenizer, vocab: list[str], text: str) -> list[st
 # === Parity ===
 
 
-@pytest.mark.parametrize("max_len", LENGTHS)
-def test_matches_keras_hub(tokenizers_by_length, keras_hub_ids, max_len):
-    expected = [pack(row, max_len) for row in keras_hub_ids(TEXTS)]
-    got = our_ids(tokenizers_by_length[max_len], TEXTS)
+@pytest.mark.parametrize("max_seq_length", LENGTHS)
+def test_matches_keras_hub(tokenizers_by_length, keras_hub_ids, max_seq_length):
+    expected = [pack(row, max_seq_length) for row in keras_hub_ids(TEXTS)]
+    got = our_ids(tokenizers_by_length[max_seq_length], TEXTS)
     for text, want, have in zip(TEXTS, expected, got):
         assert have == want, f"{text[:40]!r}"
     # The list really exercises truncation at both lengths and [UNK].
@@ -139,12 +141,12 @@ def test_matches_keras_hub(tokenizers_by_length, keras_hub_ids, max_len):
     assert any(100 in row for row in got)
 
 
-@pytest.mark.parametrize("max_len", LENGTHS)
-def test_matches_hugging_face(tokenizers_by_length, hugging_face, max_len):
+@pytest.mark.parametrize("max_seq_length", LENGTHS)
+def test_matches_hugging_face(tokenizers_by_length, hugging_face, max_seq_length):
     texts = TEXTS + KERAS_HUB_DIFFERS
-    got = our_ids(tokenizers_by_length[max_len], texts)
+    got = our_ids(tokenizers_by_length[max_seq_length], texts)
     for text, have in zip(texts, got):
-        want = pack(hugging_face.encode(text, add_special_tokens=False).ids, max_len)
+        want = pack(hugging_face.encode(text, add_special_tokens=False).ids, max_seq_length)
         assert have == want, f"{text[:40]!r}"
 
 
@@ -172,13 +174,13 @@ def test_known_hugging_face_differences(tokenizers_by_length, vocab, hugging_fac
 # === Packing ===
 
 
-@pytest.mark.parametrize("max_len", LENGTHS)
-def test_mask_and_segment_ids(tokenizers_by_length, max_len):
-    out = tokenizers_by_length[max_len](tf.constant(TEXTS))
+@pytest.mark.parametrize("max_seq_length", LENGTHS)
+def test_mask_and_segment_ids(tokenizers_by_length, max_seq_length):
+    out = tokenizers_by_length[max_seq_length](tf.constant(TEXTS))
     assert set(out) == {"input_ids", "input_mask", "segment_ids"}
     for value in out.values():
         assert value.dtype == tf.int32
-        assert value.shape == (len(TEXTS), max_len)
+        assert value.shape == (len(TEXTS), max_seq_length)
     ids = out["input_ids"].numpy()
     np.testing.assert_array_equal(out["input_mask"].numpy(), (ids != PAD).astype(np.int32))
     np.testing.assert_array_equal(out["segment_ids"].numpy(), 0)
@@ -363,3 +365,27 @@ def test_constructor_errors():
     for bad in (1, 0, 8.0, True):
         with pytest.raises(ValueError, match="max_seq_length must be an int >= 2"):
             BertTokenizer(CASED_VOCAB, lower_case=True, max_seq_length=bad)
+
+
+def test_artifact_round_trip(vocab, tmp_path):
+    """save() writes vocab.txt and tokenizer.json; load() rebuilds a tokenizer giving the
+    same ids, with the saved length unless a length is given."""
+    tok = BertTokenizer(vocab, lower_case=True, max_seq_length=16)
+    info = tok.save(tmp_path, vocab, origin="minilm")
+    assert read_tokenizer_config(tmp_path) == info
+    assert info["max_seq_length"] == 16 and info["vocab_size"] == len(vocab)
+    loaded = BertTokenizer.load(tmp_path)
+    texts = ["A surprisingly good film.", "Not my cup of tea at all, sadly"]
+    assert our_ids(loaded, texts) == our_ids(tok, texts)
+    assert BertTokenizer.load(tmp_path, max_seq_length=8).max_seq_length == 8
+
+
+@pytest.mark.parametrize("content, message", [
+    (None, "is missing"), ("{not json", "cannot be read"),
+    ('{"lower_case": true}', "lacks max_seq_length, vocab_size")])
+def test_tokenizer_config_errors_name_the_file(tmp_path, content, message):
+    if content is not None:
+        (tmp_path / "tokenizer.json").write_text(content)
+    with pytest.raises(ArtifactError, match=message) as err:
+        read_tokenizer_config(tmp_path)
+    assert str(tmp_path / "tokenizer.json") in str(err.value)
