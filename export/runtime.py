@@ -14,6 +14,9 @@ A model with tensorflow_text custom ops (the raw-string `text` variant) needs TF
 op registerers, passed as `custom_op_registerers`; only ai-edge-litert and tf.lite
 accept them by name here.
 
+`run_tflite` runs a token-id classifier (from `export.tflite.to_tflite`) on batches of
+features, one example at a time: the quantize stage's and the tests' TFLite evaluation.
+
 Example:
     >>> interpreter, runtime = make_interpreter(model_path="cpu.tflite")
     >>> runtime
@@ -158,5 +161,36 @@ def run_token_ids(interpreter, rows: Iterable[dict], on_example: Callable[[], An
     return np.stack(out) if out else np.zeros((0, num_classes), np.float32)
 
 
+def _rows(batches) -> Iterable[dict]:
+    """Single examples ({name: int32 [1, L]}) from batches of features or (features,
+    labels) pairs."""
+    import numpy as np
+
+    for batch in batches:
+        features = batch[0] if isinstance(batch, (tuple, list)) else batch
+        arrays = {name: np.asarray(features[name]) for name in INPUT_NAMES}
+        for i in range(arrays["input_ids"].shape[0]):
+            yield {name: value[i:i + 1].astype(np.int32) for name, value in arrays.items()}
+
+
+def run_tflite(tflite: bytes, batches, *, num_threads: int | None = None,
+               on_example: Callable[[], Any] | None = None):
+    """Logits of a TFLite classifier, one example at a time, with the runtime adapter
+    (ai-edge-litert first).
+
+    Args:
+        tflite: bytes. A flatbuffer from `export.tflite.to_tflite`.
+        batches: iterable of feature dicts or (features, labels) pairs, features int32
+            [B, L] with L <= the model's max_seq_length (shorter rows are padded).
+        num_threads: int | None. Interpreter threads (None: the runtime's default).
+        on_example: called after each example (a progress bar's `update`).
+
+    Returns:
+        float32 [N, num_classes] (int8 logits are dequantized).
+    """
+    interpreter, _ = make_interpreter(model_content=tflite, num_threads=num_threads)
+    return run_token_ids(interpreter, _rows(batches), on_example)
+
+
 __all__ = ["KERNELS", "RUNTIMES", "INPUT_NAMES", "available_runtimes", "inputs_by_name",
-           "make_interpreter", "read_output", "run_token_ids"]
+           "make_interpreter", "read_output", "run_tflite", "run_token_ids"]

@@ -1,20 +1,144 @@
-"""The raw-string TFLite model: tokenizer and classifier in one flatbuffer.
+"""TFLite conversion: the token-id classifier in each of `KINDS`, and the raw-string model.
 
+`to_tflite` converts a float classifier (or, for `qat_int8`, a QAT model from
+`models.quantization`) to a flatbuffer with builtin ops only, never Flex. The
+`qat_int8` conversion mirrors how QAT quantized the model: every matmul (projections,
+FFN, the two attention batch matmuls) runs in int8, and the residual adds, LayerNorm's
+arithmetic and the pooling's sum and division (`QAT_FLOAT_OPS`) stay float; tensors
+QAT does not range take theirs from the representative data. The fake-quant ops carry
+the QAT ranges, so the QAT model converts directly. Per-channel FFN kernels enter the
+conversion as constants already on their grid
+(`models.quantization.frozen_per_axis_kernels`), which the converter re-quantizes per
+channel exactly.
+
+`text_tflite` is the raw-string model: tokenizer and classifier in one flatbuffer.
 Input `text` (string [B]); output `probabilities` (float32 [B, C]). The tokenizer is the
 data stage's `BertTokenizer` (tensorflow_text's FastBertTokenizer, converted as TF Text
 custom ops: `FastBertNormalize`, `FastWordpieceTokenizeWithOffsets`); everything else is
 builtin ops. No Flex ops: run it with ai-edge-litert's `InterpreterWithCustomOps` and
 `tensorflow_text.tflite_registrar.SELECT_TFTEXT_OPS` (see `export.runtime`). The
 classifier's weights are dynamic-range int8, as in the `cpu` variant.
+
+Example:
+    >>> flat = to_tflite(qat, "qat_int8", max_seq_length=128, representative=examples)
+    >>> export.inspect.op_census(flat)["float_matmuls"]
+    0
 """
 
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable, Iterable
 
+import numpy as np
 import tensorflow as tf
+import tf_keras as keras
 
+from data.features import INPUT_NAMES
 from data.tokenizer import BertTokenizer
+from export.inspect import op_census
+from models.quantization.calibration import frozen_per_axis_kernels
+
+KINDS = ("float32", "dynamic_int8", "float16", "full_int8", "qat_int8")
+# Kinds with int8 activations. They are converted with a fixed batch of 1: only with
+# static shapes does the converter fuse each bias into its FULLY_CONNECTED; with a
+# dynamic batch every Dense/EinsumDense bias is a separate ADD after an int8 matmul
+# output, which rounds every projection twice (and makes the QAT model's TFLite twin
+# disagree with it more often).
+INT8_KINDS = ("full_int8", "qat_int8")
+# Ops the qat_int8 conversion leaves in float: the residual adds, LayerNorm's
+# arithmetic (mean, variance, rsqrt, scale) and the mean pooling's sum and division
+# (QAT rounds only their result, see `models.quantization.qat`); every matmul stays int8.
+QAT_FLOAT_OPS = ("ADD", "SUB", "MUL", "MEAN", "SQUARED_DIFFERENCE", "RSQRT", "SUM", "DIV")
+
+
+def _concrete_function(model: keras.Model, max_seq_length: int,
+                       batch_size: int | None = None):
+    specs = [tf.TensorSpec([batch_size, max_seq_length], tf.int32, name=name)
+             for name in INPUT_NAMES]
+
+    @tf.function(input_signature=specs)
+    def serve(input_ids, input_mask, segment_ids):
+        logits = model({"input_ids": input_ids, "input_mask": input_mask,
+                        "segment_ids": segment_ids}, training=False)
+        return {"logits": logits}
+
+    return serve.get_concrete_function()
+
+
+def to_tflite(model: keras.Model, kind: str, *, max_seq_length: int,
+              representative: Callable[[], Iterable[dict]] | None = None,
+              float_ops: Iterable[str] = QAT_FLOAT_OPS,
+              batch_size: int | None = None) -> bytes:
+    """Convert a classifier to a TFLite flatbuffer (builtin ops only, never Flex).
+
+    Args:
+        model: keras.Model. Float classifier, or a QAT model for `qat_int8`.
+        kind: str. One of `KINDS`:
+            `float32`; `dynamic_int8` (int8 weights, float activations); `float16`
+            (float16 weights); `full_int8` (int8 weights and activations from a
+            representative dataset, int8 logits; token ids stay int32); `qat_int8`
+            (a QAT model, with a representative dataset for the ranges QAT did not
+            learn, so that every matmul runs in int8).
+        max_seq_length: int. Fixed sequence length of the inputs.
+        batch_size: int | None. Fixed batch size; None: 1 for `INT8_KINDS`, else
+            dynamic (resizable).
+        representative: callable returning an iterable of feature dicts
+            ({"input_ids", "input_mask", "segment_ids"}: int32 [1, max_seq_length]);
+            needed by `full_int8` and `qat_int8`.
+        float_ops: TFLite op names `qat_int8` leaves in float (default `QAT_FLOAT_OPS`:
+            the residual stream and LayerNorm arithmetic, as QAT trained them); () for
+            every op in int8.
+
+    Returns:
+        The flatbuffer: inputs input_ids/input_mask/segment_ids int32 [1,
+        max_seq_length] (batch resizable unless fixed), output logits [1, num_classes].
+    """
+    if kind not in KINDS:
+        raise ValueError(f"kind must be one of {KINDS}, found {kind!r}")
+    if kind in ("full_int8", "qat_int8") and representative is None:
+        raise ValueError(f"to_tflite kind {kind!r} needs representative data")
+    if batch_size is None and kind in INT8_KINDS:
+        batch_size = 1
+    with frozen_per_axis_kernels(model):
+        function = _concrete_function(model, max_seq_length, batch_size)
+    converter = tf.lite.TFLiteConverter.from_concrete_functions([function], model)
+    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
+    if kind != "float32":
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    if kind == "float16":
+        converter.target_spec.supported_types = [tf.float16]
+    if kind in ("full_int8", "qat_int8"):
+        def dataset():
+            for features in representative():
+                # A dict, matched by signature input name: the flatbuffer's input
+                # order is not the function's argument order.
+                yield {name: np.asarray(features[name], dtype=np.int32).reshape(
+                    1, max_seq_length) for name in INPUT_NAMES}
+
+        converter.representative_dataset = dataset
+    if kind == "full_int8":
+        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+        converter.inference_input_type = tf.int8
+        converter.inference_output_type = tf.int8
+    with warnings.catch_warnings():  # the converter's calibrator uses tf.lite.Interpreter
+        warnings.filterwarnings("ignore", message=".*tf.lite.Interpreter is deprecated")
+        if kind == "qat_int8" and float_ops:
+            # Calibrate, then quantize with the given ops left in float (the path of
+            # tf.lite.experimental.QuantizationDebugger's selective quantization).
+            from tensorflow.lite.python import convert
+
+            converter.experimental_new_quantizer = True
+            converter._experimental_calibrate_only = True  # noqa: SLF001
+            flatbuffer = convert.mlir_quantize(converter.convert(),
+                                               denylisted_ops=list(float_ops))
+        else:
+            flatbuffer = converter.convert()
+    census = op_census(flatbuffer)
+    if census["flex_ops"] or census["custom_ops"]:
+        raise RuntimeError(f"{kind} TFLite model needs ops no runtime here has: "
+                           f"flex {census['flex_ops']}, custom {census['custom_ops']}")
+    return flatbuffer
 
 
 class _TextClassifier(tf.Module):
@@ -31,8 +155,6 @@ class _TextClassifier(tf.Module):
 
 def text_tflite(model, tokenizer: BertTokenizer, *, dynamic_int8: bool = True) -> bytes:
     """Convert tokenizer + classifier into a raw-string TFLite model (see module doc)."""
-    from models.quantization import op_census
-
     module = _TextClassifier(model, tokenizer)
     converter = tf.lite.TFLiteConverter.from_concrete_functions(
         [module.serve.get_concrete_function()], module)
@@ -49,4 +171,4 @@ def text_tflite(model, tokenizer: BertTokenizer, *, dynamic_int8: bool = True) -
     return flatbuffer
 
 
-__all__ = ["text_tflite"]
+__all__ = ["INT8_KINDS", "KINDS", "QAT_FLOAT_OPS", "text_tflite", "to_tflite"]
