@@ -27,8 +27,8 @@ import pipeline  # noqa: F401  (Keras 2 for tf.keras; keras-hub uses Keras 3)
 from models.bert import build_classifier
 from models.checkpoints import architecture
 from models.optimization import make_optimizer
+from models.training import make_train_step
 from pipeline.config import ModelConfig
-from pipeline.finetune import make_train_step
 
 
 def random_batch(batch: int, seq_len: int, vocab: int, seed: int = 0):

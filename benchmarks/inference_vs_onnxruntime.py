@@ -37,7 +37,7 @@ system temp dir, never in the repository):
   TFLite `cpu` model (weights per tensor, quantize_dynamic's default; `--ort-per-channel`
   for per channel). The fp32 variant is tf2onnx's graph unchanged.
 - If the run's TFLite files have another sequence length than asked for, the three TFLite
-  variants are converted again from the Keras model (`models.quantization.to_tflite`, the
+  variants are converted again from the Keras model (`export.tflite.to_tflite`, the
   full-integer one calibrated as the quantize stage does).
 
     python benchmarks/inference_vs_onnxruntime.py [--run-dir runs/default]
@@ -356,7 +356,7 @@ def reconvert_tflite(model, config, prep_dir: Path, seq_len: int, cache: Path
                      ) -> dict[str, tuple[Path, str]]:
     """The three TFLite variants at `seq_len`, converted like the quantize stage does."""
     from data.input import read_split
-    from models.quantization import to_tflite
+    from export.tflite import to_tflite
 
     # The quantize stage's calibration examples (its `_representative`), truncated to
     # seq_len if need be.
@@ -370,7 +370,8 @@ def reconvert_tflite(model, config, prep_dir: Path, seq_len: int, cache: Path
         path = cache / f"{kind}-{seq_len}.tflite"
         if not path.is_file():
             print(f"converting {name} at sequence length {seq_len} ...", flush=True)
-            flat = to_tflite(model, kind, seq_len=seq_len, representative=lambda: iter(rows))
+            flat = to_tflite(model, kind, max_seq_length=seq_len,
+                             representative=lambda: iter(rows))
             path.write_bytes(flat)
         out[name] = (path, f"`{kind}` reconverted at sequence length {seq_len}")
     return out

@@ -4,7 +4,7 @@ Four training steps on the identical architecture (the default checkpoint's shap
 weights: speed does not depend on them), the same fixed-length random batch, AdamW
 (warmup-decay schedule, weight decay, global norm clipping) and float32:
 
-- (a) finetune: our step (`pipeline.finetune.make_train_step`) on `models.bert.build_classifier`;
+- (a) finetune: our step (`models.training.make_train_step`) on `models.bert.build_classifier`;
 - (b) prune: the same model wrapped by `models.pruning.wrap_for_pruning` with the
   `--config` file's prune schedule (PolynomialDecay or ConstantSparsity, mask updates every
   `prune.frequency` steps), tfmot's `UpdatePruningStep` stepped before every step through
@@ -52,9 +52,9 @@ from models.bert import build_classifier
 from models.checkpoints import architecture
 from models.optimization import make_optimizer
 from models.quantization import quantize_for_training
+from models.training import make_train_step
 from pipeline.artifacts import library_versions, machine_info
 from pipeline.config import ModelConfig, load_config
-from pipeline.finetune import make_train_step
 
 EMBEDDINGS = ("embeddings_word", "embeddings_position", "embeddings_type")
 

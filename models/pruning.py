@@ -152,7 +152,8 @@ def wrap_for_pruning(model: keras.Model,
 
 
 class PruningStepHook:
-    """Trainer hook driving tfmot's `UpdatePruningStep` from a custom training loop."""
+    """Drives tfmot's `UpdatePruningStep` from our custom training loop: pass it in
+    `models.training.Trainer(hooks=[...])`."""
 
     def on_train_begin(self, trainer) -> None:
         self.callback = sparsity.UpdatePruningStep()

@@ -78,13 +78,13 @@ def run(config: PipelineConfig, inputs: dict[str, Path], out_dir: Path, work_dir
     from core.progress import progress
     from data.input import split_arrays
     from data.tokenizer import BertTokenizer
+    from export.inspect import census_summary, op_census
     from export.savedmodel import save_serving_model
-    from export.tflite import text_tflite
+    from export.tflite import text_tflite, to_tflite
     from export.verify import verify_in_fresh_process, write_split
-    from models import quantization as quant
     from models.artifact import TOKENIZER_FILES, load_model
+    from models.evaluation import classification_metrics, predict_keras
     from pipeline.artifacts import gzip_size
-    from pipeline.evaluate import classification_metrics, predict_keras
 
     cfg = config.export
     prep_dir, source_dir = inputs["prepare"], inputs[cfg.model]
@@ -140,8 +140,8 @@ def run(config: PipelineConfig, inputs: dict[str, Path], out_dir: Path, work_dir
                         config.seed)
                     representative = rows.__iter__
                 log.info("%s: converting %s", target, kind)
-                path.write_bytes(quant.to_tflite(
-                    model, kind, seq_len=seq_len,
+                path.write_bytes(to_tflite(
+                    model, kind, max_seq_length=seq_len,
                     representative=representative if kind == "full_int8" else None))
         elif target in QAT:
             source = QAT[target]
@@ -152,8 +152,8 @@ def run(config: PipelineConfig, inputs: dict[str, Path], out_dir: Path, work_dir
             log.info("text: converting tokenizer + %s model (dynamic-range int8)", cfg.model)
             path.write_bytes(text_tflite(model, tokenizer))
         made[target] = {"path": path, "source": source, "reference": reference}
-        census = quant.op_census(path.read_bytes())
-        made[target]["census"] = quant.census_summary(census)
+        census = op_census(path.read_bytes())
+        made[target]["census"] = census_summary(census)
         # Ops touching a float tensor: what keeps a model from running all-integer.
         made[target]["float_ops"] = sorted({key.split(" ")[0] for key in census["ops"]
                                             if "float32" in key})

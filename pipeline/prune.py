@@ -47,8 +47,8 @@ def run(config: PipelineConfig, inputs: dict[str, Path], out_dir: Path,
     from models import pruning
     from models.artifact import load_model, read_meta, save_model
     from models.bert import BertArchitecture
-    from pipeline.evaluate import evaluate_model
-    from pipeline.finetune import Trainer
+    from models.evaluation import evaluate_model
+    from models.training import Trainer
 
     cfg = config.prune
     source = inputs["finetune"]
@@ -56,12 +56,9 @@ def run(config: PipelineConfig, inputs: dict[str, Path], out_dir: Path,
     selected: list[str] = []
     schedule_info: dict[str, Any] = {}
 
-    def build_model(trainer: Trainer):
+    def build_model(total_steps: int):
         model, _ = load_model(source)
-        if cfg.train.distills:
-            trainer.teacher = load_model(source)[0]
-        schedule = pruning.make_schedule(cfg, trainer.total_steps)
-        trainer.best_from_step = pruning.schedule_end_step(schedule)
+        schedule = pruning.make_schedule(cfg, total_steps)
         selected.extend(pruning.select_layers(model, cfg.include, cfg.exclude))
         schedule_info.update(schedule.get_config())
         if cfg.allocation == "global":
@@ -70,7 +67,7 @@ def run(config: PipelineConfig, inputs: dict[str, Path], out_dir: Path,
             schedule_info["layer_targets"] = targets
             log.info("global allocation: layer sparsity %.4f..%.4f",
                      min(targets.values()), max(targets.values()))
-            schedule = {name: pruning.make_schedule(cfg, trainer.total_steps, target)
+            schedule = {name: pruning.make_schedule(cfg, total_steps, target)
                         for name, target in targets.items()}
         wrapped = pruning.wrap_for_pruning(model, schedule, cfg.include, cfg.exclude,
                                            tuple(cfg.m_by_n) or None)
@@ -81,9 +78,14 @@ def run(config: PipelineConfig, inputs: dict[str, Path], out_dir: Path,
     del float_model
 
     arch = BertArchitecture(**meta["architecture"])
-    trainer = Trainer(config, cfg.train, inputs["prepare"], work_dir, arch, build_model,
+    trainer = Trainer(cfg.train, seed=config.seed, prep_dir=inputs["prepare"],
+                      work_dir=work_dir, arch=arch, build_model=build_model,
+                      build_teacher=(lambda: load_model(source)[0])
+                      if cfg.train.distills else None,
                       hooks=[pruning.PruningStepHook()], name="prune")
-    training = trainer.fit()
+    # Only epochs at the full target sparsity may be kept as best.
+    training = trainer.fit(best_from_step=pruning.schedule_end_step(
+        pruning.make_schedule(cfg, trainer.total_steps)))
     stripped = pruning.strip(trainer.model)
 
     kernels = pruning.kernel_sparsity(stripped, selected)
@@ -102,8 +104,11 @@ def run(config: PipelineConfig, inputs: dict[str, Path], out_dir: Path,
     (out_dir / "history.json").write_text(json.dumps(training["history"], indent=2) + "\n")
     if trainer.log_dir.is_dir():
         shutil.copytree(trainer.log_dir, out_dir / "logs")
-    evaluation = evaluate_model(stripped, read_meta(out_dir), inputs["prepare"], config,
-                                out_dir)
+    evaluation = evaluate_model(stripped, read_meta(out_dir)["labels"], inputs["prepare"],
+                                split=config.evaluate.split,
+                                batch_size=config.finetune.eval_batch_size,
+                                min_accuracy=config.evaluate.min_accuracy,
+                                min_macro_f1=config.evaluate.min_macro_f1, out_dir=out_dir)
     return {"evaluation": evaluation, "sparsity": summary,
             "parameters": pruning.parameter_counts(stripped, selected),
             "size": {"before": size_before, "after": size_after,

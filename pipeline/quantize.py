@@ -68,8 +68,8 @@ def _evaluate_tflite(flat: bytes, batches: list, y_true: np.ndarray, labels: lis
     `y_true`), and its agreement with the Keras model it came from (`reference`: that
     model's predicted classes)."""
     from core.progress import progress
-    from models.quantization import run_tflite
-    from pipeline.evaluate import classification_metrics
+    from export.runtime import run_tflite
+    from models.evaluation import classification_metrics
 
     bar = progress(total=len(y_true), desc=desc, unit="ex")
     try:
@@ -91,16 +91,14 @@ def _qat(config: PipelineConfig, source: str, source_dir: Path, prep_dir: Path,
     from models.artifact import load_model, read_meta
     from models.bert import BertArchitecture
     from models.pruning import sparsity_summary
-    from pipeline.finetune import Trainer
+    from models.training import Trainer
 
     cfg = config.quantize
     meta = read_meta(source_dir)
     report: dict[str, Any] = {}
 
-    def build_model(trainer: Trainer):
+    def build_model(total_steps: int):
         model, _ = load_model(source_dir)
-        if cfg.train.distills:
-            trainer.teacher = load_model(teacher_dir)[0]
         calibration = training_sample(prep_dir, cfg.calibration_batches,
                                       cfg.train.batch_size, config.seed + 1) \
             if cfg.calibration_batches else None
@@ -114,8 +112,10 @@ def _qat(config: PipelineConfig, source: str, source_dir: Path, prep_dir: Path,
                 quant.effective_kernels(qat_model), pruned))
         return qat_model, {"source": str(source_dir), "preserve_sparsity": preserve_sparsity}
 
-    trainer = Trainer(config, cfg.train, prep_dir, work_dir,
-                      BertArchitecture(**meta["architecture"]), build_model,
+    trainer = Trainer(cfg.train, seed=config.seed, prep_dir=prep_dir, work_dir=work_dir,
+                      arch=BertArchitecture(**meta["architecture"]), build_model=build_model,
+                      build_teacher=(lambda: load_model(teacher_dir)[0])
+                      if cfg.train.distills else None,
                       name=f"qat {source}")
     training = trainer.fit()
     quant.refresh_weight_ranges(trainer.model)
@@ -128,10 +128,11 @@ def _qat(config: PipelineConfig, source: str, source_dir: Path, prep_dir: Path,
 def run(config: PipelineConfig, inputs: dict[str, Path], out_dir: Path,
         work_dir: Path) -> dict[str, Any]:
     from data.input import batch_examples, read_split, representative_examples
-    from models import quantization as quant
+    from export.inspect import census_summary, matmul_weight_sparsity, op_census
+    from export.tflite import to_tflite
     from models.artifact import TOKENIZER_FILES, load_model, read_meta
+    from models.evaluation import predict_keras
     from models.pruning import sparsity_summary
-    from pipeline.evaluate import predict_keras
 
     cfg = config.quantize
     prep_dir = inputs["prepare"]
@@ -179,15 +180,15 @@ def run(config: PipelineConfig, inputs: dict[str, Path], out_dir: Path,
         for kind, keras_model in jobs:
             name = f"{source}/{kind}"
             log.info("%s: converting", name)
-            flat = quant.to_tflite(keras_model, kind, seq_len=seq_len,
-                                   representative=representative
-                                   if kind in ("full_int8", "qat_int8") else None)
+            flat = to_tflite(keras_model, kind, max_seq_length=seq_len,
+                             representative=representative
+                             if kind in ("full_int8", "qat_int8") else None)
             path = out_dir / source / f"{kind}.tflite"
             path.write_bytes(flat)
-            census = quant.op_census(flat)
+            census = op_census(flat)
             metrics = _evaluate_tflite(flat, test_batches, y_test, labels, reference,
                                        desc=name)
-            weights = quant.matmul_weight_sparsity(flat)
+            weights = matmul_weight_sparsity(flat)
             variant = {
                 "source": source, "kind": kind,
                 "description": f"{SOURCE_LABELS[source]} {kind}"
@@ -197,7 +198,7 @@ def run(config: PipelineConfig, inputs: dict[str, Path], out_dir: Path,
                 "gzip_bytes": len(gzip.compress(flat, compresslevel=9)),
                 "accuracy": metrics["accuracy"], "macro_f1": metrics["macro_f1"],
                 "agreement_with_source": metrics["agreement_with_source"],
-                "metrics": metrics, "census": quant.census_summary(census),
+                "metrics": metrics, "census": census_summary(census),
                 "ops": census["ops"]}
             if pruned:
                 variant["sparsity"] = sparsity_summary(

@@ -15,15 +15,10 @@ import tensorflow as tf
 import tf_keras as keras
 
 from models.artifact import load_model
+from models.distill import distillation_loss, hidden_distillation_loss, hidden_state_model
+from models.evaluation import bless, classification_metrics, predict_keras
 from models.optimization import WarmupLinearDecay, make_optimizer
-from pipeline.config import EvaluateConfig
-from pipeline.evaluate import bless, classification_metrics, predict_keras
-from pipeline.finetune import (
-    distillation_loss,
-    hidden_distillation_loss,
-    hidden_state_model,
-    make_train_step,
-)
+from models.training import make_train_step
 
 from .conftest import REPO, TINY, manifest, run_stage
 
@@ -61,7 +56,7 @@ def test_classification_metrics_by_hand():
     assert m["per_class"]["a"] == {"precision": 1.0, "recall": pytest.approx(2 / 3, abs=1e-6),
                                    "f1": pytest.approx(0.8, abs=1e-6), "support": 3}
     assert m["macro_f1"] == pytest.approx((0.8 + 0.5 + 2 / 3) / 3, abs=1e-6)
-    blessing = bless(m, EvaluateConfig(min_accuracy=0.7))
+    blessing = bless(m, min_accuracy=0.7)
     assert blessing["blessed"] is False and blessing["checks"]["accuracy"]["passed"] is False
 
 

@@ -9,6 +9,9 @@ import tf_keras as keras
 from ai_edge_litert.interpreter import Interpreter
 
 from data.input import batch_examples, read_split
+from export.inspect import matmul_weight_sparsity, op_census
+from export.runtime import run_tflite
+from export.tflite import INT8_KINDS, KINDS, QAT_FLOAT_OPS, to_tflite
 from models import pruning
 from models import quantization as quant
 from models.artifact import load_model
@@ -207,13 +210,13 @@ def test_other_activation_and_cls_pooling():
     ids = np.random.default_rng(0).integers(1, 50, size=(4, 12)).astype("int32")
     features = {"input_ids": ids, "input_mask": np.ones_like(ids),
                 "segment_ids": np.zeros_like(ids)}
-    flat = quant.to_tflite(qat_model, "qat_int8", seq_len=12, representative=lambda: (
+    flat = to_tflite(qat_model, "qat_int8", max_seq_length=12, representative=lambda: (
         {name: value[i:i + 1] for name, value in features.items()} for i in range(4)))
-    census = quant.op_census(flat)
+    census = op_census(flat)
     assert census["float_matmuls"] == 0
     assert census["int8_matmuls"] == expected_matmuls(model) == 10
     assert "GELU int8->int8" in census["ops"]
-    np.testing.assert_allclose(quant.run_tflite(flat, [features]),
+    np.testing.assert_allclose(run_tflite(flat, [features]),
                                model(features).numpy(), atol=0.05)
 
 
@@ -264,13 +267,13 @@ def test_pqat_keeps_sparsity_in_attention_and_ffn(tiny, trained_run):
     assert all(not v["sparsity_mask"].trainable for _, _, v in layer._weight_vars)
 
     # What the converted model computes with: the int8 weights of the 12 matmuls.
-    flat = quant.to_tflite(qat_model, "qat_int8", seq_len=tiny["seq_len"],
-                           representative=tiny["representative"])
-    weights = quant.matmul_weight_sparsity(flat)
+    flat = to_tflite(qat_model, "qat_int8", max_seq_length=tiny["seq_len"],
+                     representative=tiny["representative"])
+    weights = matmul_weight_sparsity(flat)
     encoder = {name: w["sparsity"] for name, w in weights.items() if "layer_" in name}
     assert len(encoder) == 12
     assert all(s >= 0.49 for s in encoder.values()), encoder
-    assert agreement(quant.run_tflite(flat, tiny["test"]), predict(pruned, tiny["test"])) \
+    assert agreement(run_tflite(flat, tiny["test"]), predict(pruned, tiny["test"])) \
         >= 0.9
 
     # Without preserve_sparsity, Adam revives the pruned weights within a few steps.
@@ -285,19 +288,19 @@ def test_pqat_keeps_sparsity_in_attention_and_ffn(tiny, trained_run):
 @pytest.fixture(scope="module")
 def flatbuffers(tiny, qat):
     out = {}
-    for kind in quant.KINDS:
+    for kind in KINDS:
         model = qat["model"] if kind == "qat_int8" else tiny["model"]
         representative = tiny["representative"] if kind in ("full_int8", "qat_int8") \
             else None
-        out[kind] = quant.to_tflite(model, kind, seq_len=tiny["seq_len"],
-                                    representative=representative)
+        out[kind] = to_tflite(model, kind, max_seq_length=tiny["seq_len"],
+                              representative=representative)
     return out
 
 
-@pytest.mark.parametrize("kind", quant.KINDS)
+@pytest.mark.parametrize("kind", KINDS)
 def test_variant_runs_and_agrees_with_keras(tiny, flatbuffers, kind):
     flat = flatbuffers[kind]
-    census = quant.op_census(flat)
+    census = op_census(flat)
     assert census["flex_ops"] == [] and census["custom_ops"] == []
     interpreter = Interpreter(model_content=flat)
     inputs = {d["name"]: d for d in interpreter.get_input_details()}
@@ -307,13 +310,13 @@ def test_variant_runs_and_agrees_with_keras(tiny, flatbuffers, kind):
         assert detail["dtype"] == np.int32
         assert list(detail["shape"]) == [1, tiny["seq_len"]]
         # int8 kinds have a fixed batch of 1 (biases fuse into their matmuls).
-        batch = 1 if kind in quant.INT8_KINDS else -1
+        batch = 1 if kind in INT8_KINDS else -1
         assert list(detail["shape_signature"]) == [batch, tiny["seq_len"]]
     (output,) = interpreter.get_output_details()
     assert list(output["shape"]) == [1, 2]
     assert output["dtype"] == (np.int8 if kind == "full_int8" else np.float32)
 
-    logits = quant.run_tflite(flat, tiny["test"], num_threads=1)
+    logits = run_tflite(flat, tiny["test"], num_threads=1)
     assert logits.shape == tiny["logits"].shape
     assert agreement(logits, tiny["logits"]) >= 0.9
     if kind != "qat_int8":  # QAT trained on: compared with the QAT model below
@@ -323,7 +326,7 @@ def test_variant_runs_and_agrees_with_keras(tiny, flatbuffers, kind):
 
 
 def test_qat_int8_computes_what_the_qat_model_computes(tiny, qat, flatbuffers):
-    logits = quant.run_tflite(flatbuffers["qat_int8"], tiny["test"])
+    logits = run_tflite(flatbuffers["qat_int8"], tiny["test"])
     np.testing.assert_allclose(logits, predict(qat["model"], tiny["test"]), atol=0.05)
 
 
@@ -337,16 +340,16 @@ def test_full_int8_needs_the_bounded_attention_mask(tiny):
                                  mask_value=-1e9)
     unbounded.set_weights(tiny["model"].get_weights())
     np.testing.assert_allclose(predict(unbounded, tiny["test"]), tiny["logits"], atol=1e-5)
-    flat = quant.to_tflite(unbounded, "full_int8", seq_len=tiny["seq_len"],
-                           representative=tiny["representative"])
-    assert agreement(quant.run_tflite(flat, tiny["test"]), tiny["logits"]) < 0.75
+    flat = to_tflite(unbounded, "full_int8", max_seq_length=tiny["seq_len"],
+                     representative=tiny["representative"])
+    assert agreement(run_tflite(flat, tiny["test"]), tiny["logits"]) < 0.75
 
 
 def test_op_census(tiny, flatbuffers):
     model = tiny["model"]
     matmuls = expected_matmuls(model)
     assert matmuls == 17
-    census = {kind: quant.op_census(flat) for kind, flat in flatbuffers.items()}
+    census = {kind: op_census(flat) for kind, flat in flatbuffers.items()}
     for kind in ("full_int8", "qat_int8"):
         assert census[kind]["float_matmuls"] == 0, kind
         assert census[kind]["hybrid_matmuls"] == 0, kind
@@ -356,7 +359,7 @@ def test_op_census(tiny, flatbuffers):
     # qat_int8 keeps the residual stream and LayerNorm arithmetic in float, as trained.
     qat_float = {key.split(" ")[0] for key in census["qat_int8"]["ops"] if "float32" in key}
     assert {"ADD", "MEAN", "SQUARED_DIFFERENCE", "RSQRT"} <= qat_float
-    assert qat_float <= set(quant.QAT_FLOAT_OPS) | {"CAST", "QUANTIZE", "DEQUANTIZE", "SHAPE"}
+    assert qat_float <= set(QAT_FLOAT_OPS) | {"CAST", "QUANTIZE", "DEQUANTIZE", "SHAPE"}
     assert "ADD int8,int8->int8" in census["full_int8"]["ops"]
     # Dynamic range: int8 weights with float activations for the 12 encoder
     # projections; the 4 attention batch matmuls (two activations) and the classifier
@@ -383,8 +386,8 @@ def per_channel(tiny):
         calibration=[features for features, _ in tiny["train"][:2]])
     train_steps(model, tiny["train"], steps=5)
     quant.refresh_weight_ranges(model)
-    flat = quant.to_tflite(model, "qat_int8", seq_len=tiny["seq_len"],
-                           representative=tiny["representative"])
+    flat = to_tflite(model, "qat_int8", max_seq_length=tiny["seq_len"],
+                     representative=tiny["representative"])
     return {"model": model, "flat": flat}
 
 
@@ -424,11 +427,11 @@ def test_per_channel_ffn_kernels_convert_per_channel(tiny, per_channel):
     expected = np.abs(quant.effective_kernels(model)["layer_0_ffn_in/kernel"]).max(axis=0)
     assert any(np.allclose(t["scales"], expected / 127, rtol=1e-5)
                for t in per_channel_kernels)
-    census = quant.op_census(flat)
+    census = op_census(flat)
     assert census["int8_matmuls"] == expected_matmuls(tiny["model"])
     assert census["float_matmuls"] == census["hybrid_matmuls"] == 0
     # The int8 model computes what the Keras model computes.
-    logits = quant.run_tflite(flat, tiny["test"])
+    logits = run_tflite(flat, tiny["test"])
     np.testing.assert_allclose(logits, predict(model, tiny["test"]), atol=0.05)
 
 
@@ -483,8 +486,8 @@ def outlier_model(tiny):
                                       split_outliers=4.0)
     train_steps(qat, tiny["train"], steps=3)
     quant.refresh_weight_ranges(qat)
-    flat = quant.to_tflite(qat, "qat_int8", seq_len=tiny["seq_len"],
-                           representative=tiny["representative"])
+    flat = to_tflite(qat, "qat_int8", max_seq_length=tiny["seq_len"],
+                     representative=tiny["representative"])
     return {"model": model, "calibration": calibration, "qat": qat, "flat": flat}
 
 
@@ -502,7 +505,7 @@ def test_split_outliers_convert_to_two_int8_matmuls_with_their_own_ranges(
     layer = wrapper(qat, "layer_0_ffn_out")
     assert isinstance(layer.layer, quant.SplitOutputDense)
     assert isinstance(layer.quantize_config, quant.SplitOutputDenseQuantizeConfig)
-    census = quant.op_census(flat)
+    census = op_census(flat)
     splits = len(quant.split_channels(qat))
     assert census["int8_matmuls"] == expected_matmuls(tiny["model"]) + splits
     assert census["float_matmuls"] == census["hybrid_matmuls"] == 0
@@ -519,7 +522,7 @@ def test_split_outliers_convert_to_two_int8_matmuls_with_their_own_ranges(
         low, high = variables["min_var"].numpy(), variables["max_var"].numpy()
         assert (high - low) / 255 == pytest.approx(steps[point], rel=1e-3)
     # The int8 model computes what the QAT model computes.
-    logits = quant.run_tflite(flat, tiny["test"])
+    logits = run_tflite(flat, tiny["test"])
     np.testing.assert_allclose(logits, predict(qat, tiny["test"]), atol=0.05)
 
 
@@ -538,9 +541,9 @@ def test_split_outliers_keep_the_pruned_zeros(tiny, outlier_model):
     train_steps(qat, tiny["train"], steps=3)
     trained = quant.effective_kernels(qat)["layer_0_ffn_out/kernel"]
     assert np.all(trained[kernel == 0] == 0) and np.mean(trained == 0) >= 0.5
-    flat = quant.to_tflite(qat, "qat_int8", seq_len=tiny["seq_len"],
-                           representative=tiny["representative"])
-    weights = {name: counts for name, counts in quant.matmul_weight_sparsity(flat).items()
+    flat = to_tflite(qat, "qat_int8", max_seq_length=tiny["seq_len"],
+                     representative=tiny["representative"])
+    weights = {name: counts for name, counts in matmul_weight_sparsity(flat).items()
                if "layer_0_ffn_out" in name}
     assert sorted(counts["parameters"] for counts in weights.values()) == \
         sorted([kernel.size, kernel.shape[0] * len(channels)])
@@ -554,12 +557,12 @@ def test_run_tflite_pads_shorter_examples(tiny, flatbuffers):
     """Batches padded to their longest example run through the fixed-length model."""
     batches = list(batch_examples(read_split(tiny["prep"], "test", with_text=False), 16))
     assert max(f["input_ids"].shape[1] for f, _ in batches) < tiny["seq_len"]
-    logits = quant.run_tflite(flatbuffers["float32"], batches)
+    logits = run_tflite(flatbuffers["float32"], batches)
     np.testing.assert_allclose(logits, tiny["logits"], atol=1e-4)
 
 
 def test_conversion_errors(tiny):
     with pytest.raises(ValueError, match="kind must be one of"):
-        quant.to_tflite(tiny["model"], "int4", seq_len=8)
+        to_tflite(tiny["model"], "int4", max_seq_length=8)
     with pytest.raises(ValueError, match="needs representative data"):
-        quant.to_tflite(tiny["model"], "full_int8", seq_len=8)
+        to_tflite(tiny["model"], "full_int8", max_seq_length=8)

@@ -9,7 +9,7 @@ import pytest
 from ai_edge_litert.interpreter import Interpreter
 
 from data.input import read_split
-from models import quantization as quant
+from export.inspect import op_census
 
 from .conftest import TRAINED, manifest, run_stage
 
@@ -41,7 +41,7 @@ def test_every_variant_is_written_evaluated_and_integer(quantized_run):
             assert census["hybrid_matmuls"] == 12, name
     # Files are what the manifest says: reload one and recompute its accuracy.
     flat = (quantized_run / "quantize" / "finetune" / "qat_int8.tflite").read_bytes()
-    assert quant.op_census(flat)["int8_matmuls"] == \
+    assert op_census(flat)["int8_matmuls"] == \
         variants["finetune/qat_int8"]["census"]["int8_matmuls"]
     Interpreter(model_content=flat).allocate_tensors()
     for name in ("labels.txt", "vocab.txt", "tokenizer.json"):

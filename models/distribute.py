@@ -1,4 +1,6 @@
-"""tf.distribute strategy from config: default, mirrored, multi_worker (TF_CONFIG), tpu.
+"""tf.distribute strategies by name (`TrainConfig.strategy`): default, mirrored,
+multi_worker (TF_CONFIG), tpu; and where a multi-worker task stands (chief or not, its
+name, how many input pipelines feed it).
 
 Example:
     >>> strategy = make_strategy("default")
@@ -14,13 +16,13 @@ import os
 
 import tensorflow as tf
 
-from pipeline.config import SlimbertError
+from core.errors import SlimbertError
 
 log = logging.getLogger(__name__)
 
 
 def make_strategy(name: str, tpu: str = "") -> tf.distribute.Strategy:
-    """The strategy named by `finetune.strategy`."""
+    """The strategy named by `TrainConfig.strategy` (`tpu`: the TPU at `tpu`)."""
     if name == "default":
         return tf.distribute.get_strategy()
     if name == "mirrored":

@@ -1,0 +1,422 @@
+"""The training loop shared by fine-tuning, pruning and QAT: a custom loop under
+tf.distribute, resumable at the same batch, keeping the best epoch's weights.
+
+`Trainer` trains a Keras classifier on prepared data (`data.input`) with AdamW on a
+warmup-decay schedule (`models.optimization`) on length-bucketed batches, one replica
+step (`make_train_step`) under `strategy.run` (`models.distribute`). It validates after
+every epoch and keeps the best epoch's weights (the later one on a tie). A resumable
+checkpoint is written every `checkpoint_every` steps and at each epoch end; a new
+`Trainer` on the same work folder resumes from the last one, at the same batch.
+
+What a compression stage adds is passed in: the model builder (e.g. pruning wrappers or
+QAT), a teacher builder for distillation (`models.distill`), hooks called at fixed points
+of the loop (e.g. `models.pruning.PruningStepHook`) and the first step from which an
+epoch may be kept as best (`fit(best_from_step=...)`).
+
+Example:
+    >>> trainer = Trainer(cfg, seed=42, prep_dir=prep, work_dir=work, arch=arch,
+    ...                   build_model=lambda total_steps: (build_classifier(arch, 2), {}))
+    >>> report = trainer.fit()
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import tensorflow as tf
+import tf_keras as keras
+
+from core.errors import ConfigError
+from core.progress import progress
+from data.input import (
+    batch_examples,
+    bucket_examples,
+    bucket_lengths,
+    count_bucket_batches,
+    example_lengths,
+    perturb_examples,
+    read_split,
+    token_pool,
+)
+from data.tokenizer import read_tokenizer_config
+from models.bert import BertArchitecture
+from models.distill import distillation_loss, hidden_distillation_loss, hidden_state_model
+from models.distribute import is_chief, make_strategy, num_input_pipelines, task_name
+from models.optimization import WeightAverage, make_optimizer
+from models.training_config import TrainConfig
+
+log = logging.getLogger(__name__)
+
+
+def make_train_step(strategy, model, optimizer, loss_fn, metrics=(), xla: bool = False,
+                    teacher=None, distill_weight: float = 0.0,
+                    distill_temperature: float = 2.0, distill_hidden_weight: float = 0.0):
+    """`train_step(features, labels)`: one optimizer step on a distributed batch.
+
+    The loss is averaged over the global batch; `metrics` are (mean loss, accuracy)
+    metrics updated with the per-example loss and the logits. With `xla`, the replica
+    step is compiled with XLA. With a `teacher` model and `distill_weight` w > 0 the
+    per-example loss is (1 - w) * loss_fn + w * `distillation_loss`; with
+    `distill_hidden_weight` h > 0, h * `hidden_distillation_loss` is added. An example
+    labelled -1 (a perturbed copy, `data.input.perturb_examples`) has no cross-entropy
+    term: its loss is `distillation_loss` alone (plus the hidden term), and the accuracy
+    metric skips it.
+    """
+    scaled = hasattr(optimizer, "get_scaled_loss")  # LossScaleOptimizer (mixed_float16)
+    distill = teacher is not None and distill_weight > 0
+    hidden = teacher is not None and distill_hidden_weight > 0
+    student_fn, teacher_fn = model, teacher
+    if hidden:
+        student_fn, teacher_fn = hidden_state_model(model), hidden_state_model(teacher)
+
+    def replica_step(features, labels):
+        with tf.GradientTape() as tape:
+            outputs = student_fn(features, training=True)
+            logits = outputs[0] if hidden else outputs
+            known = labels >= 0
+            per_example = loss_fn(tf.maximum(labels, 0), logits)
+            if distill or hidden:
+                teacher_outputs = teacher_fn(features, training=False)
+                teacher_logits = tf.stop_gradient(
+                    teacher_outputs[0] if hidden else teacher_outputs)
+            if distill:
+                soft = distillation_loss(logits, teacher_logits, distill_temperature)
+                per_example = tf.where(
+                    known, (1 - distill_weight) * per_example + distill_weight * soft, soft)
+            if hidden:
+                per_example += distill_hidden_weight * hidden_distillation_loss(
+                    outputs[1:], teacher_outputs[1:], features["input_mask"])
+            loss = tf.nn.compute_average_loss(per_example)
+            if scaled:
+                loss = optimizer.get_scaled_loss(loss)
+        grads = tape.gradient(loss, model.trainable_variables)
+        if scaled:
+            grads = optimizer.get_unscaled_gradients(grads)
+        optimizer.apply_gradients(zip(grads, model.trainable_variables))
+        if metrics:
+            metrics[0].update_state(per_example)
+            metrics[1].update_state(tf.maximum(labels, 0), logits,
+                                    sample_weight=tf.cast(known, tf.float32))
+
+    if xla:
+        replica_step = tf.function(replica_step, jit_compile=True, reduce_retracing=True)
+
+    @tf.function(reduce_retracing=True)
+    def train_step(features, labels):
+        strategy.run(replica_step, args=(features, labels))
+
+    return train_step
+
+
+class Trainer:
+    """The training loop: one replica step under `strategy.run`, checkpoints, validation.
+
+    Args:
+        train_cfg: the training settings (fine-tuning's, or those of the training inside
+            pruning or QAT).
+        seed: the run's seed, used when `train_cfg.seed` is -1.
+        prep_dir: the prepared data (train and validation splits, vocab.txt,
+            tokenizer.json); its max_seq_length sets the longest batch.
+        work_dir: scratch that survives a crash (checkpoints, history, logs); the same
+            folder resumes an interrupted run.
+        arch: the encoder's architecture, checked against the prepared data.
+        build_model: `build_model(total_steps) -> (model, report)`, called inside the
+            strategy scope once the step counts are known; `report` is kept as
+            `trainer.checkpoint_report`.
+        build_teacher: `build_teacher() -> model`, the model to distill from when
+            `train_cfg.distill_weight` or `distill_hidden_weight` > 0; called inside the
+            strategy scope before `build_model` (None: no teacher; then those must be 0).
+        hooks: objects with any of `on_train_begin`, `on_step_begin`, `on_epoch_end` and
+            `on_weights_changed` (after the averaged weights were swapped in), each
+            called with the trainer (whose `model` and `optimizer` they may use).
+        name: what progress lines and errors call this run.
+
+    With `train_cfg.ema_decay` > 0 a moving average of the weights is kept from
+    `fit`'s `best_from_step` on; from then, validation, the best epoch and the final
+    weights are the average's (the history also records the raw weights' validation).
+    """
+
+    def __init__(self, train_cfg: TrainConfig, *, seed: int, prep_dir: Path, work_dir: Path,
+                 arch: BertArchitecture, build_model: Callable[[int], tuple[Any, dict]],
+                 build_teacher: Callable[[], Any] | None = None,
+                 hooks: Sequence[object] = (), name: str = "finetune") -> None:
+        ft = train_cfg
+        if ft.distills and build_teacher is None:
+            raise ConfigError(f"{name}: distillation needs a "
+                              "teacher; only prune and quantize training distill from the "
+                              "fine-tuned model")
+        self.train_cfg, self.prep_dir = ft, prep_dir
+        self.hooks, self.name = list(hooks), name
+        info = read_tokenizer_config(prep_dir)
+        self.max_seq_length = info["max_seq_length"]
+        self.arch = arch
+        if self.arch.max_positions < self.max_seq_length:
+            raise ConfigError(f"data.max_seq_length {self.max_seq_length} exceeds the "
+                              f"checkpoint's {self.arch.max_positions} positions")
+        if self.arch.vocab_size != info["vocab_size"]:
+            raise ConfigError(f"the prepared data uses a {info['vocab_size']}-token vocabulary "
+                              f"but the model has {self.arch.vocab_size}; rerun prepare with "
+                              "the same model.checkpoint")
+
+        self.strategy = make_strategy(ft.strategy, ft.tpu)
+        self.chief = is_chief(self.strategy)
+        if ft.precision != "float32":
+            keras.mixed_precision.set_global_policy(ft.precision)
+        self.seed = seed if ft.seed < 0 else ft.seed
+        keras.utils.set_random_seed(self.seed)
+
+        # Every input pipeline (one per worker) reads its shard of the examples and
+        # feeds its local replicas per-replica batches; all run the same number of steps
+        # per epoch (the largest shard's; smaller shards repeat), so collectives never
+        # wait on a worker that ran out of data.
+        train = read_split(prep_dir, "train", with_text=False)
+        self.buckets = bucket_lengths(self.max_seq_length, ft.bucket_boundaries)
+        replicas = self.strategy.num_replicas_in_sync
+        if ft.batch_size % replicas:
+            raise ConfigError(f"finetune.batch_size {ft.batch_size} is not divisible by the "
+                              f"{replicas} replicas")
+        self.per_replica_batch = ft.batch_size // replicas
+        self.pipelines = num_input_pipelines(self.strategy)
+        self.local_replicas = replicas // self.pipelines
+        lengths = example_lengths(train)
+        self.num_train = len(lengths)
+        self.steps_per_epoch = max(
+            math.ceil(count_bucket_batches(lengths[i::self.pipelines], self.per_replica_batch,
+                                           self.buckets) / self.local_replicas)
+            for i in range(self.pipelines))
+        self.total_steps = ft.max_steps or ft.epochs * self.steps_per_epoch
+        self.epochs = math.ceil(self.total_steps / self.steps_per_epoch)
+        self.mean_batch = self.num_train / self.steps_per_epoch
+        self.train_examples = train
+        if ft.augment_fraction:
+            from data.tokenizer import MASK_TOKEN, load_vocab
+
+            self.token_pool = token_pool(train)
+            vocab = load_vocab(prep_dir / "vocab.txt")
+            self.mask_id = vocab.index(MASK_TOKEN) if MASK_TOKEN in vocab else None
+
+        with self.strategy.scope():
+            self.teacher = build_teacher() if build_teacher is not None else None
+            self.model, self.checkpoint_report = build_model(self.total_steps)
+            optimizer = make_optimizer(
+                peak_lr=ft.learning_rate, total_steps=self.total_steps,
+                warmup_steps=int(ft.warmup_fraction * self.total_steps),
+                weight_decay=ft.weight_decay, clip_norm=ft.clip_norm)
+            if ft.precision == "mixed_float16":
+                optimizer = keras.mixed_precision.LossScaleOptimizer(optimizer)
+            optimizer.build(self.model.trainable_variables)
+            self.optimizer = optimizer
+            self.average = WeightAverage(self.model.trainable_variables, ft.ema_decay) \
+                if ft.ema_decay else None
+            self.best = tf.Variable(-1.0, trainable=False, name="best_val_accuracy")
+            self.train_loss = keras.metrics.Mean()
+            self.train_accuracy = keras.metrics.SparseCategoricalAccuracy()
+        self.loss_fn = keras.losses.SparseCategoricalCrossentropy(
+            from_logits=True, reduction=keras.losses.Reduction.NONE)
+
+        # Non-chief workers must save too (collectives), but into their own folder.
+        ckpt_dir = work_dir / ("ckpt" if self.chief else f"ckpt-{task_name(self.strategy)}")
+        averaged = {} if self.average is None else {
+            "average": self.average.average, "average_updates": self.average.updates}
+        self.ckpt = tf.train.Checkpoint(model=self.model, optimizer=self.optimizer,
+                                        best=self.best, **averaged)
+        self.manager = tf.train.CheckpointManager(self.ckpt, ckpt_dir, max_to_keep=2)
+        self.best_ckpt = tf.train.Checkpoint(model=self.model)
+        self.best_path = str(work_dir / ("best" if self.chief else "best-worker") / "weights")
+        self.history_path = work_dir / "history.json"
+        self.log_dir = work_dir / "logs"
+        self._build_steps()
+
+    # === Steps ===
+
+    def _build_steps(self) -> None:
+        model = self.model
+        ft = self.train_cfg
+        self.train_step = make_train_step(
+            self.strategy, model, self.optimizer, self.loss_fn,
+            (self.train_loss, self.train_accuracy), xla=ft.xla, teacher=self.teacher,
+            distill_weight=ft.distill_weight, distill_temperature=ft.distill_temperature,
+            distill_hidden_weight=ft.distill_hidden_weight)
+
+        @tf.function(reduce_retracing=True)
+        def predict_step(features):
+            return model(features, training=False)
+
+        self.predict_step = predict_step
+
+    def epoch_batches(self, epoch: int, skip: int):
+        """The distributed batches of `epoch`, without its first `skip` steps."""
+        ft = self.train_cfg
+
+        def dataset_fn(context: tf.distribute.InputContext) -> tf.data.Dataset:
+            examples = self.train_examples.shard(context.num_input_pipelines,
+                                                 context.input_pipeline_id)
+            epoch_seed = self.seed * 1009 + epoch
+            examples = examples.shuffle(ft.shuffle_buffer, seed=epoch_seed,
+                                        reshuffle_each_iteration=False)
+            if ft.augment_fraction:
+                examples = perturb_examples(
+                    examples, self.token_pool, self.mask_id, ft.augment_fraction,
+                    ft.augment_rate, seed=epoch_seed * 1000 + context.input_pipeline_id)
+            batches = bucket_examples(examples, self.per_replica_batch, self.buckets).repeat()
+            return batches.skip(skip * self.local_replicas) \
+                .take((self.steps_per_epoch - skip) * self.local_replicas) \
+                .prefetch(tf.data.AUTOTUNE)
+
+        return self.strategy.distribute_datasets_from_function(dataset_fn)
+
+    def validate(self) -> dict[str, float]:
+        data = batch_examples(read_split(self.prep_dir, "validation", with_text=False),
+                              self.train_cfg.eval_batch_size)
+        correct = total = 0
+        loss_sum = 0.0
+        for features, labels in data:
+            logits = self.predict_step(features)
+            loss_sum += float(tf.reduce_sum(self.loss_fn(labels, logits)))
+            correct += int(np.sum(np.argmax(logits.numpy(), -1) == labels.numpy()))
+            total += int(labels.shape[0])
+        return {"val_accuracy": correct / total, "val_loss": loss_sum / total}
+
+    # === Loop ===
+
+    def _call_hooks(self, event: str) -> None:
+        for hook in self.hooks:
+            method = getattr(hook, event, None)
+            if method is not None:
+                method(self)
+
+    def _summaries(self):
+        if not self.chief:
+            return tf.summary.create_noop_writer(), tf.summary.create_noop_writer()
+        return (tf.summary.create_file_writer(str(self.log_dir / "train")),
+                tf.summary.create_file_writer(str(self.log_dir / "validation")))
+
+    def _latest_checkpoint(self) -> str | None:
+        """The newest checkpoint: the manager's, or, when a kill came between writing
+        a checkpoint and recording it in the `checkpoint` state file, the newest
+        `ckpt-N` whose index and data files are on disk."""
+        if self.manager.latest_checkpoint:
+            return self.manager.latest_checkpoint
+        directory = Path(self.manager.directory)
+        numbered = []
+        for index in directory.glob("ckpt-*.index"):
+            prefix = str(index)[:-len(".index")]
+            if index.stem.split("-")[-1].isdigit() and list(directory.glob(
+                    f"{Path(prefix).name}.data-*")):
+                numbered.append((int(index.stem.split("-")[-1]), prefix))
+        return max(numbered)[1] if numbered else None
+
+    def fit(self, best_from_step: int = 0) -> dict[str, Any]:
+        """Train to `train_cfg`'s step count (resuming from the last checkpoint in the
+        work folder), then load the best epoch's weights into `model`.
+
+        Epochs ending before `best_from_step` are never kept as the best (e.g. before
+        pruning reaches its target sparsity); the weight average starts there too.
+        Returns the history and the run's figures (best epoch, steps, throughput, ...).
+        """
+        ft = self.train_cfg
+        resumed_from = 0
+        latest = self._latest_checkpoint()
+        if latest:
+            self.ckpt.restore(latest).assert_existing_objects_matched()
+            resumed_from = int(self.optimizer.iterations.numpy())
+            log.info("resumed from %s at step %d of %d", latest, resumed_from,
+                     self.total_steps)
+        history = json.loads(self.history_path.read_text()) if self.history_path.is_file() \
+            else []
+        step = resumed_from
+        history = [h for h in history if h["epoch"] < step // self.steps_per_epoch + 1]
+        self._call_hooks("on_train_begin")
+        # The first step whose epoch may be kept as best, and where the average starts.
+        keep_from = min(best_from_step, self.total_steps)
+        train_writer, val_writer = self._summaries()
+        train_seconds, trained_steps = 0.0, 0
+        bar = progress(total=self.total_steps, initial=step, desc=self.name, unit="step",
+                       items_per_unit=self.mean_batch)
+        log.info("training %d steps (%d epochs of %d batches, batch %d, buckets %s) on %d "
+                 "replica(s)", self.total_steps, self.epochs, self.steps_per_epoch,
+                 ft.batch_size, self.buckets, self.strategy.num_replicas_in_sync)
+        while step < self.total_steps:
+            epoch = step // self.steps_per_epoch
+            in_epoch = step - epoch * self.steps_per_epoch
+            self.train_loss.reset_state()
+            self.train_accuracy.reset_state()
+            started = time.perf_counter()
+            for features, labels in self.epoch_batches(epoch, in_epoch):
+                self._call_hooks("on_step_begin")
+                self.train_step(features, labels)
+                step += 1
+                if self.average is not None and step >= keep_from:
+                    self.average.update()
+                bar.update(1)
+                if step % 20 == 0 or step == self.total_steps:
+                    loss = float(self.train_loss.result())
+                    bar.set_postfix(loss=f"{loss:.4f}", epoch=epoch + 1)
+                    with train_writer.as_default(step=step):
+                        tf.summary.scalar("loss", loss)
+                        tf.summary.scalar("accuracy", self.train_accuracy.result())
+                        tf.summary.scalar("learning_rate",
+                                          self.optimizer.learning_rate(step)
+                                          if callable(self.optimizer.learning_rate)
+                                          else self.optimizer.learning_rate)
+                # An epoch's last step is saved after validation, below.
+                if step % ft.checkpoint_every == 0 and step % self.steps_per_epoch \
+                        and step < self.total_steps:
+                    self.manager.save(checkpoint_number=step)
+                if step >= self.total_steps or step % self.steps_per_epoch == 0:
+                    break
+            self._call_hooks("on_epoch_end")
+            seconds = time.perf_counter() - started
+            train_seconds += seconds
+            trained_steps += step - epoch * self.steps_per_epoch - in_epoch
+            record = {"epoch": epoch + 1, "step": step,
+                      "train_loss": float(self.train_loss.result()),
+                      "train_accuracy": float(self.train_accuracy.result())}
+            averaged = self.average is not None and self.average.started
+            if averaged:
+                record.update({f"{key}_raw": value for key, value in self.validate().items()})
+                self.average.swap()
+                self._call_hooks("on_weights_changed")
+            record.update(**self.validate(), seconds=round(seconds, 2))
+            with val_writer.as_default(step=step):
+                tf.summary.scalar("loss", record["val_loss"])
+                tf.summary.scalar("accuracy", record["val_accuracy"])
+            eligible = step >= keep_from
+            # Ties go to the later epoch (more steps at the final sparsity, a longer
+            # average); compared in the float32 the best value is checkpointed in.
+            if eligible and np.float32(record["val_accuracy"]) >= self.best.numpy():
+                self.best.assign(record["val_accuracy"])
+                self.best_ckpt.write(self.best_path)
+                record["best"] = True
+            if averaged:
+                self.average.swap()
+            history.append(record)
+            log.info("epoch %d: train loss %.4f acc %.4f | validation loss %.4f acc %.4f "
+                     "(%.0f s)", epoch + 1, record["train_loss"], record["train_accuracy"],
+                     record["val_loss"], record["val_accuracy"], seconds)
+            if self.chief:
+                self.history_path.write_text(json.dumps(history, indent=2))
+            self.manager.save(checkpoint_number=step)
+        bar.close()
+        self.best_ckpt.read(self.best_path).assert_existing_objects_matched()
+        best = next(h for h in history if h.get("best") and h["step"] == max(
+            x["step"] for x in history if x.get("best")))
+        return {"history": history, "best_epoch": best["epoch"],
+                "best_val_accuracy": best["val_accuracy"], "steps": step,
+                "steps_per_epoch": self.steps_per_epoch, "epochs": self.epochs,
+                "resumed_from_step": resumed_from,
+                "train_seconds": round(train_seconds, 2),
+                "examples_per_second": round(trained_steps * self.mean_batch
+                                             / max(train_seconds, 1e-9), 2),
+                "replicas": self.strategy.num_replicas_in_sync,
+                "parameters": int(self.model.count_params()),
+                "weight_average": None if self.average is None else {
+                    "decay": ft.ema_decay, "from_step": keep_from,
+                    "updates": int(self.average.updates.numpy())}}
