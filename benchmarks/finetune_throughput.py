@@ -90,8 +90,9 @@ class KerasHub:
 def bucketed_examples_per_second(arch, prepared: str, batch: int, steps: int) -> float:
     """Our step on real length-bucketed batches (what `slimbert finetune` runs)."""
     from data.input import bucket_examples, bucket_lengths, read_split
+    from data.tokenizer import read_tokenizer_config
 
-    info = json.loads(open(f"{prepared}/tokenizer.json").read())
+    info = read_tokenizer_config(prepared)
     ours = Ours(arch, batch, 16)
     batches = bucket_examples(read_split(prepared, "train", with_text=False).shuffle(4096,
                               seed=0), batch, bucket_lengths(info["max_seq_length"]))

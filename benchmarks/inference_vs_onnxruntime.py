@@ -63,9 +63,10 @@ from pathlib import Path
 import numpy as np
 
 import pipeline  # noqa: F401  (Keras 2 for tf.keras, before TensorFlow is imported)
+from core.files import sha256_file
 from data.features import INPUT_NAMES
 from export.runtime import inputs_by_name, make_interpreter, read_output
-from pipeline.artifacts import library_versions, machine_info, sha256_file
+from pipeline.artifacts import library_versions, machine_info
 
 OPSET = 17
 RECIPE = 2  # bump when the ONNX conversion recipe changes (invalidates the cache)

@@ -21,7 +21,7 @@ classifier's weights are dynamic-range int8, as in the `cpu` variant.
 
 Example:
     >>> flat = to_tflite(qat, "qat_int8", max_seq_length=128, representative=examples)
-    >>> export.inspect.op_census(flat)["float_matmuls"]
+    >>> export.flatbuffer.op_census(flat)["float_matmuls"]
     0
 """
 
@@ -36,7 +36,7 @@ import tf_keras as keras
 
 from data.features import INPUT_NAMES
 from data.tokenizer import BertTokenizer
-from export.inspect import op_census
+from export.flatbuffer import op_census
 from models.quantization.calibration import frozen_per_axis_kernels
 
 KINDS = ("float32", "dynamic_int8", "float16", "full_int8", "qat_int8")

@@ -160,8 +160,8 @@ class PositionEmbedding(keras.layers.Layer):
         super().build(input_shape)
 
     def call(self, inputs: tf.Tensor) -> tf.Tensor:
-        seq_len = tf.shape(inputs)[1]
-        table = tf.cast(self.embeddings[:seq_len], self.compute_dtype)
+        length = tf.shape(inputs)[1]
+        table = tf.cast(self.embeddings[:length], self.compute_dtype)
         return tf.broadcast_to(tf.expand_dims(table, 0), tf.shape(inputs))
 
     def compute_output_shape(self, input_shape):

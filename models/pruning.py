@@ -13,7 +13,6 @@ Example:
 
 from __future__ import annotations
 
-import gzip
 import re
 import tempfile
 from collections.abc import Mapping
@@ -30,6 +29,7 @@ from tensorflow_model_optimization.python.core.sparsity.keras.pruning_wrapper im
 )
 
 from core.errors import ConfigError
+from core.files import gzip_size
 from models.bert import BertSelfAttention
 from models.pruning_config import PruneConfig
 
@@ -213,8 +213,7 @@ def gzipped_weights_size(model: keras.Model) -> dict[str, int]:
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "weights.h5"
         model.save_weights(str(path))
-        raw = path.read_bytes()
-    return {"bytes": len(raw), "gzip_bytes": len(gzip.compress(raw, compresslevel=9))}
+        return gzip_size(path)
 
 
 def parameter_counts(model: keras.Model, names: list[str]) -> dict[str, int]:

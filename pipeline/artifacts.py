@@ -30,10 +30,10 @@ from typing import Any
 
 from core.config import config_hash
 from core.errors import ArtifactError
-from core.files import gzip_size, sha256_file
+from core.files import sha256_file
 from pipeline.config import PipelineConfig
 
-__all__ = ["ArtifactError", "gzip_size", "sha256_file"]  # re-exported for stages
+__all__ = ["ArtifactError"]  # raised by the artifact checks here; defined in core.errors
 
 log = logging.getLogger(__name__)
 

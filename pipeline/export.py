@@ -75,16 +75,16 @@ def _blessing(source_dir: Path, evaluate_dir: Path | None) -> dict[str, Any]:
 
 def run(config: PipelineConfig, inputs: dict[str, Path], out_dir: Path, work_dir: Path,
         force: bool = False) -> dict[str, Any]:
+    from core.files import gzip_size
     from core.progress import progress
     from data.input import split_arrays
     from data.tokenizer import BertTokenizer
-    from export.inspect import census_summary, op_census
+    from export.flatbuffer import census_summary, op_census
     from export.savedmodel import save_serving_model
     from export.tflite import text_tflite, to_tflite
     from export.verify import verify_in_fresh_process, write_split
     from models.artifact import TOKENIZER_FILES, load_model
     from models.evaluation import classification_metrics, predict_keras
-    from pipeline.artifacts import gzip_size
 
     cfg = config.export
     prep_dir, source_dir = inputs["prepare"], inputs[cfg.model]
@@ -95,10 +95,10 @@ def run(config: PipelineConfig, inputs: dict[str, Path], out_dir: Path, work_dir
     model, meta = load_model(source_dir)
     labels = meta["labels"]
     tokenizer = BertTokenizer.load(source_dir)
-    seq_len = tokenizer.max_seq_length
+    max_seq_length = tokenizer.max_seq_length
     split = config.evaluate.split
     try:
-        features, texts, y_true = split_arrays(prep_dir, split, seq_len)
+        features, texts, y_true = split_arrays(prep_dir, split, max_seq_length)
     except ValueError as err:
         raise SlimbertError(f"{err}: nothing to verify exports on") from None
     data_path = work_dir / f"{split}.npz"
@@ -136,12 +136,12 @@ def run(config: PipelineConfig, inputs: dict[str, Path], out_dir: Path, work_dir
                     from data.input import representative_examples
 
                     rows = representative_examples(
-                        prep_dir, config.quantize.representative_examples, seq_len,
+                        prep_dir, config.quantize.representative_examples, max_seq_length,
                         config.seed)
                     representative = rows.__iter__
                 log.info("%s: converting %s", target, kind)
                 path.write_bytes(to_tflite(
-                    model, kind, max_seq_length=seq_len,
+                    model, kind, max_seq_length=max_seq_length,
                     representative=representative if kind == "full_int8" else None))
         elif target in QAT:
             source = QAT[target]

@@ -61,7 +61,6 @@ def run(config: PipelineConfig, inputs: dict[str, Path], out_dir: Path,
                       work_dir=work_dir, arch=arch, build_model=build_model)
     metrics = trainer.fit()
     meta = {"architecture": dataclasses.asdict(arch), "pooling": config.model.pooling,
-            "num_classes": len(labels), "max_seq_length": trainer.max_seq_length,
             "checkpoint": trainer.checkpoint_report, "best_epoch": metrics["best_epoch"],
             "made_by": "finetune"}
     save_model(trainer.model, out_dir, meta, tokenizer_from=inputs["prepare"])

@@ -24,7 +24,6 @@ tensor dtypes; encoder matmuls in int8 or float) go into the manifest.
 
 from __future__ import annotations
 
-import gzip
 import json
 import logging
 import shutil
@@ -127,10 +126,12 @@ def _qat(config: PipelineConfig, source: str, source_dir: Path, prep_dir: Path,
 
 def run(config: PipelineConfig, inputs: dict[str, Path], out_dir: Path,
         work_dir: Path) -> dict[str, Any]:
+    from core.files import data_size
     from data.input import batch_examples, read_split, representative_examples
-    from export.inspect import census_summary, matmul_weight_sparsity, op_census
+    from data.tokenizer import read_tokenizer_config
+    from export.flatbuffer import census_summary, matmul_weight_sparsity, op_census
     from export.tflite import to_tflite
-    from models.artifact import TOKENIZER_FILES, load_model, read_meta
+    from models.artifact import TOKENIZER_FILES, load_model
     from models.evaluation import predict_keras
     from models.pruning import sparsity_summary
 
@@ -141,9 +142,9 @@ def run(config: PipelineConfig, inputs: dict[str, Path], out_dir: Path,
     first = inputs[cfg.sources[0]]
     for name in TOKENIZER_FILES:
         shutil.copyfile(first / name, out_dir / name)
-    seq_len = read_meta(first)["max_seq_length"]
+    max_seq_length = read_tokenizer_config(first)["max_seq_length"]
     representative_rows = representative_examples(prep_dir, cfg.representative_examples,
-                                                  seq_len, config.seed)
+                                                  max_seq_length, config.seed)
     log.info("representative dataset: %d training examples", len(representative_rows))
 
     def representative():
@@ -180,7 +181,7 @@ def run(config: PipelineConfig, inputs: dict[str, Path], out_dir: Path,
         for kind, keras_model in jobs:
             name = f"{source}/{kind}"
             log.info("%s: converting", name)
-            flat = to_tflite(keras_model, kind, max_seq_length=seq_len,
+            flat = to_tflite(keras_model, kind, max_seq_length=max_seq_length,
                              representative=representative
                              if kind in ("full_int8", "qat_int8") else None)
             path = out_dir / source / f"{kind}.tflite"
@@ -194,8 +195,7 @@ def run(config: PipelineConfig, inputs: dict[str, Path], out_dir: Path,
                 "description": f"{SOURCE_LABELS[source]} {kind}"
                                + (" (prune-preserving QAT)" if pruned and kind == "qat_int8"
                                   else ""),
-                "file": str(path.relative_to(out_dir)), "bytes": len(flat),
-                "gzip_bytes": len(gzip.compress(flat, compresslevel=9)),
+                "file": str(path.relative_to(out_dir)), **data_size(flat),
                 "accuracy": metrics["accuracy"], "macro_f1": metrics["macro_f1"],
                 "agreement_with_source": metrics["agreement_with_source"],
                 "metrics": metrics, "census": census_summary(census),

@@ -47,7 +47,7 @@ def _manifest(path: Path) -> dict[str, Any]:
 
 def collect_models(inputs: dict[str, Path]) -> list[dict[str, Any]]:
     """One row per model, with the accuracy and sizes its stage recorded."""
-    from pipeline.artifacts import gzip_size
+    from core.files import gzip_size
 
     prune_metrics = _manifest(inputs["prune"])["metrics"]
     pruned_sparsity = prune_metrics["sparsity"]["overall"]

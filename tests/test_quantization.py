@@ -9,7 +9,8 @@ import tf_keras as keras
 from ai_edge_litert.interpreter import Interpreter
 
 from data.input import batch_examples, read_split
-from export.inspect import matmul_weight_sparsity, op_census
+from data.tokenizer import read_tokenizer_config
+from export.flatbuffer import matmul_weight_sparsity, op_census
 from export.runtime import run_tflite
 from export.tflite import INT8_KINDS, KINDS, QAT_FLOAT_OPS, to_tflite
 from models import pruning
@@ -32,7 +33,7 @@ def tiny(trained_run):
     """The float model, its sequence length, padded test/train batches, representative
     examples and the float model's test logits."""
     model, meta = load_model(trained_run / "finetune")
-    seq_len = meta["max_seq_length"]
+    seq_len = read_tokenizer_config(trained_run / "finetune")["max_seq_length"]
     prep = trained_run / "prepare"
     test = list(batch_examples(read_split(prep, "test", with_text=False), 16, pad_to=seq_len))
     train = list(batch_examples(read_split(prep, "train", with_text=False), 16,
@@ -336,7 +337,7 @@ def test_full_int8_needs_the_bounded_attention_mask(tiny):
     int8 predicts at chance; our -100 keeps them apart (agreement 1.0 above)."""
     meta = tiny["meta"]
     unbounded = build_classifier(BertArchitecture(**meta["architecture"]),
-                                 meta["num_classes"], pooling=meta["pooling"],
+                                 len(meta["labels"]), pooling=meta["pooling"],
                                  mask_value=-1e9)
     unbounded.set_weights(tiny["model"].get_weights())
     np.testing.assert_allclose(predict(unbounded, tiny["test"]), tiny["logits"], atol=1e-5)

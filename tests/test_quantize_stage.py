@@ -9,7 +9,7 @@ import pytest
 from ai_edge_litert.interpreter import Interpreter
 
 from data.input import read_split
-from export.inspect import op_census
+from export.flatbuffer import op_census
 
 from .conftest import TRAINED, manifest, run_stage
 

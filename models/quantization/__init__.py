@@ -12,7 +12,7 @@ One idea per module:
   the view of a QAT model that conversion needs.
 
 Conversion to TFLite, flatbuffer inspection and TFLite inference are export's
-(`export.tflite`, `export.inspect`, `export.runtime`). The names below are re-exported
+(`export.tflite`, `export.flatbuffer`, `export.runtime`). The names below are re-exported
 so that `from models import quantization as quant` reaches the whole QAT API; importing
 the package registers the custom layers for loading.
 """
