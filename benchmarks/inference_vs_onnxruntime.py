@@ -5,7 +5,7 @@ The fine-tuned classifier of a run (`<run-dir>/finetune/model.keras`) runs as:
 - TFLite in ai-edge-litert (XNNPACK): `float32` (the quantize stage's reference
   conversion), `cpu` (the export target: dynamic-range int8, int8 weights with the
   activations quantized on the fly) and `int8` (full-integer int8 weights and activations:
-  the export target, or the quantize stage's `full_int8` when the run did not export it);
+  the export target, or the quantize stage's `int8` variant when the run did not export it);
 - ONNX Runtime (CPUExecutionProvider): the Keras model converted with tf2onnx (opset 17)
   in fp32, and that model through `onnxruntime.quantization.quantize_dynamic` with QInt8
   weights (ORT's counterpart of `cpu`).
@@ -339,18 +339,18 @@ def tflite_files(run_dir: Path) -> dict[str, tuple[Path, str]]:
     quantized = run_dir / "quantize" / "finetune"
     exported = run_dir / "export" / "tflite"
 
-    def export_or(target: str, kind: str) -> tuple[Path, str]:
+    def export_or(target: str) -> tuple[Path, str]:
         found = sorted(exported.glob(f"*-{target}.tflite"))
         if found:
             return found[0], f"export target `{target}`"
-        return quantized / f"{kind}.tflite", f"quantize `{kind}` (not exported)"
+        return quantized / f"{target}.tflite", f"quantize `{target}` (not exported)"
 
     return {REFERENCE: (quantized / "float32.tflite", "quantize `float32`"),
-            TFLITE_CPU: export_or("cpu", "dynamic_int8"),
-            "TFLite int8": export_or("int8", "full_int8")}
+            TFLITE_CPU: export_or("cpu"),
+            "TFLite int8": export_or("int8")}
 
 
-TFLITE_KINDS = {REFERENCE: "float32", TFLITE_CPU: "dynamic_int8", "TFLite int8": "full_int8"}
+TFLITE_KINDS = {REFERENCE: "float32", TFLITE_CPU: "cpu", "TFLite int8": "int8"}
 
 
 def reconvert_tflite(model, config, prep_dir: Path, seq_len: int, cache: Path

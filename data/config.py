@@ -59,28 +59,28 @@ class DataConfig(Section):
 
     def validate(self) -> None:
         check(self.source in DATA_SOURCES, "source",
-               f"expected one of {', '.join(DATA_SOURCES)}, found {self.source!r}")
+              f"expected one of {', '.join(DATA_SOURCES)}, found {self.source!r}")
         check(self.format in FILE_FORMATS, "format",
-               f"expected one of {', '.join(FILE_FORMATS)}, found {self.format!r}")
+              f"expected one of {', '.join(FILE_FORMATS)}, found {self.format!r}")
         check(2 < self.max_seq_length <= 4096, "max_seq_length",
-               f"expected 3..4096, found {self.max_seq_length}")
+              f"expected 3..4096, found {self.max_seq_length}")
         check(self.max_examples >= 0, "max_examples", "must be >= 0")
         check(len(self.split_fractions) == 3 and all(f > 0 for f in self.split_fractions)
-               and abs(sum(self.split_fractions) - 1.0) < 1e-6, "split_fractions",
-               "expected three positive fractions summing to 1, "
-               f"found {list(self.split_fractions)}")
+              and abs(sum(self.split_fractions) - 1.0) < 1e-6, "split_fractions",
+              "expected three positive fractions summing to 1, "
+              f"found {list(self.split_fractions)}")
         for name in self.splits:
             check(name in SPLITS, f"splits.{name}", f"split names are {', '.join(SPLITS)}")
         check(len(set(self.labels)) == len(self.labels), "labels", "labels repeat")
         check(not set(self.labels) & set(self.drop_labels), "drop_labels",
-               "a label cannot be both declared and dropped")
+              "a label cannot be both declared and dropped")
         check(bool(self.text_key) and bool(self.label_key), "text_key",
-               "text_key and label_key must be set")
+              "text_key and label_key must be set")
         if self.source == "tfds":
             check(bool(self.tfds_name), "tfds_name", "required when data.source is tfds")
         if self.source == "files":
             check(bool(self.files) != bool(self.path), "files",
-                   "set exactly one of data.files (given splits) or data.path (one file)")
+                  "set exactly one of data.files (given splits) or data.path (one file)")
             if self.files:
                 for name in self.files:
                     check(bool(self.files[name]), f"files.{name}", "empty path")

@@ -1,4 +1,40 @@
-"""The export targets: one name per deliverable, used by the quantize and export stages,
-the report and the server."""
+"""The names of the deliverables: one vocabulary for the quantize stage's TFLite files,
+the export targets, the report and the server's backends.
+
+A TFLite *variant* is how a classifier is converted (`export.tflite.to_tflite`); the
+quantize stage writes `quantize/<source>/<variant>.tflite` for each source model
+(`finetune`, `prune`). An export *target* is a deliverable: `savedmodel`, `text`, or a
+TFLite variant of a source model. `cpu`, `gpu` and `int8` are the variant of the model
+chosen by `export.model`; `qat` is the float model's QAT variant and `pruned-qat` the
+pruned model's.
+"""
+
+from __future__ import annotations
+
+TFLITE_VARIANTS = {
+    "float32": "float32 weights and activations (the reference)",
+    "cpu": "dynamic-range int8: int8 weights, float activations",
+    "gpu": "float16 weights, float activations",
+    "int8": "full integer: int8 weights and activations, ranges from training examples",
+    "qat": "int8 from quantization-aware training",
+}
+POST_TRAINING_VARIANTS = ("float32", "cpu", "gpu", "int8")  # converted without training
+INT8_ACTIVATION_VARIANTS = ("int8", "qat")
 
 EXPORT_TARGETS = ("savedmodel", "cpu", "gpu", "int8", "qat", "pruned-qat", "text")
+QAT_TARGETS = {"qat": "finetune", "pruned-qat": "prune"}  # target -> source model
+
+# The quantize stage's names before the two vocabularies were merged: configs that still
+# use them get an error naming the new one.
+RENAMED_VARIANTS = {"dynamic_int8": "cpu", "float16": "gpu", "full_int8": "int8",
+                    "qat_int8": "qat"}
+
+
+def tflite_source(target: str, export_model: str) -> tuple[str, str] | None:
+    """The (source model, variant) a TFLite export target is made of, or None for the
+    targets that are not a token-id TFLite variant (`savedmodel`, `text`)."""
+    if target in QAT_TARGETS:
+        return QAT_TARGETS[target], "qat"
+    if target in POST_TRAINING_VARIANTS:
+        return export_model, target
+    return None

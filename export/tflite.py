@@ -1,8 +1,9 @@
-"""TFLite conversion: the token-id classifier in each of `KINDS`, and the raw-string model.
+"""TFLite conversion: the token-id classifier as each TFLite variant, and the raw-string
+model (variant names: `export.targets.TFLITE_VARIANTS`).
 
-`to_tflite` converts a float classifier (or, for `qat_int8`, a QAT model from
+`to_tflite` converts a float classifier (or, for `qat`, a QAT model from
 `models.quantization`) to a flatbuffer with builtin ops only, never Flex. The
-`qat_int8` conversion mirrors how QAT quantized the model: every matmul (projections,
+`qat` conversion mirrors how QAT quantized the model: every matmul (projections,
 FFN, the two attention batch matmuls) runs in int8, and the residual adds, LayerNorm's
 arithmetic and the pooling's sum and division (`QAT_FLOAT_OPS`) stay float; tensors
 QAT does not range take theirs from the representative data. The fake-quant ops carry
@@ -20,7 +21,7 @@ builtin ops. No Flex ops: run it with ai-edge-litert's `InterpreterWithCustomOps
 classifier's weights are dynamic-range int8, as in the `cpu` variant.
 
 Example:
-    >>> flat = to_tflite(qat, "qat_int8", max_seq_length=128, representative=examples)
+    >>> flat = to_tflite(qat, "qat", max_seq_length=128, representative=examples)
     >>> export.flatbuffer.op_census(flat)["float_matmuls"]
     0
 """
@@ -37,16 +38,16 @@ import tf_keras as keras
 from data.features import INPUT_NAMES
 from data.tokenizer import BertTokenizer
 from export.flatbuffer import op_census
+from export.targets import INT8_ACTIVATION_VARIANTS, TFLITE_VARIANTS
 from models.quantization.calibration import frozen_per_axis_kernels
 
-KINDS = ("float32", "dynamic_int8", "float16", "full_int8", "qat_int8")
-# Kinds with int8 activations. They are converted with a fixed batch of 1: only with
-# static shapes does the converter fuse each bias into its FULLY_CONNECTED; with a
-# dynamic batch every Dense/EinsumDense bias is a separate ADD after an int8 matmul
-# output, which rounds every projection twice (and makes the QAT model's TFLite twin
-# disagree with it more often).
-INT8_KINDS = ("full_int8", "qat_int8")
-# Ops the qat_int8 conversion leaves in float: the residual adds, LayerNorm's
+# Variants with int8 activations (INT8_ACTIVATION_VARIANTS) are converted with a fixed
+# batch of 1: only with static shapes does the converter fuse each bias into its
+# FULLY_CONNECTED; with a dynamic batch every Dense/EinsumDense bias is a separate ADD
+# after an int8 matmul output, which rounds every projection twice (and makes the QAT
+# model's TFLite twin disagree with it more often).
+
+# Ops the qat conversion leaves in float: the residual adds, LayerNorm's
 # arithmetic (mean, variance, rsqrt, scale) and the mean pooling's sum and division
 # (QAT rounds only their result, see `models.quantization.qat`); every matmul stays int8.
 QAT_FLOAT_OPS = ("ADD", "SUB", "MUL", "MEAN", "SQUARED_DIFFERENCE", "RSQRT", "SUM", "DIV")
@@ -73,20 +74,20 @@ def to_tflite(model: keras.Model, kind: str, *, max_seq_length: int,
     """Convert a classifier to a TFLite flatbuffer (builtin ops only, never Flex).
 
     Args:
-        model: keras.Model. Float classifier, or a QAT model for `qat_int8`.
-        kind: str. One of `KINDS`:
-            `float32`; `dynamic_int8` (int8 weights, float activations); `float16`
-            (float16 weights); `full_int8` (int8 weights and activations from a
-            representative dataset, int8 logits; token ids stay int32); `qat_int8`
+        model: keras.Model. Float classifier, or a QAT model for `qat`.
+        kind: str. One of `TFLITE_VARIANTS`:
+            `float32`; `cpu` (dynamic-range: int8 weights, float activations); `gpu`
+            (float16 weights); `int8` (int8 weights and activations from a
+            representative dataset, int8 logits; token ids stay int32); `qat`
             (a QAT model, with a representative dataset for the ranges QAT did not
             learn, so that every matmul runs in int8).
         max_seq_length: int. Fixed sequence length of the inputs.
-        batch_size: int | None. Fixed batch size; None: 1 for `INT8_KINDS`, else
+        batch_size: int | None. Fixed batch size; None: 1 for `INT8_ACTIVATION_VARIANTS`, else
             dynamic (resizable).
         representative: callable returning an iterable of feature dicts
             ({"input_ids", "input_mask", "segment_ids"}: int32 [1, max_seq_length]);
-            needed by `full_int8` and `qat_int8`.
-        float_ops: TFLite op names `qat_int8` leaves in float (default `QAT_FLOAT_OPS`:
+            needed by `int8` and `qat`.
+        float_ops: TFLite op names `qat` leaves in float (default `QAT_FLOAT_OPS`:
             the residual stream and LayerNorm arithmetic, as QAT trained them); () for
             every op in int8.
 
@@ -94,11 +95,11 @@ def to_tflite(model: keras.Model, kind: str, *, max_seq_length: int,
         The flatbuffer: inputs input_ids/input_mask/segment_ids int32 [1,
         max_seq_length] (batch resizable unless fixed), output logits [1, num_classes].
     """
-    if kind not in KINDS:
-        raise ValueError(f"kind must be one of {KINDS}, found {kind!r}")
-    if kind in ("full_int8", "qat_int8") and representative is None:
+    if kind not in TFLITE_VARIANTS:
+        raise ValueError(f"kind must be one of {tuple(TFLITE_VARIANTS)}, found {kind!r}")
+    if kind in INT8_ACTIVATION_VARIANTS and representative is None:
         raise ValueError(f"to_tflite kind {kind!r} needs representative data")
-    if batch_size is None and kind in INT8_KINDS:
+    if batch_size is None and kind in INT8_ACTIVATION_VARIANTS:
         batch_size = 1
     with frozen_per_axis_kernels(model):
         function = _concrete_function(model, max_seq_length, batch_size)
@@ -106,9 +107,9 @@ def to_tflite(model: keras.Model, kind: str, *, max_seq_length: int,
     converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
     if kind != "float32":
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
-    if kind == "float16":
+    if kind == "gpu":
         converter.target_spec.supported_types = [tf.float16]
-    if kind in ("full_int8", "qat_int8"):
+    if kind in INT8_ACTIVATION_VARIANTS:
         def dataset():
             for features in representative():
                 # A dict, matched by signature input name: the flatbuffer's input
@@ -117,13 +118,13 @@ def to_tflite(model: keras.Model, kind: str, *, max_seq_length: int,
                     1, max_seq_length) for name in INPUT_NAMES}
 
         converter.representative_dataset = dataset
-    if kind == "full_int8":
+    if kind == "int8":
         converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
         converter.inference_input_type = tf.int8
         converter.inference_output_type = tf.int8
     with warnings.catch_warnings():  # the converter's calibrator uses tf.lite.Interpreter
         warnings.filterwarnings("ignore", message=".*tf.lite.Interpreter is deprecated")
-        if kind == "qat_int8" and float_ops:
+        if kind == "qat" and float_ops:
             # Calibrate, then quantize with the given ops left in float (the path of
             # tf.lite.experimental.QuantizationDebugger's selective quantization).
             from tensorflow.lite.python import convert
@@ -171,4 +172,4 @@ def text_tflite(model, tokenizer: BertTokenizer, *, dynamic_int8: bool = True) -
     return flatbuffer
 
 
-__all__ = ["INT8_KINDS", "KINDS", "QAT_FLOAT_OPS", "text_tflite", "to_tflite"]
+__all__ = ["QAT_FLOAT_OPS", "text_tflite", "to_tflite"]

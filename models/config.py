@@ -41,10 +41,10 @@ class ModelConfig(Section):
     def validate(self) -> None:
         check(bool(self.checkpoint), "checkpoint", "must not be empty")
         check(self.pooling in ("cls", "mean"), "pooling",
-               f"expected cls or mean, found {self.pooling!r}")
+              f"expected cls or mean, found {self.pooling!r}")
         check(0.0 <= self.dropout < 1.0, "dropout", "expected 0 <= dropout < 1")
         for key in ("hidden_size", "num_layers", "num_heads", "intermediate_size",
                     "max_positions", "type_vocab_size"):
             check(getattr(self, key) > 0, key, "must be positive")
         check(self.hidden_size % self.num_heads == 0, "num_heads",
-               f"hidden_size {self.hidden_size} is not divisible by {self.num_heads} heads")
+              f"hidden_size {self.hidden_size} is not divisible by {self.num_heads} heads")

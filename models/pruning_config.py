@@ -63,28 +63,28 @@ class PruneConfig(Section):
 
     def validate(self) -> None:
         check(self.schedule in PRUNE_SCHEDULES, "schedule",
-               f"expected one of {', '.join(PRUNE_SCHEDULES)}, found {self.schedule!r}")
+              f"expected one of {', '.join(PRUNE_SCHEDULES)}, found {self.schedule!r}")
         check(self.allocation in PRUNE_ALLOCATIONS, "allocation",
-               f"expected one of {', '.join(PRUNE_ALLOCATIONS)}, found {self.allocation!r}")
+              f"expected one of {', '.join(PRUNE_ALLOCATIONS)}, found {self.allocation!r}")
         check(0 < self.max_layer_sparsity < 1 and (
             self.allocation == "uniform" or self.max_layer_sparsity >= self.final_sparsity),
             "max_layer_sparsity", "expected (0, 1) and, with allocation 'global', at "
             f"least final_sparsity; found {self.max_layer_sparsity}")
         check(self.allocation == "uniform" or not self.m_by_n, "allocation",
-               "m_by_n sparsity is the same in every layer: use allocation 'uniform'")
+              "m_by_n sparsity is the same in every layer: use allocation 'uniform'")
         check(0 <= self.initial_sparsity < 1, "initial_sparsity", "expected [0, 1)")
         check(0 < self.final_sparsity < 1, "final_sparsity", "expected (0, 1)")
         check(self.initial_sparsity <= self.final_sparsity, "initial_sparsity",
-               "must not exceed final_sparsity")
+              "must not exceed final_sparsity")
         check(self.begin_step >= 0 and self.end_step >= 0, "begin_step",
-               "steps must be >= 0")
+              "steps must be >= 0")
         check(self.end_step == 0 or self.end_step > self.begin_step, "end_step",
-               "must come after begin_step")
+              "must come after begin_step")
         check(0 < self.end_fraction <= 1, "end_fraction", "expected (0, 1]")
         check(self.frequency > 0, "frequency", "must be positive")
         pair = list(self.m_by_n)
         check(not pair or (len(pair) == 2 and 0 < pair[0] < pair[1]), "m_by_n",
-               f"expected [] or [M, N] with 0 < M < N (e.g. [2, 4]), found {pair}")
+              f"expected [] or [M, N] with 0 < M < N (e.g. [2, 4]), found {pair}")
         for key in ("include", "exclude"):
             for pattern in getattr(self, key):
                 try:

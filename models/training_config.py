@@ -93,24 +93,24 @@ class TrainConfig(Section):
         check(self.weight_decay >= 0, "weight_decay", "must be >= 0")
         check(self.clip_norm >= 0, "clip_norm", "must be >= 0")
         check(all(b > 0 for b in self.bucket_boundaries)
-               and list(self.bucket_boundaries) == sorted(set(self.bucket_boundaries)),
-               "bucket_boundaries", "expected increasing positive lengths")
+              and list(self.bucket_boundaries) == sorted(set(self.bucket_boundaries)),
+              "bucket_boundaries", "expected increasing positive lengths")
         check(self.strategy in STRATEGIES, "strategy",
-               f"expected one of {', '.join(STRATEGIES)}, found {self.strategy!r}")
+              f"expected one of {', '.join(STRATEGIES)}, found {self.strategy!r}")
         check(self.precision in PRECISIONS, "precision",
-               f"expected one of {', '.join(PRECISIONS)}, found {self.precision!r}")
+              f"expected one of {', '.join(PRECISIONS)}, found {self.precision!r}")
         check(0 <= self.distill_weight <= 1, "distill_weight", "expected 0..1")
         check(self.distill_temperature > 0, "distill_temperature",
-               "must be positive")
+              "must be positive")
         check(self.distill_hidden_weight >= 0, "distill_hidden_weight",
-               "must be >= 0")
+              "must be >= 0")
         check(0 <= self.augment_fraction <= 1, "augment_fraction", "expected 0..1")
         check(0 < self.augment_rate <= 1, "augment_rate", "expected 0 < rate <= 1")
         check(self.seed >= -1, "seed", "expected -1 (the pipeline seed) or >= 0")
         check(0 <= self.ema_decay < 1, "ema_decay", "expected 0 <= decay < 1")
         check(self.augment_fraction == 0 or self.distill_weight > 0,
-               "augment_fraction", "perturbed copies have no label of their own; "
-               "they need distill_weight > 0 (the teacher's soft labels)")
+              "augment_fraction", "perturbed copies have no label of their own; "
+              "they need distill_weight > 0 (the teacher's soft labels)")
 
     @property
     def distills(self) -> bool:

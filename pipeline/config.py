@@ -26,7 +26,12 @@ import yaml
 from core.config import Section, check, config_hash, plain
 from core.errors import ArtifactError, ConfigError, ConfigValueError, SlimbertError
 from data.config import DATA_SOURCES, FILE_FORMATS, SPLITS, DataConfig
-from export.targets import EXPORT_TARGETS
+from export.targets import (
+    EXPORT_TARGETS,
+    POST_TRAINING_VARIANTS,
+    QAT_TARGETS,
+    RENAMED_VARIANTS,
+)
 from models.config import ModelConfig
 from models.pruning_config import PRUNE_ALLOCATIONS, PRUNE_SCHEDULES, PruneConfig
 from models.training_config import PRECISIONS, STRATEGIES, TrainConfig
@@ -68,7 +73,6 @@ class EvaluateConfig(Section):
 
 
 QUANTIZE_SOURCES = ("finetune", "prune")
-POST_TRAINING_KINDS = ("float32", "dynamic_int8", "float16", "full_int8")
 
 
 @dataclass(frozen=True)
@@ -78,12 +82,13 @@ class QuantizeConfig(Section):
     Attributes:
         sources: the artifacts to quantize: `finetune` (the float model) and/or `prune`
             (the sparse model; its QAT keeps every pruned zero).
-        post_training: TFLite variants converted from each source without training:
-            `float32` (reference), `dynamic_int8` (int8 weights, float activations),
-            `float16` (float16 weights), `full_int8` (int8 weights and activations,
-            int8 logits, ranges from `representative_examples`).
+        post_training: TFLite variants converted from each source without training,
+            named like the export targets they become: `float32` (reference), `cpu`
+            (dynamic-range: int8 weights, float activations), `gpu` (float16 weights),
+            `int8` (int8 weights and activations, int8 logits, ranges from
+            `representative_examples`).
         qat: run quantization-aware training on each source and convert it to an int8
-            TFLite model (`qat_int8`; from a pruned source: prune-preserving QAT).
+            TFLite model (variant `qat`; from a pruned source: prune-preserving QAT).
         representative_examples: training examples that calibrate full-int8 ranges
             and the ranges QAT leaves to the converter.
         calibration_batches: training batches that set the QAT model's activation
@@ -100,7 +105,7 @@ class QuantizeConfig(Section):
     SECTION: ClassVar[str] = "quantize"
 
     sources: tuple[str, ...] = QUANTIZE_SOURCES
-    post_training: tuple[str, ...] = POST_TRAINING_KINDS
+    post_training: tuple[str, ...] = POST_TRAINING_VARIANTS
     qat: bool = True
     representative_examples: int = 256
     calibration_batches: int = 8
@@ -111,24 +116,28 @@ class QuantizeConfig(Section):
 
     def validate(self) -> None:
         check(len(self.sources) > 0 and len(set(self.sources)) == len(self.sources)
-               and all(s in QUANTIZE_SOURCES for s in self.sources), "sources",
-               f"expected distinct names from {', '.join(QUANTIZE_SOURCES)}, "
-               f"found {list(self.sources)}")
-        check(all(k in POST_TRAINING_KINDS for k in self.post_training)
-               and len(set(self.post_training)) == len(self.post_training),
-               "post_training",
-               f"expected distinct names from {', '.join(POST_TRAINING_KINDS)}, "
-               f"found {list(self.post_training)}")
+              and all(s in QUANTIZE_SOURCES for s in self.sources), "sources",
+              f"expected distinct names from {', '.join(QUANTIZE_SOURCES)}, "
+              f"found {list(self.sources)}")
+        for old, new in RENAMED_VARIANTS.items():
+            check(old not in self.post_training, "post_training",
+                  f"{old!r} is now called {new!r} (TFLite variants carry the names of "
+                  f"the export targets: {', '.join(POST_TRAINING_VARIANTS)})")
+        check(all(k in POST_TRAINING_VARIANTS for k in self.post_training)
+              and len(set(self.post_training)) == len(self.post_training),
+              "post_training",
+              f"expected distinct names from {', '.join(POST_TRAINING_VARIANTS)}, "
+              f"found {list(self.post_training)}")
         check(self.qat or self.post_training, "post_training",
-               "nothing to do: empty and quantize.qat is false")
+              "nothing to do: empty and quantize.qat is false")
         check(self.representative_examples > 0, "representative_examples",
-               "must be positive")
+              "must be positive")
         check(self.calibration_batches >= 0, "calibration_batches", "must be >= 0")
         check(self.outlier_ratio == 0 or self.outlier_ratio > 1, "outlier_ratio",
-               f"must be 0 (off) or above 1, found {self.outlier_ratio!r}")
+              f"must be 0 (off) or above 1, found {self.outlier_ratio!r}")
         check(self.outlier_ratio == 0 or self.calibration_batches > 0, "outlier_ratio",
-               "needs quantize.calibration_batches > 0 to find the outlier channels "
-               "(or set quantize.outlier_ratio: 0)")
+              "needs quantize.calibration_batches > 0 to find the outlier channels "
+              "(or set quantize.outlier_ratio: 0)")
 
 
 EXPORT_MODELS = ("finetune", "prune")
@@ -173,17 +182,17 @@ class ExportConfig(Section):
 
     def validate(self) -> None:
         check(self.model in EXPORT_MODELS, "model",
-               f"expected one of {', '.join(EXPORT_MODELS)}, found {self.model!r}")
+              f"expected one of {', '.join(EXPORT_MODELS)}, found {self.model!r}")
         check(re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", self.name) is not None,
-               "name", f"expected letters, digits, '_', '.', '-', found {self.name!r}")
+              "name", f"expected letters, digits, '_', '.', '-', found {self.name!r}")
         check(self.version > 0, "version", "must be positive")
         check(len(self.targets) > 0 and len(set(self.targets)) == len(self.targets)
-               and all(t in EXPORT_TARGETS for t in self.targets), "targets",
-               f"expected distinct names from {', '.join(EXPORT_TARGETS)}, "
-               f"found {list(self.targets)}")
+              and all(t in EXPORT_TARGETS for t in self.targets), "targets",
+              f"expected distinct names from {', '.join(EXPORT_TARGETS)}, "
+              f"found {list(self.targets)}")
         check(all(t in EXPORT_TARGETS and t != "savedmodel" for t in self.compare_kernels),
-               "compare_kernels", f"expected TFLite target names, found "
-               f"{list(self.compare_kernels)}")
+              "compare_kernels", f"expected TFLite target names, found "
+              f"{list(self.compare_kernels)}")
         check(0 <= self.max_accuracy_drop <= 1, "max_accuracy_drop", "expected 0..1")
         check(0 <= self.min_agreement <= 1, "min_agreement", "expected 0..1")
 
@@ -216,8 +225,8 @@ class ReportConfig(Section):
         for key in ("warmup", "throughput_runs"):
             check(getattr(self, key) >= 0, key, "must be >= 0")
         check(len(self.threads) > 0 and all(t >= 0 for t in self.threads)
-               and len(set(self.threads)) == len(self.threads), "threads",
-               f"expected distinct counts >= 0 (0 = all cores), found {list(self.threads)}")
+              and len(set(self.threads)) == len(self.threads), "threads",
+              f"expected distinct counts >= 0 (0 = all cores), found {list(self.threads)}")
 
 
 @dataclass(frozen=True)
@@ -240,8 +249,7 @@ class PipelineConfig:
                 raise ConfigError(f"invalid config value for 'finetune.{key}': "
                                   "fine-tuning has no teacher; distillation is for "
                                   "prune.train and quantize.train")
-        needs = {"qat": "finetune", "pruned-qat": "prune"}
-        for target, source in needs.items():
+        for target, source in QAT_TARGETS.items():
             if target in self.export.targets and not (
                     self.quantize.qat and source in self.quantize.sources):
                 raise ConfigError(

@@ -39,13 +39,12 @@ from typing import Any
 
 import numpy as np
 
+from export.targets import tflite_source
 from pipeline.cli import stage_main
 from pipeline.config import PipelineConfig, SlimbertError
 
 log = logging.getLogger(__name__)
 
-POST_TRAINING = {"cpu": "dynamic_int8", "gpu": "float16", "int8": "full_int8"}
-QAT = {"qat": "finetune", "pruned-qat": "prune"}
 
 
 class ExportGateError(SlimbertError):
@@ -57,7 +56,7 @@ def input_names(config: PipelineConfig) -> tuple[str, ...]:
     names = ["prepare", cfg.model]
     if cfg.model == "finetune":
         names.append("evaluate")  # the blessing
-    if set(cfg.targets) & (set(QAT) | set(POST_TRAINING)):
+    if any(tflite_source(target, cfg.model) for target in cfg.targets):
         names.append("quantize")
     return tuple(dict.fromkeys(names))
 
@@ -125,29 +124,30 @@ def run(config: PipelineConfig, inputs: dict[str, Path], out_dir: Path, work_dir
     for target in tflite_targets:
         path = tflite_dir / f"{cfg.name}-{target}.tflite"
         reference, source = source_probs, cfg.model
-        if target in POST_TRAINING:
-            kind = POST_TRAINING[target]
+        made_of = tflite_source(target, cfg.model)
+        if made_of and made_of[1] == "qat":
+            source = made_of[0]
+            folder = inputs["quantize"] / source
+            shutil.copyfile(folder / "qat.tflite", path)
+            reference = np.load(folder / "qat_predictions.npz")["probabilities"]
+        elif made_of:
+            kind = made_of[1]
             quantized = inputs.get("quantize", Path("-")) / cfg.model / f"{kind}.tflite"
             if quantized.is_file():
                 shutil.copyfile(quantized, path)
-                log.info("%s: %s from the quantize stage", target, kind)
+                log.info("%s: from the quantize stage", target)
             else:
-                if kind == "full_int8" and representative is None:
+                if kind == "int8" and representative is None:
                     from data.input import representative_examples
 
                     rows = representative_examples(
                         prep_dir, config.quantize.representative_examples, max_seq_length,
                         config.seed)
                     representative = rows.__iter__
-                log.info("%s: converting %s", target, kind)
+                log.info("%s: converting", target)
                 path.write_bytes(to_tflite(
                     model, kind, max_seq_length=max_seq_length,
-                    representative=representative if kind == "full_int8" else None))
-        elif target in QAT:
-            source = QAT[target]
-            folder = inputs["quantize"] / source
-            shutil.copyfile(folder / "qat_int8.tflite", path)
-            reference = np.load(folder / "qat_predictions.npz")["probabilities"]
+                    representative=representative if kind == "int8" else None))
         elif target == "text":
             log.info("text: converting tokenizer + %s model (dynamic-range int8)", cfg.model)
             path.write_bytes(text_tflite(model, tokenizer))

@@ -12,7 +12,7 @@ test split; its accuracy, agreement with its Keras source, size and op census (o
 tensor dtypes; encoder matmuls in int8 or float) go into the manifest.
 
     <run-dir>/quantize/
-        <source>/<kind>.tflite     e.g. finetune/qat_int8.tflite, prune/full_int8.tflite
+        <source>/<kind>.tflite     e.g. finetune/qat.tflite, prune/int8.tflite
         <source>/qat_history.json  the QAT fine-tune, per epoch
         <source>/qat_predictions.npz  the QAT Keras (fake-quant) model's test-split
                                    labels and probabilities (export compares with them)
@@ -130,6 +130,7 @@ def run(config: PipelineConfig, inputs: dict[str, Path], out_dir: Path,
     from data.input import batch_examples, read_split, representative_examples
     from data.tokenizer import read_tokenizer_config
     from export.flatbuffer import census_summary, matmul_weight_sparsity, op_census
+    from export.targets import INT8_ACTIVATION_VARIANTS
     from export.tflite import to_tflite
     from models.artifact import TOKENIZER_FILES, load_model
     from models.evaluation import predict_keras
@@ -164,7 +165,7 @@ def run(config: PipelineConfig, inputs: dict[str, Path], out_dir: Path,
         _, probabilities = predict_keras(model, prep_dir, split, batch_size)
         reference = probabilities.argmax(-1)
         (out_dir / source).mkdir()
-        jobs = [(kind, model) for kind in cfg.post_training]
+        jobs = [(variant, model) for variant in cfg.post_training]
         if cfg.qat:
             qat_model, report = _qat(config, source, source_dir, prep_dir,
                                      work_dir / source, bool(pruned), pruned,
@@ -177,23 +178,23 @@ def run(config: PipelineConfig, inputs: dict[str, Path], out_dir: Path,
             report["keras_fake_quant_accuracy"] = round(float(np.mean(
                 qat_probs.argmax(-1) == y_true)), 6)
             qat_reports[source] = report
-            jobs.append(("qat_int8", qat_model))
-        for kind, keras_model in jobs:
-            name = f"{source}/{kind}"
+            jobs.append(("qat", qat_model))
+        for variant, keras_model in jobs:
+            name = f"{source}/{variant}"
             log.info("%s: converting", name)
-            flat = to_tflite(keras_model, kind, max_seq_length=max_seq_length,
+            flat = to_tflite(keras_model, variant, max_seq_length=max_seq_length,
                              representative=representative
-                             if kind in ("full_int8", "qat_int8") else None)
-            path = out_dir / source / f"{kind}.tflite"
+                             if variant in INT8_ACTIVATION_VARIANTS else None)
+            path = out_dir / source / f"{variant}.tflite"
             path.write_bytes(flat)
             census = op_census(flat)
             metrics = _evaluate_tflite(flat, test_batches, y_test, labels, reference,
                                        desc=name)
             weights = matmul_weight_sparsity(flat)
             variant = {
-                "source": source, "kind": kind,
-                "description": f"{SOURCE_LABELS[source]} {kind}"
-                               + (" (prune-preserving QAT)" if pruned and kind == "qat_int8"
+                "source": source, "variant": variant,
+                "description": f"{SOURCE_LABELS[source]} {variant}"
+                               + (" (prune-preserving QAT)" if pruned and variant == "qat"
                                   else ""),
                 "file": str(path.relative_to(out_dir)), **data_size(flat),
                 "accuracy": metrics["accuracy"], "macro_f1": metrics["macro_f1"],

@@ -83,7 +83,7 @@ def test_every_target_is_exported_and_passes_the_gate(exported):
     # The QAT exports are the quantize stage's files, compared with its QAT models.
     for target, source in (("qat", "finetune"), ("pruned-qat", "prune")):
         assert (export / m["targets"][target]["path"]).read_bytes() == \
-            (exported / "quantize" / source / "qat_int8.tflite").read_bytes()
+            (exported / "quantize" / source / "qat.tflite").read_bytes()
     int8 = m["targets"]["int8"]
     assert int8["census"]["int8_matmuls"] == int8["census"]["matmuls"] == 17
     assert m["targets"]["cpu"]["census"]["hybrid_matmuls"] == 12

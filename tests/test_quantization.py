@@ -12,7 +12,8 @@ from data.input import batch_examples, read_split
 from data.tokenizer import read_tokenizer_config
 from export.flatbuffer import matmul_weight_sparsity, op_census
 from export.runtime import run_tflite
-from export.tflite import INT8_KINDS, KINDS, QAT_FLOAT_OPS, to_tflite
+from export.targets import INT8_ACTIVATION_VARIANTS, TFLITE_VARIANTS
+from export.tflite import QAT_FLOAT_OPS, to_tflite
 from models import pruning
 from models import quantization as quant
 from models.artifact import load_model
@@ -211,7 +212,7 @@ def test_other_activation_and_cls_pooling():
     ids = np.random.default_rng(0).integers(1, 50, size=(4, 12)).astype("int32")
     features = {"input_ids": ids, "input_mask": np.ones_like(ids),
                 "segment_ids": np.zeros_like(ids)}
-    flat = to_tflite(qat_model, "qat_int8", max_seq_length=12, representative=lambda: (
+    flat = to_tflite(qat_model, "qat", max_seq_length=12, representative=lambda: (
         {name: value[i:i + 1] for name, value in features.items()} for i in range(4)))
     census = op_census(flat)
     assert census["float_matmuls"] == 0
@@ -268,7 +269,7 @@ def test_pqat_keeps_sparsity_in_attention_and_ffn(tiny, trained_run):
     assert all(not v["sparsity_mask"].trainable for _, _, v in layer._weight_vars)
 
     # What the converted model computes with: the int8 weights of the 12 matmuls.
-    flat = to_tflite(qat_model, "qat_int8", max_seq_length=tiny["seq_len"],
+    flat = to_tflite(qat_model, "qat", max_seq_length=tiny["seq_len"],
                      representative=tiny["representative"])
     weights = matmul_weight_sparsity(flat)
     encoder = {name: w["sparsity"] for name, w in weights.items() if "layer_" in name}
@@ -289,16 +290,16 @@ def test_pqat_keeps_sparsity_in_attention_and_ffn(tiny, trained_run):
 @pytest.fixture(scope="module")
 def flatbuffers(tiny, qat):
     out = {}
-    for kind in KINDS:
-        model = qat["model"] if kind == "qat_int8" else tiny["model"]
-        representative = tiny["representative"] if kind in ("full_int8", "qat_int8") \
+    for kind in TFLITE_VARIANTS:
+        model = qat["model"] if kind == "qat" else tiny["model"]
+        representative = tiny["representative"] if kind in ("int8", "qat") \
             else None
         out[kind] = to_tflite(model, kind, max_seq_length=tiny["seq_len"],
                               representative=representative)
     return out
 
 
-@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("kind", TFLITE_VARIANTS)
 def test_variant_runs_and_agrees_with_keras(tiny, flatbuffers, kind):
     flat = flatbuffers[kind]
     census = op_census(flat)
@@ -311,23 +312,23 @@ def test_variant_runs_and_agrees_with_keras(tiny, flatbuffers, kind):
         assert detail["dtype"] == np.int32
         assert list(detail["shape"]) == [1, tiny["seq_len"]]
         # int8 kinds have a fixed batch of 1 (biases fuse into their matmuls).
-        batch = 1 if kind in INT8_KINDS else -1
+        batch = 1 if kind in INT8_ACTIVATION_VARIANTS else -1
         assert list(detail["shape_signature"]) == [batch, tiny["seq_len"]]
     (output,) = interpreter.get_output_details()
     assert list(output["shape"]) == [1, 2]
-    assert output["dtype"] == (np.int8 if kind == "full_int8" else np.float32)
+    assert output["dtype"] == (np.int8 if kind == "int8" else np.float32)
 
     logits = run_tflite(flat, tiny["test"], num_threads=1)
     assert logits.shape == tiny["logits"].shape
     assert agreement(logits, tiny["logits"]) >= 0.9
-    if kind != "qat_int8":  # QAT trained on: compared with the QAT model below
-        tolerance = {"float32": 1e-4, "float16": 1e-3, "dynamic_int8": 0.01,
-                     "full_int8": 0.05}[kind]
+    if kind != "qat":  # QAT trained on: compared with the QAT model below
+        tolerance = {"float32": 1e-4, "gpu": 1e-3, "cpu": 0.01,
+                     "int8": 0.05}[kind]
         assert np.abs(logits - tiny["logits"]).max() < tolerance
 
 
 def test_qat_int8_computes_what_the_qat_model_computes(tiny, qat, flatbuffers):
-    logits = run_tflite(flatbuffers["qat_int8"], tiny["test"])
+    logits = run_tflite(flatbuffers["qat"], tiny["test"])
     np.testing.assert_allclose(logits, predict(qat["model"], tiny["test"]), atol=0.05)
 
 
@@ -341,7 +342,7 @@ def test_full_int8_needs_the_bounded_attention_mask(tiny):
                                  mask_value=-1e9)
     unbounded.set_weights(tiny["model"].get_weights())
     np.testing.assert_allclose(predict(unbounded, tiny["test"]), tiny["logits"], atol=1e-5)
-    flat = to_tflite(unbounded, "full_int8", max_seq_length=tiny["seq_len"],
+    flat = to_tflite(unbounded, "int8", max_seq_length=tiny["seq_len"],
                      representative=tiny["representative"])
     assert agreement(run_tflite(flat, tiny["test"]), tiny["logits"]) < 0.75
 
@@ -351,43 +352,43 @@ def test_op_census(tiny, flatbuffers):
     matmuls = expected_matmuls(model)
     assert matmuls == 17
     census = {kind: op_census(flat) for kind, flat in flatbuffers.items()}
-    for kind in ("full_int8", "qat_int8"):
+    for kind in ("int8", "qat"):
         assert census[kind]["float_matmuls"] == 0, kind
         assert census[kind]["hybrid_matmuls"] == 0, kind
         assert census[kind]["int8_matmuls"] == matmuls, kind
         assert census[kind]["ops"]["BATCH_MATMUL int8,int8->int8"] == 4, kind
-    assert census["full_int8"]["ops"]["QUANTIZE float32->int8"] == 1  # the 0/1 mask
-    # qat_int8 keeps the residual stream and LayerNorm arithmetic in float, as trained.
-    qat_float = {key.split(" ")[0] for key in census["qat_int8"]["ops"] if "float32" in key}
+    assert census["int8"]["ops"]["QUANTIZE float32->int8"] == 1  # the 0/1 mask
+    # qat keeps the residual stream and LayerNorm arithmetic in float, as trained.
+    qat_float = {key.split(" ")[0] for key in census["qat"]["ops"] if "float32" in key}
     assert {"ADD", "MEAN", "SQUARED_DIFFERENCE", "RSQRT"} <= qat_float
     assert qat_float <= set(QAT_FLOAT_OPS) | {"CAST", "QUANTIZE", "DEQUANTIZE", "SHAPE"}
-    assert "ADD int8,int8->int8" in census["full_int8"]["ops"]
+    assert "ADD int8,int8->int8" in census["int8"]["ops"]
     # Dynamic range: int8 weights with float activations for the 12 encoder
     # projections; the 4 attention batch matmuls (two activations) and the classifier
     # (64 weights, under the converter's 1024-element threshold) stay float.
-    dynamic = census["dynamic_int8"]
+    dynamic = census["cpu"]
     assert dynamic["hybrid_matmuls"] == 12 and dynamic["float_matmuls"] == 5
     assert dynamic["int8_matmuls"] == 0
     # float16: weights stored as float16 and dequantized; all matmuls in float32.
-    half = census["float16"]
+    half = census["gpu"]
     assert half["float_matmuls"] == matmuls
     assert half["ops"]["DEQUANTIZE float16->float32"] > 0
     assert not any("int8" in key for key in half["ops"])
     assert census["float32"]["float_matmuls"] == matmuls
     sizes = {kind: len(flat) for kind, flat in flatbuffers.items()}
-    assert sizes["dynamic_int8"] < sizes["float16"] < sizes["float32"]
-    assert sizes["full_int8"] < 0.3 * sizes["float32"]
+    assert sizes["cpu"] < sizes["gpu"] < sizes["float32"]
+    assert sizes["int8"] < 0.3 * sizes["float32"]
 
 
 @pytest.fixture(scope="module")
 def per_channel(tiny):
-    """A QAT copy with per-channel FFN kernels, trained 5 steps, and its qat_int8 model."""
+    """A QAT copy with per-channel FFN kernels, trained 5 steps, and its qat model."""
     model = quant.quantize_for_training(
         tiny["model"], per_channel=True,
         calibration=[features for features, _ in tiny["train"][:2]])
     train_steps(model, tiny["train"], steps=5)
     quant.refresh_weight_ranges(model)
-    flat = to_tflite(model, "qat_int8", max_seq_length=tiny["seq_len"],
+    flat = to_tflite(model, "qat", max_seq_length=tiny["seq_len"],
                      representative=tiny["representative"])
     return {"model": model, "flat": flat}
 
@@ -475,7 +476,7 @@ def copy_model(model: keras.Model) -> keras.Model:
 def outlier_model(tiny):
     """The tiny model with FFN output channel 3 of layer 0 made 40x larger (as BERT's
     outlier dimensions are), and a QAT copy that splits it off, trained 3 steps, and its
-    qat_int8 model."""
+    qat model."""
     model = copy_model(tiny["model"])
     dense = model.get_layer("layer_0_ffn_out")
     kernel, bias = dense.get_weights()
@@ -487,7 +488,7 @@ def outlier_model(tiny):
                                       split_outliers=4.0)
     train_steps(qat, tiny["train"], steps=3)
     quant.refresh_weight_ranges(qat)
-    flat = to_tflite(qat, "qat_int8", max_seq_length=tiny["seq_len"],
+    flat = to_tflite(qat, "qat", max_seq_length=tiny["seq_len"],
                      representative=tiny["representative"])
     return {"model": model, "calibration": calibration, "qat": qat, "flat": flat}
 
@@ -542,7 +543,7 @@ def test_split_outliers_keep_the_pruned_zeros(tiny, outlier_model):
     train_steps(qat, tiny["train"], steps=3)
     trained = quant.effective_kernels(qat)["layer_0_ffn_out/kernel"]
     assert np.all(trained[kernel == 0] == 0) and np.mean(trained == 0) >= 0.5
-    flat = to_tflite(qat, "qat_int8", max_seq_length=tiny["seq_len"],
+    flat = to_tflite(qat, "qat", max_seq_length=tiny["seq_len"],
                      representative=tiny["representative"])
     weights = {name: counts for name, counts in matmul_weight_sparsity(flat).items()
                if "layer_0_ffn_out" in name}
@@ -566,4 +567,4 @@ def test_conversion_errors(tiny):
     with pytest.raises(ValueError, match="kind must be one of"):
         to_tflite(tiny["model"], "int4", max_seq_length=8)
     with pytest.raises(ValueError, match="needs representative data"):
-        to_tflite(tiny["model"], "full_int8", max_seq_length=8)
+        to_tflite(tiny["model"], "int8", max_seq_length=8)

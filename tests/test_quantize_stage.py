@@ -19,7 +19,7 @@ def test_every_variant_is_written_evaluated_and_integer(quantized_run):
     assert sorted(m["inputs"]) == ["finetune", "prepare", "prune"]
     variants = json.loads((quantized_run / "quantize" / "variants.json").read_text())
     assert sorted(variants) == [f"{s}/{k}" for s in ("finetune", "prune")
-                                for k in ("dynamic_int8", "full_int8", "qat_int8")]
+                                for k in ("cpu", "int8", "qat")]
     test_size = sum(1 for _ in read_split(quantized_run / "prepare", "test", with_text=False))
     for name, v in variants.items():
         path = quantized_run / "quantize" / v["file"]
@@ -31,18 +31,18 @@ def test_every_variant_is_written_evaluated_and_integer(quantized_run):
         census = v["census"]
         # 8 per layer x 2 + classifier, + one per FFN output with outlier channels.
         splits = len(m["metrics"]["qat"][v["source"]]["outlier_channels"]) \
-            if v["kind"] == "qat_int8" else 0
+            if v["variant"] == "qat" else 0
         assert census["matmuls"] == 17 + splits
-        if v["kind"] in ("full_int8", "qat_int8"):
+        if v["variant"] in ("int8", "qat"):
             assert census["int8_matmuls"] == 17 + splits, name
             assert census["float_matmuls"] == 0, name
             assert v["ops"]["BATCH_MATMUL int8,int8->int8"] == 4
         else:
             assert census["hybrid_matmuls"] == 12, name
     # Files are what the manifest says: reload one and recompute its accuracy.
-    flat = (quantized_run / "quantize" / "finetune" / "qat_int8.tflite").read_bytes()
+    flat = (quantized_run / "quantize" / "finetune" / "qat.tflite").read_bytes()
     assert op_census(flat)["int8_matmuls"] == \
-        variants["finetune/qat_int8"]["census"]["int8_matmuls"]
+        variants["finetune/qat"]["census"]["int8_matmuls"]
     Interpreter(model_content=flat).allocate_tensors()
     for name in ("labels.txt", "vocab.txt", "tokenizer.json"):
         assert (quantized_run / "quantize" / name).read_bytes() == \
@@ -58,12 +58,12 @@ def test_prune_preserving_qat_keeps_the_sparsity(quantized_run):
     assert report["training"]["steps"] > 0
     variants = json.loads((quantized_run / "quantize" / "variants.json").read_text())
     # In the int8 weights the runtime reads: 12 encoder kernels, still >= 75% zeros.
-    converted = variants["prune/qat_int8"]["sparsity"]
+    converted = variants["prune/qat"]["sparsity"]
     assert converted["kernels"] == 12 and converted["min"] >= 0.74
     pruned = manifest(quantized_run, "prune")["metrics"]["sparsity"]["overall"]
     assert converted["overall"] == pytest.approx(pruned, abs=0.01)  # zeros / all weights
     assert report["sparsity_after"]["overall"] == pytest.approx(pruned, abs=1e-4)
-    assert "sparsity" not in variants["finetune/qat_int8"]
+    assert "sparsity" not in variants["finetune/qat"]
     assert "sparsity_before" not in m["qat"]["finetune"]
     history = json.loads((quantized_run / "quantize" / "prune" / "qat_history.json").read_text())
     assert history and np.isfinite(history[-1]["val_accuracy"])
@@ -75,12 +75,12 @@ def test_sources_decide_the_inputs(trained_run, tmp_path, easy_data, capsys):
     for stage in ("prepare", "finetune"):
         shutil.copytree(trained_run / stage, tmp_path / stage)
     only_float = ["quantize.sources=[finetune]", "quantize.qat=false",
-                  "quantize.post_training=[float16]", "export.targets=[cpu]"]
+                  "quantize.post_training=[gpu]", "export.targets=[cpu]"]
     assert run_stage("quantize", tmp_path, *easy_data, *TRAINED, *only_float) == 0
     m = manifest(tmp_path, "quantize")
     assert sorted(m["inputs"]) == ["finetune", "prepare"]
-    assert list(m["metrics"]["variants"]) == ["finetune/float16"]
-    assert m["metrics"]["variants"]["finetune/float16"]["agreement_with_source"] == 1.0
+    assert list(m["metrics"]["variants"]) == ["finetune/gpu"]
+    assert m["metrics"]["variants"]["finetune/gpu"]["agreement_with_source"] == 1.0
 
     shutil.rmtree(tmp_path / "quantize")
     assert run_stage("quantize", tmp_path, *easy_data, *TRAINED, "quantize.sources=[prune]",
@@ -93,6 +93,7 @@ def test_sources_decide_the_inputs(trained_run, tmp_path, easy_data, capsys):
     ("quantize.sources=[finetune, finetune]", "quantize.sources"),
     ("quantize.sources=[evaluate]", "quantize.sources"),
     ("quantize.post_training=[int4]", "quantize.post_training"),
+    ("quantize.post_training=[dynamic_int8]", "'dynamic_int8' is now called 'cpu'"),
     ("quantize.representative_examples=0", "quantize.representative_examples"),
     ("quantize.outlier_ratio=0.5", "quantize.outlier_ratio"),
     ("quantize.calibration_batches=0", "needs quantize.calibration_batches > 0"),

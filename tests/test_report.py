@@ -64,8 +64,8 @@ def test_speed_is_measured_for_every_model_and_thread_count(reported):
         assert row["throughput"]["examples_per_second"] > 0
     # The export's cpu model is the quantize stage's dynamic-range file: timed once.
     rows = {r["name"]: r for r in report["models"]}
-    assert rows["export cpu"]["same_file_as"] == "TFLite float dynamic_int8"
-    assert rows["export cpu"]["latency"] == rows["TFLite float dynamic_int8"]["latency"]
+    assert rows["export cpu"]["same_file_as"] == "TFLite float cpu"
+    assert rows["export cpu"]["latency"] == rows["TFLite float cpu"]["latency"]
     raw = json.loads((reported / "report" / "latency.json").read_text())
     assert len(raw) == 2 * len([r for r in report["models"] if not r.get("same_file_as")])
 

@@ -45,7 +45,7 @@ the logits `Dense` (model output)      `DenseQuantizeConfig`: 8-bit kernel, outp
 The FFN's exact GELU is tfmot's "gelu" (recognized by name, quantized before and after
 the activation, as TFLite runs GELU as its own int8 op); a `Dense` with an activation
 tfmot does not know (our `gelu_approximate`) gets `DenseQuantizeConfig`: 8-bit kernel,
-quantized output. The `qat_int8` conversion (`export.tflite.to_tflite`) mirrors this.
+quantized output. The `qat` conversion (`export.tflite.to_tflite`) mirrors this.
 
 Pruned models keep their sparsity through QAT with `preserve_sparsity=True`: Dense
 layers on tfmot's configs use its prune-preserving scheme, and our kernel quantizers
@@ -56,7 +56,7 @@ whatever the optimizer does.
 Example:
     >>> qat = quantize_for_training(model)
     >>> ... train qat with a GradientTape loop ...
-    >>> flat = export.tflite.to_tflite(qat, "qat_int8", max_seq_length=128,
+    >>> flat = export.tflite.to_tflite(qat, "qat", max_seq_length=128,
     ...                                representative=examples)
 """
 
@@ -96,7 +96,7 @@ TFMOT_ACTIVATIONS = frozenset({"linear", "relu", "swish", "gelu", "softmax", "si
 # The residual stream stays float: the sums that feed LayerNorm (`Add`, including the
 # embedding sum, and the position embeddings added into it) have outlier channels that
 # no per-tensor 8-bit range represents (fake-quantizing these outputs flips far more
-# predictions than fake-quantizing the LayerNorm outputs). The qat_int8 conversion
+# predictions than fake-quantizing the LayerNorm outputs). The qat conversion
 # keeps the matching ops in float too (`export.tflite.QAT_FLOAT_OPS`).
 FLOAT = object()  # _config_for: leave the layer unannotated, in float
 
@@ -208,7 +208,7 @@ def quantize_for_training(model: keras.Model, *, preserve_sparsity: bool = False
 
     Weights are copied (the input model is left untouched). The result trains with a
     plain `tf.GradientTape` loop and converts with
-    `export.tflite.to_tflite(..., "qat_int8")`.
+    `export.tflite.to_tflite(..., "qat")`.
 
     Args:
         model: keras.Model. A functional model built by `models.bert` (float32).
