@@ -19,7 +19,7 @@ Words longer than 100 bytes become `[UNK]`. The ids equal keras-hub's `BertToken
 (`strip_accents=True`) and Hugging Face BERT's on ordinary text; tensorflow_text's normalizer
 differs from Hugging Face on rare input (control characters become spaces instead of being
 deleted, case folding maps "ß" to "ss" and "ﬁ" to "fi", U+FFFD is kept, the word limit is
-in bytes not characters, "[CLS]" typed in a text is plain text): see tests/test_tokenizer.py.
+in bytes not characters, "[CLS]" typed in a text is plain text): see tests/data/test_tokenizer.py.
 
 Example:
     >>> tok = BertTokenizer("vocab.txt", lower_case=True, max_seq_length=8)

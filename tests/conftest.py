@@ -1,30 +1,14 @@
-"""Shared fixtures. Importing `pipeline` first selects Keras 2 before TensorFlow loads."""
+"""Shared fixtures: session-scoped tiny runs that many tests read. Importing `core` first
+selects Keras 2 before TensorFlow loads; the helpers are in tests/helpers.py."""
 
-import json
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-import pipeline  # noqa: F401
+import core  # noqa: F401
 from models import assets
-
-REPO = Path(__file__).resolve().parents[1]
-TINY = str(REPO / "configs" / "tiny.yaml")
-
-
-def run_stage(stage, run_dir, *overrides, config=TINY):
-    """Run one stage in-process like `slimbert <stage>`; returns the exit code."""
-    from pipeline.cli import main
-
-    args = [stage, "--config", config, "--run-dir", str(run_dir)]
-    for item in overrides:
-        args += ["--set", item]
-    return main(args)
-
-
-def manifest(run_dir, stage):
-    return json.loads((Path(run_dir) / stage / "manifest.json").read_text())
+from tests.helpers import PRUNE, QUANTIZE, TRAINED, copy_run, run_stage
 
 
 @pytest.fixture(scope="session")
@@ -55,10 +39,6 @@ def easy_data(tmp_path_factory):
             "data.labels=[neg, pos]", "data.max_examples=0"]
 
 
-TRAINED = ["finetune.epochs=4", "finetune.batch_size=16", "finetune.learning_rate=0.002",
-           "evaluate.min_accuracy=0.9"]
-
-
 @pytest.fixture(scope="session")
 def trained_run(tmp_path_factory, easy_data):
     """prepare + finetune + evaluate of a tiny model on the easy task (read-only)."""
@@ -68,32 +48,14 @@ def trained_run(tmp_path_factory, easy_data):
     return run_dir
 
 
-PRUNE = ["prune.final_sparsity=0.75", "prune.frequency=1", "prune.train.epochs=2",
-         "prune.train.batch_size=16", "prune.train.learning_rate=0.001"]
-QUANTIZE = ["quantize.post_training=[cpu, int8]",
-            "quantize.train.learning_rate=0.0002"]
-
-
 @pytest.fixture(scope="session")
 def quantized_run(trained_run, tmp_path_factory, easy_data):
     """The trained run's prepare/finetune/evaluate, then prune and quantize (read-only)."""
-    import shutil
-
-    run_dir = tmp_path_factory.mktemp("quantized")
-    for stage in ("prepare", "finetune", "evaluate"):
-        shutil.copytree(trained_run / stage, run_dir / stage)
+    run_dir = copy_run(trained_run, tmp_path_factory.mktemp("quantized"),
+                       ("prepare", "finetune", "evaluate"))
     assert run_stage("prune", run_dir, *easy_data, *TRAINED, *PRUNE) == 0
     assert run_stage("quantize", run_dir, *easy_data, *TRAINED, *PRUNE, *QUANTIZE) == 0
     return run_dir
-
-
-def copy_run(source, target, stages=("prepare", "finetune", "evaluate", "prune", "quantize")):
-    """Copy the named stage artifacts of a run into `target` (returned)."""
-    import shutil
-
-    for stage in stages:
-        shutil.copytree(Path(source) / stage, Path(target) / stage)
-    return Path(target)
 
 
 @pytest.fixture(scope="session")

@@ -15,8 +15,7 @@ from export.runtime import available_runtimes, make_interpreter
 from export.savedmodel import read_warmup
 from models.artifact import load_model
 from pipeline.cli import main
-
-from .conftest import PRUNE, QUANTIZE, REPO, TRAINED, copy_run, manifest, run_stage
+from tests.helpers import PRUNE, QUANTIZE, REPO, TRAINED, copy_run, manifest, run_stage
 
 TARGETS = ("savedmodel", "cpu", "gpu", "int8", "qat", "pruned-qat", "text")
 TEXTS = ["a moving, beautifully acted film", "dull, tedious and far too long", "",

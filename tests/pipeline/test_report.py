@@ -6,8 +6,7 @@ import json
 import pytest
 
 from pipeline.cli import main
-
-from .conftest import PRUNE, QUANTIZE, TINY, TRAINED, copy_run, manifest, run_stage
+from tests.helpers import PRUNE, QUANTIZE, TINY, TRAINED, copy_run, manifest, run_stage
 
 STAGES = ("prepare", "finetune", "evaluate", "prune", "quantize", "export")
 REPORT = ["report.latency_runs=4", "report.warmup=1", "report.throughput_runs=1",

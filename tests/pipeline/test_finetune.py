@@ -19,8 +19,7 @@ from models.distill import distillation_loss, hidden_distillation_loss, hidden_s
 from models.evaluation import bless, classification_metrics, predict_keras
 from models.optimization import WarmupLinearDecay, make_optimizer
 from models.training import make_train_step
-
-from .conftest import REPO, TINY, manifest, run_stage
+from tests.helpers import REPO, TINY, manifest, run_stage
 
 
 def test_tiny_model_learns_and_is_blessed(trained_run):

@@ -10,8 +10,7 @@ from ai_edge_litert.interpreter import Interpreter
 
 from data.input import read_split
 from export.flatbuffer import op_census
-
-from .conftest import TRAINED, manifest, run_stage
+from tests.helpers import TRAINED, manifest, run_stage
 
 
 def test_every_variant_is_written_evaluated_and_integer(quantized_run):

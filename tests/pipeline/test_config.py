@@ -10,8 +10,7 @@ from pipeline.config import (
     config_hash,
     load_config,
 )
-
-from .conftest import REPO
+from tests.helpers import REPO
 
 
 def test_defaults_yaml_and_overrides_layer(tmp_path):

@@ -7,8 +7,7 @@ import numpy as np
 import pytest
 
 from core.errors import SlimbertError
-
-from .conftest import REPO, TINY
+from tests.helpers import REPO, TINY
 
 
 def readme_example() -> str:
@@ -45,9 +44,8 @@ def test_readme_example_runs(tmp_path, monkeypatch):
 
 def test_run_stage_matches_the_cli(tmp_path):
     from pipeline.api import load_config, read_manifest, run_stage
-
-    from .conftest import manifest
-    from .conftest import run_stage as cli_stage
+    from tests.helpers import manifest
+    from tests.helpers import run_stage as cli_stage
 
     config = load_config(TINY)
     folder = run_stage("prepare", config, tmp_path / "api")

@@ -13,10 +13,7 @@ import tensorflow as tf
 from data.input import batch_examples, read_split
 from data.tokenizer import BertTokenizer
 from pipeline.cli import main
-
-from .conftest import REPO
-
-TINY = str(REPO / "configs" / "tiny.yaml")
+from tests.helpers import REPO, TINY
 
 
 def prepare(run_dir, tfds_dir, *overrides, config=TINY):

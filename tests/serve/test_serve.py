@@ -23,8 +23,7 @@ from data.features import INPUT_NAMES
 from export.predictor import Predictor
 from serve.batcher import Batcher, ShuttingDown
 from serve.testing import ServerError, ServerProcess, free_port
-
-from .conftest import REPO
+from tests.helpers import REPO
 
 TEXTS = ["a wonderful movie with actors", "the plot was awful", "", "Ünïcödé 🎬 wonderful",
          "it was a movie", "awful awful scenes and a plot"]

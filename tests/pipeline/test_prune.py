@@ -11,8 +11,7 @@ from data.input import batch_examples, read_split
 from models import pruning
 from models.artifact import load_model
 from pipeline.config import PruneConfig
-
-from .conftest import PRUNE, TRAINED, manifest, run_stage
+from tests.helpers import PRUNE, TRAINED, manifest, run_stage
 
 
 def fresh_run(trained_run, tmp_path):

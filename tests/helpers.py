@@ -1,0 +1,39 @@
+"""Shared test helpers: run a stage like the CLI, read its manifest, copy a run, and the
+overrides that make the tiny model learn. Fixtures built on them are in conftest.py."""
+
+import json
+import shutil
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = str(REPO / "configs" / "tiny.yaml")
+
+
+def run_stage(stage, run_dir, *overrides, config=TINY):
+    """Run one stage in-process like `slimbert <stage>`; returns the exit code."""
+    from pipeline.cli import main
+
+    args = [stage, "--config", config, "--run-dir", str(run_dir)]
+    for item in overrides:
+        args += ["--set", item]
+    return main(args)
+
+
+def manifest(run_dir, stage):
+    return json.loads((Path(run_dir) / stage / "manifest.json").read_text())
+
+
+def copy_run(source, target, stages=("prepare", "finetune", "evaluate", "prune", "quantize")):
+    """Copy the named stage artifacts of a run into `target` (returned)."""
+    for stage in stages:
+        shutil.copytree(Path(source) / stage, Path(target) / stage)
+    return Path(target)
+
+
+# Overrides for the easy task (see conftest's `easy_data`) that a tiny model must learn.
+TRAINED = ["finetune.epochs=4", "finetune.batch_size=16", "finetune.learning_rate=0.002",
+           "evaluate.min_accuracy=0.9"]
+PRUNE = ["prune.final_sparsity=0.75", "prune.frequency=1", "prune.train.epochs=2",
+         "prune.train.batch_size=16", "prune.train.learning_rate=0.001"]
+QUANTIZE = ["quantize.post_training=[cpu, int8]",
+            "quantize.train.learning_rate=0.0002"]
