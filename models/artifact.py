@@ -22,10 +22,12 @@ import tf_keras as keras
 import models.bert  # noqa: F401  (registers the custom layers for loading)
 import models.optimization  # noqa: F401
 from core.errors import ArtifactError
+from data.tokenizer import TOKENIZER_FILE, VOCAB_FILE
 
 MODEL_FILE = "model.keras"
 META_FILE = "model.json"
-TOKENIZER_FILES = ("labels.txt", "vocab.txt", "tokenizer.json")
+# The labels and the tokenizer artifact (data.tokenizer) travel with every model.
+TOKENIZER_FILES = ("labels.txt", VOCAB_FILE, TOKENIZER_FILE)
 
 
 def save_model(model: keras.Model, out_dir: Path, meta: dict[str, Any],

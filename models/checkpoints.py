@@ -98,7 +98,7 @@ def _keras_hub_tokenizer(cfg: ModelConfig) -> TokenizerSpec:
     folder = Path(name).expanduser()
     if folder.is_dir():
         vocab_path = folder / "assets" / "tokenizer" / "vocabulary.txt"
-        tok_json = folder / "tokenizer.json"
+        tok_json = folder / "tokenizer.json"  # keras-hub's preset file, not ours
         if not vocab_path.is_file() or not tok_json.is_file():
             raise CheckpointError(f"{folder} is not a keras-hub BERT preset folder "
                                   "(expected tokenizer.json and assets/tokenizer/vocabulary.txt)")

@@ -108,7 +108,7 @@ def run(config: PipelineConfig, inputs: dict[str, Path], out_dir: Path, work_dir
     made: dict[str, dict[str, Any]] = {}  # target -> {path, reference probabilities, ...}
     if "savedmodel" in cfg.targets:
         version_dir = out_dir / "saved_model" / cfg.name / str(cfg.version)
-        assets = [source_dir / name for name in ("vocab.txt", "tokenizer.json", "labels.txt")]
+        assets = [source_dir / name for name in TOKENIZER_FILES]
         log.info("savedmodel: writing %s", version_dir)
         saved = save_serving_model(model, tokenizer, labels, version_dir, assets, cfg.name,
                                    texts[:16] if cfg.warmup_requests else [])
