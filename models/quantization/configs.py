@@ -213,6 +213,13 @@ class PerChannelDenseQuantizeConfig(KernelsQuantizeConfig):
         return {"preserve_sparsity": self.preserve_sparsity}
 
 
-__all__ = ["ATTENTION_KERNELS", "AttentionQuantizeConfig", "DenseQuantizeConfig",
-           "KernelsQuantizeConfig", "OutputQuantizeConfig", "PassThroughQuantizeConfig",
-           "PerChannelDenseQuantizeConfig", "SplitOutputDenseQuantizeConfig"]
+# Every QuantizeConfig of ours: what loading or cloning a QAT model must know by name.
+QUANTIZE_CONFIGS = (KernelsQuantizeConfig, AttentionQuantizeConfig,
+                    SplitOutputDenseQuantizeConfig, OutputQuantizeConfig,
+                    PassThroughQuantizeConfig, DenseQuantizeConfig,
+                    PerChannelDenseQuantizeConfig)
+
+__all__ = ["ATTENTION_KERNELS", "QUANTIZE_CONFIGS", "AttentionQuantizeConfig",
+           "DenseQuantizeConfig", "KernelsQuantizeConfig", "OutputQuantizeConfig",
+           "PassThroughQuantizeConfig", "PerChannelDenseQuantizeConfig",
+           "SplitOutputDenseQuantizeConfig"]

@@ -23,15 +23,7 @@ from models.bert import (
     QuantPoints,
     gelu_approximate,
 )
-from models.quantization.configs import (
-    AttentionQuantizeConfig,
-    DenseQuantizeConfig,
-    KernelsQuantizeConfig,
-    OutputQuantizeConfig,
-    PassThroughQuantizeConfig,
-    PerChannelDenseQuantizeConfig,
-    SplitOutputDenseQuantizeConfig,
-)
+from models.quantization.configs import QUANTIZE_CONFIGS
 from models.quantization.quantizers import KernelQuantizer
 
 
@@ -105,10 +97,7 @@ def custom_objects() -> dict[str, Any]:
     """Everything `quantize_scope` needs to clone, save and load our QAT models."""
     return {cls.__name__: cls for cls in (
         AttentionMask, BertSelfAttention, ClsToken, MaskedMeanPooling, PositionEmbedding,
-        FakeQuantEmbedding, SplitOutputDense, SplitOutputDenseQuantizeConfig,
-        KernelQuantizer, KernelsQuantizeConfig, AttentionQuantizeConfig,
-        OutputQuantizeConfig, PassThroughQuantizeConfig, DenseQuantizeConfig,
-        PerChannelDenseQuantizeConfig)} | {
+        FakeQuantEmbedding, SplitOutputDense, KernelQuantizer, *QUANTIZE_CONFIGS)} | {
         "gelu_approximate": gelu_approximate}
 
 
