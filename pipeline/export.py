@@ -46,7 +46,6 @@ from pipeline.config import PipelineConfig, SlimbertError
 log = logging.getLogger(__name__)
 
 
-
 class ExportGateError(SlimbertError):
     """An exported model failed verification."""
 
@@ -131,13 +130,13 @@ def run(config: PipelineConfig, inputs: dict[str, Path], out_dir: Path, work_dir
             shutil.copyfile(folder / "qat.tflite", path)
             reference = np.load(folder / "qat_predictions.npz")["probabilities"]
         elif made_of:
-            kind = made_of[1]
-            quantized = inputs.get("quantize", Path("-")) / cfg.model / f"{kind}.tflite"
+            variant = made_of[1]
+            quantized = inputs.get("quantize", Path("-")) / cfg.model / f"{variant}.tflite"
             if quantized.is_file():
                 shutil.copyfile(quantized, path)
                 log.info("%s: from the quantize stage", target)
             else:
-                if kind == "int8" and representative is None:
+                if variant == "int8" and representative is None:
                     from data.input import representative_examples
 
                     rows = representative_examples(
@@ -146,8 +145,8 @@ def run(config: PipelineConfig, inputs: dict[str, Path], out_dir: Path, work_dir
                     representative = rows.__iter__
                 log.info("%s: converting", target)
                 path.write_bytes(to_tflite(
-                    model, kind, max_seq_length=max_seq_length,
-                    representative=representative if kind == "int8" else None))
+                    model, variant, max_seq_length=max_seq_length,
+                    representative=representative if variant == "int8" else None))
         elif target == "text":
             log.info("text: converting tokenizer + %s model (dynamic-range int8)", cfg.model)
             path.write_bytes(text_tflite(model, tokenizer))

@@ -12,7 +12,8 @@ test split; its accuracy, agreement with its Keras source, size and op census (o
 tensor dtypes; encoder matmuls in int8 or float) go into the manifest.
 
     <run-dir>/quantize/
-        <source>/<kind>.tflite     e.g. finetune/qat.tflite, prune/int8.tflite
+        <source>/<variant>.tflite  e.g. finetune/qat.tflite, prune/int8.tflite (the
+                                   export target names: float32, cpu, gpu, int8, qat)
         <source>/qat_history.json  the QAT fine-tune, per epoch
         <source>/qat_predictions.npz  the QAT Keras (fake-quant) model's test-split
                                    labels and probabilities (export compares with them)
@@ -191,7 +192,7 @@ def run(config: PipelineConfig, inputs: dict[str, Path], out_dir: Path,
             metrics = _evaluate_tflite(flat, test_batches, y_test, labels, reference,
                                        desc=name)
             weights = matmul_weight_sparsity(flat)
-            variant = {
+            entry = {
                 "source": source, "variant": variant,
                 "description": f"{SOURCE_LABELS[source]} {variant}"
                                + (" (prune-preserving QAT)" if pruned and variant == "qat"
@@ -202,9 +203,9 @@ def run(config: PipelineConfig, inputs: dict[str, Path], out_dir: Path,
                 "metrics": metrics, "census": census_summary(census),
                 "ops": census["ops"]}
             if pruned:
-                variant["sparsity"] = sparsity_summary(
+                entry["sparsity"] = sparsity_summary(
                     {k: v for k, v in weights.items() if any(p in k for p in pruned)})
-            variants[name] = variant
+            variants[name] = entry
             log.info("%s: accuracy %.4f (agreement %.4f), %.2f MB, matmuls int8 %d / "
                      "hybrid %d / float %d", name, metrics["accuracy"],
                      metrics["agreement_with_source"], len(flat) / 1e6,
