@@ -8,8 +8,10 @@ date and skipped unless forced.
 
 Manifest fields: `stage`, `fingerprint` (hash of the stage's config and input manifests),
 `config` (the whole resolved config) and `config_hash`, `inputs` (upstream artifacts:
-path and manifest sha256), `files` (relative path -> sha256 and size), `metrics`,
-`versions` (Python and library versions), `git_commit`, `created_at`, `duration_s`.
+path and manifest sha256), `external_inputs` (what the stage read from outside the
+run, e.g. each user data file's path, size and sha256), `files` (relative path ->
+sha256 and size), `metrics`, `versions` (Python and library versions), `git_commit`,
+`created_at`, `duration_s`.
 """
 
 from __future__ import annotations
@@ -116,10 +118,15 @@ def verify_files(artifact_dir: Path, manifest: dict[str, Any]) -> list[str]:
     return bad
 
 
-def fingerprint(stage: str, stage_config: Any, inputs: dict[str, Path]) -> str:
-    """Hash of what determines a stage's output: its config part and its inputs' manifests."""
+def fingerprint(stage: str, stage_config: Any, inputs: dict[str, Path],
+                external_inputs: dict[str, Any] | None = None) -> str:
+    """Hash of what determines a stage's output: its config part, its inputs' manifests
+    and the descriptions of what it reads from outside the run (see `write_manifest`)."""
     input_hashes = {name: sha256_file(Path(path) / MANIFEST) for name, path in inputs.items()}
-    return config_hash({"stage": stage, "config": stage_config, "inputs": input_hashes})
+    described = {"stage": stage, "config": stage_config, "inputs": input_hashes}
+    if external_inputs:
+        described["external_inputs"] = external_inputs
+    return config_hash(described)
 
 
 def is_up_to_date(out_dir: Path, expected_fingerprint: str) -> bool:
@@ -169,7 +176,8 @@ def atomic_dir(final: Path) -> Iterator[Path]:
 
 
 def write_manifest(out_dir: Path, *, stage: str, config: PipelineConfig, fingerprint: str,
-                   inputs: dict[str, Path], metrics: dict[str, Any], started: float) -> dict:
+                   inputs: dict[str, Path], metrics: dict[str, Any], started: float,
+                   external_inputs: dict[str, Any] | None = None) -> dict:
     """Write config.yaml and manifest.json into a finished (temporary) artifact folder."""
     (out_dir / CONFIG_FILE).write_text(config.to_yaml(), encoding="utf-8")
     manifest = {
@@ -180,6 +188,7 @@ def write_manifest(out_dir: Path, *, stage: str, config: PipelineConfig, fingerp
         "inputs": {name: {"path": str(Path(path).resolve()),
                           "manifest_sha256": sha256_file(Path(path) / MANIFEST)}
                    for name, path in inputs.items()},
+        "external_inputs": external_inputs or {},
         "files": hash_files(out_dir),
         "metrics": metrics,
         "versions": library_versions(),

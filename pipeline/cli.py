@@ -5,6 +5,10 @@ A stage is a module `pipeline.<stage>` with:
     INPUTS: names of the upstream stages whose artifacts it reads (or a function
         `input_names(config)` when that depends on the config);
     fingerprint_config(config): the part of the config its output depends on;
+    external_inputs(config) (optional): what it reads from outside the run directory
+        (the user's data files, a checkpoint folder, a tfds dataset version), as
+        name -> JSON-able description that changes when the content does (e.g. path,
+        size and sha256 of each file); part of the fingerprint and the manifest;
     run(config, inputs, out_dir, work_dir) -> metrics: writes its files into out_dir
         (a stage whose run takes `force` also gets --force, e.g. to keep exports that
         fail verification).
@@ -57,13 +61,16 @@ def execute(name: str, config: PipelineConfig, run_dir: Path, force: bool = Fals
                 f"stage '{name}' needs the '{dep}' artifact at {path}; run "
                 f"`slimbert {dep} --run-dir {run_dir}` (or `slimbert run`) first")
     out_dir = run_dir / name
-    fingerprint = artifacts.fingerprint(name, module.fingerprint_config(config), inputs)
+    external = module.external_inputs(config) if hasattr(module, "external_inputs") else {}
+    fingerprint = artifacts.fingerprint(name, module.fingerprint_config(config), inputs,
+                                        external)
+    work_root = run_dir / ".work"
     if not force and artifacts.is_up_to_date(out_dir, fingerprint):
         log.info("%s: up to date at %s (use --force to rerun)", name, out_dir)
+        _remove_work(work_root, name)  # scratch of a run that another one superseded
         return out_dir
     log.info("%s: running -> %s", name, out_dir)
     started = time.time()
-    work_root = run_dir / ".work"
     work_dir = work_root / f"{name}-{fingerprint[:12]}"
     work_dir.mkdir(parents=True, exist_ok=True)
     try:
@@ -72,15 +79,23 @@ def execute(name: str, config: PipelineConfig, run_dir: Path, force: bool = Fals
                 else {}
             metrics = module.run(config, inputs, tmp, work_dir, **extra)
             artifacts.write_manifest(tmp, stage=name, config=config, fingerprint=fingerprint,
-                                     inputs=inputs, metrics=metrics, started=started)
-        for done in work_root.glob(f"{name}-*"):
-            shutil.rmtree(done, ignore_errors=True)
+                                     inputs=inputs, external_inputs=external,
+                                     metrics=metrics, started=started)
+        _remove_work(work_root, name)
     finally:  # keep scratch only where it holds something to resume from
         for folder in (work_dir, work_root):
             if folder.is_dir() and not any(folder.iterdir()):
                 folder.rmdir()
     log.info("%s: done in %.1f s", name, time.time() - started)
     return out_dir
+
+
+def _remove_work(work_root: Path, name: str) -> None:
+    """Remove stage `name`'s resumable scratch (of any fingerprint) once it is done."""
+    for done in work_root.glob(f"{name}-*"):
+        shutil.rmtree(done, ignore_errors=True)
+    if work_root.is_dir() and not any(work_root.iterdir()):
+        work_root.rmdir()
 
 
 def _common_options(parser: argparse.ArgumentParser) -> None:
