@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
+from core.errors import ArtifactError
 from data.features import INPUT_NAMES
 
 
@@ -40,6 +41,39 @@ def _softmax(logits: np.ndarray) -> np.ndarray:
     shifted = logits - logits.max(axis=-1, keepdims=True)
     exp = np.exp(shifted)
     return (exp / exp.sum(axis=-1, keepdims=True)).astype(np.float32)
+
+
+def check_texts(texts: Sequence[str]) -> None:
+    """ValueError naming the first item that is not a str encodable as UTF-8 (a lone
+    surrogate such as "\\ud800", or an undecodable byte that Python's argv decoding
+    kept as one), so one bad text is refused before it can fail a batch."""
+    for i, text in enumerate(texts):
+        if not isinstance(text, str):
+            raise ValueError(f"text {i} is a {type(text).__name__}, not a string")
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError as err:
+            raise ValueError(f"text {i} is not valid Unicode: {text[err.start]!r} at "
+                             f"character {err.start} (a lone surrogate) cannot be "
+                             "encoded as UTF-8") from None
+
+
+def _first_line(err: BaseException) -> str:
+    return (str(err).strip().splitlines() or [type(err).__name__])[0]
+
+
+def _read_labels(path: Path) -> list[str]:
+    """The label names of an export (labels.txt, one per line)."""
+    try:
+        labels = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as err:
+        raise ArtifactError(f"cannot read the labels of the model at {path} "
+                            f"({getattr(err, 'strerror', None) or err}); an export keeps "
+                            "labels.txt beside its .tflite files and in the SavedModel's "
+                            "assets") from None
+    if not labels:
+        raise ArtifactError(f"{path} lists no labels")
+    return labels
 
 
 class Predictor:
@@ -67,20 +101,28 @@ class Predictor:
             import tensorflow as tf
             import tensorflow_text  # noqa: F401  (registers the tokenizer's ops)
 
-            self._loaded = tf.saved_model.load(str(self.path))
+            try:
+                self._loaded = tf.saved_model.load(str(self.path))
+            except (OSError, ValueError, tf.errors.OpError) as err:
+                raise ArtifactError(f"{self.path} is not a loadable SavedModel "
+                                    f"({_first_line(err)}); export it again with "
+                                    "`slimbert export`") from None
             self.runtime = "tensorflow"
             self.kernels = None
-            self.labels = (self.path / "assets" / "labels.txt").read_text(
-                encoding="utf-8").splitlines()
+            self.labels = _read_labels(self.path / "assets" / "labels.txt")
             return
         from export.runtime import inputs_by_name, make_interpreter
 
         self.kernels = kernels
-        self.interpreter, self.runtime = make_interpreter(
-            model_path=self.path, num_threads=num_threads,
-            custom_ops=self.format == "tflite-text", kernels=kernels)
-        self.labels = (self.path.parent / "labels.txt").read_text(
-            encoding="utf-8").splitlines()
+        try:
+            self.interpreter, self.runtime = make_interpreter(
+                model_path=self.path, num_threads=num_threads,
+                custom_ops=self.format == "tflite-text", kernels=kernels)
+        except (ValueError, RuntimeError) as err:  # the runtimes' "not a valid Flatbuffer"
+            raise ArtifactError(f"{self.path} is not a valid TFLite model "
+                                f"({_first_line(err)}); export it again with "
+                                "`slimbert export`") from None
+        self.labels = _read_labels(self.path.parent / "labels.txt")
         self._inputs = inputs_by_name(
             self.interpreter, ("text",) if self.format == "tflite-text" else INPUT_NAMES)
         self._output = self.interpreter.get_output_details()[0]
@@ -91,8 +133,10 @@ class Predictor:
 
     def predict_texts(self, texts: Sequence[str], batch_size: int = 64,
                       on_batch: Callable[[int], object] | None = None) -> np.ndarray:
-        """Probabilities float32 [N, C] for raw texts."""
+        """Probabilities float32 [N, C] for raw texts; ValueError naming the first text
+        that is not a string of valid Unicode (e.g. a lone surrogate), before any runs."""
         texts = list(texts)
+        check_texts(texts)
         if not texts:
             return np.zeros((0, len(self.labels)), np.float32)
         if self.format == "savedmodel":
@@ -166,4 +210,4 @@ class Predictor:
         return _softmax(logits)  # token-id models return logits
 
 
-__all__ = ["Predictor", "model_format"]
+__all__ = ["Predictor", "check_texts", "model_format"]

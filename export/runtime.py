@@ -31,6 +31,7 @@ import os
 from collections.abc import Callable, Iterable
 from typing import Any
 
+from core.native_logs import quiet_native_stderr
 from data.features import INPUT_NAMES
 
 RUNTIMES = ("ai_edge_litert", "tflite_runtime", "tensorflow")
@@ -91,6 +92,13 @@ def make_interpreter(*, model_path: str | os.PathLike | None = None,
         kwargs["model_path"] = str(model_path)
     else:
         kwargs["model_content"] = model_content
+    with quiet_native_stderr():  # LiteRT announces each delegate it creates
+        interpreter = _new_interpreter(module, kwargs, custom_ops)
+        interpreter.allocate_tensors()
+    return interpreter, name
+
+
+def _new_interpreter(module, kwargs: dict[str, Any], custom_ops: bool):
     if custom_ops:
         import tensorflow_text as tf_text
 
@@ -102,8 +110,7 @@ def make_interpreter(*, model_path: str | os.PathLike | None = None,
             interpreter = factory(custom_op_registerers=registerers, **kwargs)
     else:
         interpreter = module.Interpreter(**kwargs)
-    interpreter.allocate_tensors()
-    return interpreter, name
+    return interpreter
 
 
 def inputs_by_name(interpreter, names: tuple[str, ...]) -> dict[str, dict]:

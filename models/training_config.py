@@ -9,6 +9,8 @@ from core.config import Section, check
 
 STRATEGIES = ("default", "mirrored", "multi_worker", "tpu")
 PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
+MAX_EPOCHS = 10_000
+MAX_STEPS = 100_000_000
 
 
 @dataclass(frozen=True)
@@ -88,6 +90,11 @@ class TrainConfig(Section):
                     "checkpoint_every"):
             check(getattr(self, key) > 0, key, "must be positive")
         check(self.max_steps >= 0, "max_steps", "must be >= 0")
+        # Far beyond any useful run, and small enough for the int64 step counters.
+        check(self.epochs <= MAX_EPOCHS, "epochs",
+              f"at most {MAX_EPOCHS:,}, found {self.epochs:,}")
+        check(self.max_steps <= MAX_STEPS, "max_steps",
+              f"at most {MAX_STEPS:,}, found {self.max_steps:,}")
         check(0 < self.learning_rate < 1, "learning_rate", "expected 0 < lr < 1")
         check(0 <= self.warmup_fraction < 1, "warmup_fraction", "expected [0, 1)")
         check(self.weight_decay >= 0, "weight_decay", "must be >= 0")

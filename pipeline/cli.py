@@ -33,6 +33,7 @@ from pathlib import Path
 from types import ModuleType
 
 import pipeline
+from core.native_logs import quiet_native_startup
 from pipeline import artifacts
 from pipeline.config import EXPORT_TARGETS, PipelineConfig, SlimbertError, load_config
 
@@ -173,6 +174,14 @@ def _at_least(minimum: int) -> Callable[[str], int]:
     return parse
 
 
+def _port(text: str) -> int:
+    """argparse type: a TCP port number, 0 (any free port) to 65535."""
+    value = _at_least(0)(text)
+    if value > 65535:
+        raise argparse.ArgumentTypeError(f"a port is 0-65535, found {value}")
+    return value
+
+
 def _serve_parser(sub: argparse._SubParsersAction) -> None:
     serve = sub.add_parser(
         "serve", help="serve an export over TF Serving's REST API",
@@ -189,7 +198,7 @@ def _serve_parser(sub: argparse._SubParsersAction) -> None:
                             "TFLite target (default: savedmodel)")
     serve.add_argument("--host", default="127.0.0.1",
                        help="address to listen on (default: 127.0.0.1, this machine only)")
-    serve.add_argument("--port", type=_at_least(0), default=8501,
+    serve.add_argument("--port", type=_port, default=8501,
                        help="port (default: 8501, TF Serving's REST port; 0: any free port)")
     serve.add_argument("--model-name", metavar="NAME",
                        help="model name in URLs (default: the export's export.name)")
@@ -225,10 +234,28 @@ def setup_logging(verbose: bool) -> None:
         logging.getLogger(noisy).setLevel(logging.ERROR)
 
 
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """Parse the command line; `predict` takes its texts before, between or after its
+    options (argparse alone stops collecting TEXT at the first option)."""
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra and args.command == "predict" and not any(a.startswith("-") for a in extra):
+        args.texts = [*args.texts, *extra]
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    return args
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = parse_args(argv)
     setup_logging(args.verbose)
     try:
+        if not args.verbose and args.command != "config":
+            quiet_native_startup()
+        if getattr(args, "run_dir", None) is not None and args.run_dir.exists() \
+                and not args.run_dir.is_dir():
+            raise SlimbertError(f"--run-dir {args.run_dir} is a file; give a folder (it is "
+                                "created if missing)")
         if args.command == "predict":
             return predict_command(args)
         if args.command == "serve":
@@ -283,6 +310,15 @@ def predict_command(args: argparse.Namespace) -> int:
 
     from export.predictor import Predictor, model_format
 
+    for number, text in enumerate(args.texts, 1):
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError as err:  # argv bytes Python kept as lone surrogates
+            byte = ord(text[err.start]) - 0xDC00
+            shown = f"byte {byte:#04x}" if 0x80 <= byte <= 0xFF else repr(text[err.start])
+            raise SlimbertError(f"TEXT argument {number} is not valid UTF-8 ({shown} at "
+                                f"character {err.start}); pass UTF-8 text, or put the "
+                                "texts in a UTF-8 file and use --file") from None
     texts = list(args.texts) + (_read_lines(args.file) if args.file else [])
     if not texts:
         raise SlimbertError("nothing to classify: give texts as arguments or --file FILE")

@@ -393,6 +393,9 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
     tree: dict[str, Any] = {}
     if path is not None:
         path = Path(path)
+        if path.is_dir():
+            raise ConfigError(f"--config {path} is a folder; give a YAML file, e.g. "
+                              f"{path / 'default.yaml'}")
         if not path.is_file():
             raise ConfigError(f"config file {path} does not exist")
         try:
@@ -404,13 +407,33 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
         if not isinstance(loaded, dict):
             raise ConfigError(f"config file {path} must hold a mapping at the top level")
         tree = loaded
+    from_file = tree
+    keys = []
     for text in overrides:
         key, value = parse_override(text)
+        keys.append((key, text))
         patch: dict[str, Any] = {}
         _deep_set(patch, key, value)
         tree = _merge(tree, patch)
     try:
         return _build(PipelineConfig, tree)
     except ConfigError as err:
-        where = f" (in {path})" if path is not None else ""
-        raise ConfigError(f"{err}{where}") from None
+        raise ConfigError(f"{err}{_blame(err, from_file, path, keys)}") from None
+
+
+def _blame(err: ConfigError, from_file: dict[str, Any], path: Path | None,
+           override_keys: list[tuple[str, str]]) -> str:
+    """Where the value that `err` rejects came from: the YAML file, or a --set
+    (`override_keys`: each override's key and its text as given)."""
+    named = [text for key, text in override_keys if f"'{key}'" in str(err)]
+    if named:
+        return f" (from --set {named[-1]})"
+    if override_keys:
+        try:
+            _build(PipelineConfig, from_file)
+        except ConfigError as file_err:
+            if str(file_err) == str(err) and path is not None:
+                return f" (in {path})"
+        else:
+            return " (from --set)"
+    return f" (in {path})" if path is not None else ""

@@ -97,6 +97,30 @@ def test_bad_files(tmp_path):
         load_config(bad)
 
 
+def test_errors_blame_the_file_or_the_override_that_set_the_value(tmp_path):
+    good = tmp_path / "good.yaml"
+    good.write_text("finetune:\n  epochs: 2\n")
+    for value, message in (("abc", "expects int, found 'abc'"),
+                           ("0", "must be positive"),
+                           ("99999999999999999999", "at most 10,000")):
+        with pytest.raises(ConfigError) as err:
+            load_config(good, [f"finetune.epochs={value}"])
+        assert message in str(err.value)
+        assert str(err.value).endswith(f"(from --set finetune.epochs={value})")
+        assert "good.yaml" not in str(err.value)
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("finetune:\n  epochs: 0\n")
+    with pytest.raises(ConfigError, match=r"'finetune.epochs'.*\(in .*bad.yaml\)$"):
+        load_config(bad, ["data.max_seq_length=32"])
+    with pytest.raises(ConfigError, match="at most 100,000,000"):
+        load_config(None, ["prune.train.max_steps=1000000000"])
+
+
+def test_a_folder_given_as_config_is_named_as_such(tmp_path):
+    with pytest.raises(ConfigError, match="is a folder; give a YAML file"):
+        load_config(tmp_path)
+
+
 def test_config_is_frozen():
     cfg = PipelineConfig()
     with pytest.raises(AttributeError):

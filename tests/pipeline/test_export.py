@@ -206,14 +206,56 @@ def test_predict_command(exported, tmp_path, capsys):
         assert label in ("neg", "pos") and 0.5 <= float(probability) <= 1
         assert text == "one text"
 
+    # Options may come before, between and after the texts, as the README shows.
+    assert main(["predict", str(cpu), "--kernels", "builtin", TEXTS[0], "--json",
+                 TEXTS[1]]) == 0
+    rows = [json.loads(x) for x in capsys.readouterr().out.strip().splitlines()]
+    assert [r["text"] for r in rows] == TEXTS[:2]
+
     bad = tmp_path / "bad.txt"
     bad.write_bytes(b"fine line\ncaf\xe9\n")
+    corrupt = tmp_path / "corrupt" / "slimbert-cpu.tflite"
+    corrupt.parent.mkdir()
+    corrupt.write_bytes(cpu.read_bytes()[:1000])
+    for name in ("labels.txt", "vocab.txt", "tokenizer.json"):
+        (corrupt.parent / name).write_bytes((cpu.parent / name).read_bytes())
+    broken_savedmodel = tmp_path / "broken" / "1"
+    broken_savedmodel.mkdir(parents=True)
+    (broken_savedmodel / "saved_model.pb").write_bytes(b"not a protobuf")
     for args, message in (([str(cpu), "--file", str(bad)], "bad.txt:2: not UTF-8"),
                           ([str(cpu)], "nothing to classify"),
                           ([str(tmp_path / "missing.tflite"), "x"], "does not exist"),
-                          ([str(lines), "x"], "neither a SavedModel")):
+                          ([str(lines), "x"], "neither a SavedModel"),
+                          # how Python hands over the argv bytes b"caf\xe9"
+                          ([str(cpu), "caf\udce9"], "TEXT argument 1 is not valid UTF-8 "
+                                                    "(byte 0xe9 at character 3)"),
+                          ([str(corrupt), "x"], "is not a valid TFLite model"),
+                          ([str(broken_savedmodel), "x"], "is not a loadable SavedModel")):
         assert main(["predict", *args]) == 2
         assert message in capsys.readouterr().err
+    with pytest.raises(ValueError, match="text 1 is not valid Unicode"):
+        Predictor(cpu).predict_texts(["fine", "bad \ud800 film"])
+
+
+def test_native_start_up_lines_are_quiet_unless_verbose(exported):
+    """TensorFlow's C++ start-up lines (oneDNN, CUDA probing) and LiteRT's delegate
+    notice stay off stderr by default and come back with -v."""
+    import re
+
+    cpu = exported / "export" / "tflite" / "slimbert-cpu.tflite"
+    native = re.compile(r"^([IWEF]\d{4} |WARNING: All log messages|INFO: Created TensorFlow)",
+                        re.M)
+    errs = {}
+    for flags in ([], ["-v"]):
+        result = subprocess.run([sys.executable, "-m", "pipeline.cli", "predict", str(cpu),
+                                 "a film", *flags], capture_output=True, text=True,
+                                cwd=REPO, timeout=300)
+        assert result.returncode == 0, result.stderr
+        assert result.stdout.count("\t") == 2
+        errs[tuple(flags)] = result.stderr
+    if not native.search(errs[("-v",)]):
+        pytest.skip("this TensorFlow build prints no native start-up lines")
+    assert not native.search(errs[()]), errs[()]
 
 
 def test_runtime_adapter(exported):
@@ -246,3 +288,28 @@ def test_runtime_adapter(exported):
         make_interpreter()
     with pytest.raises(ValueError, match="runtime must be one of"):
         make_interpreter(model_path=path, runtime="onnx")
+
+
+def test_command_line_mistakes_are_one_line_errors(exported, tmp_path, capsys):
+    """Exit 2 with one line naming what to fix, no traceback."""
+    export_copy = tmp_path / "export"
+    import shutil
+
+    shutil.copytree(exported / "export", export_copy)
+    cpu = export_copy / "tflite" / "slimbert-cpu.tflite"
+    cpu.write_bytes(cpu.read_bytes()[:1000])
+    assert main(["serve", str(export_copy), "--backend", "cpu", "--port", "0"]) == 2
+    err = capsys.readouterr().err
+    assert "slimbert-cpu.tflite is not a valid TFLite model" in err
+    assert "Traceback" not in err
+
+    with pytest.raises(SystemExit) as exit_:
+        main(["serve", str(exported / "export"), "--port", "99999"])
+    assert exit_.value.code == 2
+    assert "a port is 0-65535, found 99999" in capsys.readouterr().err
+
+    a_file = tmp_path / "a-file"
+    a_file.write_text("")
+    assert main(["prepare", "--config", str(REPO / "configs" / "tiny.yaml"),
+                 "--run-dir", str(a_file)]) == 2
+    assert "is a file; give a folder" in capsys.readouterr().err
