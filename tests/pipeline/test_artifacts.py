@@ -64,3 +64,41 @@ def test_read_manifest_errors(tmp_path):
     (tmp_path / "manifest.json").write_text("{broken")
     with pytest.raises(artifacts.ArtifactError, match="corrupt"):
         artifacts.read_manifest(tmp_path)
+
+
+def test_stage_contract_external_inputs_and_stale_scratch(tmp_path, monkeypatch):
+    """`cli.execute` with a minimal stage: what the stage reads from outside the run is
+    part of its fingerprint and manifest, and an up-to-date stage removes the scratch
+    that a superseded run left in .work."""
+    import sys
+    import types
+
+    from pipeline.cli import execute
+    from pipeline.config import load_config
+
+    source = tmp_path / "source.txt"
+    source.write_text("one")
+    stage = types.ModuleType("pipeline.teststage")
+    stage.INPUTS = ()
+    stage.fingerprint_config = lambda config: {}
+    stage.external_inputs = lambda config: {"source": source.read_text()}
+    runs = []
+    stage.run = lambda config, inputs, out_dir, work_dir: \
+        runs.append(1) or (out_dir / "copy.txt").write_text(source.read_text()) and {}
+    monkeypatch.setitem(sys.modules, "pipeline.teststage", stage)
+    config, run_dir = load_config(None), tmp_path / "run"
+
+    out = execute("teststage", config, run_dir)
+    first = json.loads((out / "manifest.json").read_text())
+    assert first["external_inputs"] == {"source": "one"}
+    stale = run_dir / ".work" / "teststage-0123456789ab" / "ckpt"
+    stale.mkdir(parents=True)
+    (stale / "weights").write_bytes(b"x" * 1000)
+    execute("teststage", config, run_dir)  # up to date
+    assert len(runs) == 1
+    assert not (run_dir / ".work").exists()
+    source.write_text("two")
+    execute("teststage", config, run_dir)  # the outside input changed: reruns
+    assert len(runs) == 2 and (out / "copy.txt").read_text() == "two"
+    assert json.loads((out / "manifest.json").read_text())["external_inputs"] == \
+        {"source": "two"}
