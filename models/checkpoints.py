@@ -9,6 +9,8 @@
 `architecture(cfg)` reads the encoder's shape from the checkpoint (or from `cfg` for
 `random`) and `load_weights(model, cfg)` ports the checkpoint's tensors into a model built
 by `models.bert` (encoder or classifier; the classifier head stays freshly initialised).
+`describe_tokenizer(cfg)` and `describe_checkpoint(cfg)` list the files those read, by
+content (path, size, sha256), for the stages' fingerprints.
 Hugging Face folders are read with `safetensors.numpy` only (no torch, no transformers);
 keras-hub presets are loaded with keras-hub (Keras 3) and copied over variable by variable.
 Every tensor's shape is checked before anything is assigned.
@@ -33,6 +35,7 @@ import numpy as np
 import tf_keras as keras
 
 from core.errors import SlimbertError
+from core.files import describe_files
 from data.tokenizer import load_vocab
 from models import assets
 from models.bert import BertArchitecture, num_transformer_layers
@@ -90,7 +93,15 @@ def _hf_tokenizer(folder: Path, cfg: ModelConfig) -> TokenizerSpec:
         # Hugging Face's BertTokenizer lower-cases unless told otherwise.
         lower = bool(_read_json(tok_cfg).get("do_lower_case", True)) if tok_cfg.is_file() \
             else True
-    return TokenizerSpec(tuple(load_vocab(vocab_path)), lower, str(vocab_path))
+    return TokenizerSpec(_vocab(vocab_path), lower, str(vocab_path))
+
+
+def _vocab(path: Path) -> tuple[str, ...]:
+    """The checkpoint's vocabulary; an unreadable or invalid file is a CheckpointError."""
+    try:
+        return tuple(load_vocab(path))
+    except ValueError as err:
+        raise CheckpointError(str(err)) from None
 
 
 def _keras_hub_tokenizer(cfg: ModelConfig) -> TokenizerSpec:
@@ -105,7 +116,7 @@ def _keras_hub_tokenizer(cfg: ModelConfig) -> TokenizerSpec:
         lower = cfg.lower_case
         if lower is None:
             lower = bool(_read_json(tok_json).get("config", {}).get("lowercase", True))
-        return TokenizerSpec(tuple(load_vocab(vocab_path)), lower, str(vocab_path))
+        return TokenizerSpec(_vocab(vocab_path), lower, str(vocab_path))
     try:
         import keras_hub
 
@@ -124,10 +135,54 @@ def tokenizer_spec(cfg: ModelConfig) -> TokenizerSpec:
         vocab_path = Path(cfg.vocab).expanduser() if cfg.vocab else \
             assets.minilm_dir() / "vocab.txt"
         lower = True if cfg.lower_case is None else cfg.lower_case
-        return TokenizerSpec(tuple(load_vocab(vocab_path)), lower, str(vocab_path))
+        return TokenizerSpec(_vocab(vocab_path), lower, str(vocab_path))
     if cfg.checkpoint.startswith(KERAS_HUB_PREFIX):
         return _keras_hub_tokenizer(cfg)
     return _hf_tokenizer(checkpoint_dir(cfg), cfg)
+
+
+def _tokenizer_files(cfg: ModelConfig) -> list[Path]:
+    """The files `tokenizer_spec(cfg)` reads (those that exist; a missing required one
+    is reported by `tokenizer_spec`)."""
+    if cfg.checkpoint == "random":
+        paths = [Path(cfg.vocab).expanduser() if cfg.vocab else assets.minilm_dir() / "vocab.txt"]
+    elif cfg.checkpoint.startswith(KERAS_HUB_PREFIX):
+        folder = Path(_keras_hub_name(cfg)).expanduser()
+        paths = [folder / "assets" / "tokenizer" / "vocabulary.txt", folder / "tokenizer.json"]
+    else:
+        folder = checkpoint_dir(cfg)
+        paths = [folder / "vocab.txt", folder / "tokenizer_config.json"]
+    return [path for path in paths if path.is_file()]
+
+
+def describe_tokenizer(cfg: ModelConfig) -> dict:
+    """What `tokenizer_spec(cfg)` reads: `{"checkpoint", "files": [{path, bytes, sha256}]}`;
+    a keras-hub preset name (downloaded by keras-hub) is described by its name only."""
+    return {"checkpoint": cfg.checkpoint, "files": describe_files(_tokenizer_files(cfg))}
+
+
+def describe_checkpoint(cfg: ModelConfig) -> dict:
+    """What `architecture(cfg)` and `load_weights(model, cfg)` read, by content:
+    `{"checkpoint", "files": [{path, bytes, sha256}]}`.
+
+    A Hugging Face folder: config.json and the safetensors files (not the folder's other
+    files, e.g. a pytorch_model.bin it also holds); a keras-hub preset folder: all its
+    files; `random`: the vocabulary that sets its vocabulary size; a keras-hub preset
+    name: the name only.
+
+    Example:
+        >>> [Path(f["path"]).name for f in describe_checkpoint(ModelConfig())["files"]]
+        ['config.json', 'model.safetensors']
+    """
+    if cfg.checkpoint == "random":
+        paths = _tokenizer_files(cfg)
+    elif cfg.checkpoint.startswith(KERAS_HUB_PREFIX):
+        folder = Path(_keras_hub_name(cfg)).expanduser()
+        paths = sorted(p for p in folder.rglob("*") if p.is_file()) if folder.is_dir() else []
+    else:
+        folder = checkpoint_dir(cfg)
+        paths = [folder / "config.json", *_hf_weight_files(folder)]
+    return {"checkpoint": cfg.checkpoint, "files": describe_files(p for p in paths if p.is_file())}
 
 
 # === Architecture ===
@@ -343,10 +398,9 @@ def _normalize_hf_names(tensors: dict[str, np.ndarray]) -> dict[str, np.ndarray]
     return out
 
 
-def _hf_tensors(folder: Path) -> tuple[dict[str, np.ndarray], list[str]]:
-    """All tensors of a Hugging Face folder (single or sharded safetensors)."""
-    from safetensors.numpy import load_file
-
+def _hf_weight_files(folder: Path) -> list[Path]:
+    """The safetensors files of a Hugging Face folder (one file, or the shards its index
+    names)."""
     single = folder / "model.safetensors"
     index = folder / "model.safetensors.index.json"
     if single.is_file():
@@ -360,6 +414,14 @@ def _hf_tensors(folder: Path) -> tuple[dict[str, np.ndarray], list[str]]:
         hint = (" (it has pytorch_model.bin, which needs torch: convert it to safetensors)"
                 if (folder / "pytorch_model.bin").is_file() else "")
         raise CheckpointError(f"{folder} has no model.safetensors{hint}")
+    return files
+
+
+def _hf_tensors(folder: Path) -> tuple[dict[str, np.ndarray], list[str]]:
+    """All tensors of a Hugging Face folder (single or sharded safetensors)."""
+    from safetensors.numpy import load_file
+
+    files = _hf_weight_files(folder)
     tensors: dict[str, np.ndarray] = {}
     for path in files:
         try:

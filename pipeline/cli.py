@@ -72,6 +72,7 @@ def execute(name: str, config: PipelineConfig, run_dir: Path, force: bool = Fals
         return out_dir
     log.info("%s: running -> %s", name, out_dir)
     started = time.time()
+    new_run_dir = not run_dir.exists()
     work_dir = work_root / f"{name}-{fingerprint[:12]}"
     work_dir.mkdir(parents=True, exist_ok=True)
     try:
@@ -84,7 +85,7 @@ def execute(name: str, config: PipelineConfig, run_dir: Path, force: bool = Fals
                                      metrics=metrics, started=started)
         _remove_work(work_root, name)
     finally:  # keep scratch only where it holds something to resume from
-        for folder in (work_dir, work_root):
+        for folder in (work_dir, work_root, *([run_dir] if new_run_dir else [])):
             if folder.is_dir() and not any(folder.iterdir()):
                 folder.rmdir()
     log.info("%s: done in %.1f s", name, time.time() - started)

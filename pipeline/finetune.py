@@ -43,6 +43,13 @@ def fingerprint_config(config: PipelineConfig) -> dict[str, Any]:
     return {"seed": config.seed, "model": config.model, "finetune": config.finetune}
 
 
+def external_inputs(config: PipelineConfig) -> dict[str, Any]:
+    """The checkpoint files whose architecture and weights it loads, by content."""
+    from models.checkpoints import describe_checkpoint
+
+    return {"checkpoint": describe_checkpoint(config.model)}
+
+
 def run(config: PipelineConfig, inputs: dict[str, Path], out_dir: Path,
         work_dir: Path) -> dict[str, Any]:
     from models.artifact import read_labels, save_model

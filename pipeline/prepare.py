@@ -14,7 +14,16 @@ models carry) and writes:
         tokenizer.json    {"lower_case", "max_seq_length", "vocab_size", special token ids}
         config.yaml       the resolved pipeline config
         manifest.json     per-split counts, label counts, token length percentiles,
-                          truncation rate, groups per split and groups shared between splits
+                          truncation rate, groups per split, groups and texts shared
+                          between splits (`shared_groups`, `shared_texts`: distinct
+                          values found in both splits of each pair), `rare_labels`
+                          (inferred labels with very few rows, and where they are);
+                          `external_inputs`: each data file (or the tfds dataset's name
+                          and version) and the vocabulary files, with size and sha256
+
+Editing any byte of a data or vocabulary file makes `prepare` (and the stages after
+it) rerun. Rows whose text also occurs in another split, and inferred labels with
+fewer than 5 rows or 1% of all rows (a cut-off last line, a typo), are warned about.
 """
 
 from __future__ import annotations
@@ -26,7 +35,9 @@ from typing import Any
 
 import numpy as np
 
+from core.errors import ConfigValueError
 from core.progress import progress
+from data.checks import rare_labels, shared_texts
 from data.text_files.builder import DataError
 from pipeline.cli import stage_main
 from pipeline.config import SPLITS, PipelineConfig
@@ -44,20 +55,29 @@ def fingerprint_config(config: PipelineConfig) -> dict[str, Any]:
                           "lower_case": model.lower_case}}
 
 
-def _collect(config: PipelineConfig, source) -> dict[str, list[tuple[str, str, str]]]:
-    """All rows of each split, checked: no blank text, no empty split."""
+def external_inputs(config: PipelineConfig) -> dict[str, Any]:
+    """The data files (or tfds dataset version) and vocabulary files, by content."""
+    from data.sources import describe_source
+    from models.checkpoints import describe_tokenizer
+
+    return {"data": describe_source(config.data), "tokenizer": describe_tokenizer(config.model)}
+
+
+def _collect(config: PipelineConfig, source) -> dict[str, list[tuple[str, str, str, str]]]:
+    """All rows (text, label, group, origin) of each split, checked: no blank text, no
+    empty split."""
     cfg = config.data
     rows: dict[str, list] = {}
     for split in SPLITS:
         kept, blank = [], 0
-        for text, label, group in progress(source.splits[split](), desc=f"read {split}",
-                                           unit=" rows"):
+        for text, label, group, origin in progress(source.splits[split](),
+                                                   desc=f"read {split}", unit=" rows"):
             if label in cfg.drop_labels:
                 continue
             if not text.strip():
                 blank += 1
                 continue
-            kept.append((text, label, group))
+            kept.append((text, label, group, origin))
             if cfg.max_examples and len(kept) >= cfg.max_examples:
                 break
         if blank:
@@ -71,13 +91,13 @@ def _collect(config: PipelineConfig, source) -> dict[str, list[tuple[str, str, s
 
 def _label_names(config: PipelineConfig, source, rows) -> tuple[str, ...]:
     names = tuple(config.data.labels) or source.label_names or \
-        tuple(sorted({label for _, label, _ in rows["train"]}))
+        tuple(sorted({label for _, label, _, _ in rows["train"]}))
     if len(names) < 2:
         raise DataError(f"need at least two labels, found {list(names)}; set data.labels or "
                         "check data.label_key")
     known = set(names)
     for split, split_rows in rows.items():
-        unknown = Counter(label for _, label, _ in split_rows if label not in known)
+        unknown = Counter(label for _, label, _, _ in split_rows if label not in known)
         if unknown:
             label, count = unknown.most_common(1)[0]
             raise DataError(f"split '{split}' has label {label!r} ({count} rows) outside the "
@@ -137,14 +157,22 @@ def run(config: PipelineConfig, inputs: dict[str, Path], out_dir: Path,
         work_dir: Path) -> dict[str, Any]:
     from data.sources import load_source
     from data.tokenizer import BertTokenizer
-    from models.checkpoints import tokenizer_spec
+    from models.checkpoints import architecture, tokenizer_spec
 
+    max_seq_length = config.data.max_seq_length
+    positions = architecture(config.model).max_positions
+    if max_seq_length > positions:  # fail before reading any data, not at finetune
+        raise ConfigValueError(
+            "max_seq_length", f"{max_seq_length} exceeds the {positions} positions of "
+            f"model.checkpoint {config.model.checkpoint!r}; set it to at most {positions}",
+            "data")
     spec = tokenizer_spec(config.model)
     source = load_source(config.data, config.seed)
     rows = _collect(config, source)
     names = _label_names(config, source, rows)
     label_id = {name: i for i, name in enumerate(names)}
-    max_seq_length = config.data.max_seq_length
+    inferred = not (config.data.labels or source.label_names)
+    rare = _warn_rare_labels(rows) if inferred else {}
     tokenizer = BertTokenizer(list(spec.vocab), lower_case=spec.lower_case,
                               max_seq_length=max_seq_length)
     if tokenizer.pad_id != 0:  # batching pads with 0 and masks on ids != 0
@@ -154,7 +182,7 @@ def run(config: PipelineConfig, inputs: dict[str, Path], out_dir: Path,
     splits: dict[str, Any] = {}
     groups: dict[str, set[str]] = {}
     for split in SPLITS:
-        texts, labels, split_groups = (list(col) for col in zip(*rows[split]))
+        texts, labels, split_groups, _ = (list(col) for col in zip(*rows[split]))
         ids, lengths = _tokenize(tokenizer, texts)
         _write_split(out_dir / f"{split}.tfrecord", texts, [label_id[x] for x in labels], ids)
         splits[split] = _split_stats(labels, names, lengths, max_seq_length, split_groups)
@@ -167,11 +195,37 @@ def run(config: PipelineConfig, inputs: dict[str, Path], out_dir: Path,
               for i, a in enumerate(SPLITS) for b in SPLITS[i + 1:]}
     if config.data.group_key or config.data.source == "rotten_tomatoes":
         log.info("groups shared between splits: %s", shared)
+    same_texts = _warn_shared_texts(rows)
 
     (out_dir / "labels.txt").write_text("".join(f"{n}\n" for n in names), encoding="utf-8")
     tokenizer_info = tokenizer.save(out_dir, spec.vocab, origin=spec.origin)
     return {"labels": list(names), "splits": splits, "shared_groups": shared,
+            "shared_texts": same_texts, "rare_labels": rare,
             "tokenizer": tokenizer_info, "source": source.description}
+
+
+def _warn_rare_labels(rows) -> dict[str, dict]:
+    """Inferred labels with very few rows (see data.checks), each warned about."""
+    total = sum(len(split_rows) for split_rows in rows.values())
+    rare = rare_labels(rows)
+    for label, found in rare.items():
+        log.warning("label %r has only %d of %d rows (%s): a cut-off or mistyped label? "
+                    "List the real labels in data.labels to make others an error, or drop "
+                    "them with data.drop_labels", label, found["rows"], total,
+                    ", ".join(found["where"]))
+    return rare
+
+
+def _warn_shared_texts(rows) -> dict[str, int]:
+    """Distinct texts found in two splits, per pair; warned about when there are any."""
+    shared = shared_texts(rows)
+    for pair, found in shared.items():
+        if found:
+            log.warning("%s: %d distinct texts occur in both splits (e.g. %s): scores on "
+                        "them measure memory, not generalisation; remove them, or set "
+                        "data.dedupe to keep only each text's first row", pair, len(found),
+                        "; ".join(f"{a} = {b}" for a, b in found[:3]))
+    return {pair: len(found) for pair, found in shared.items()}
 
 
 if __name__ == "__main__":

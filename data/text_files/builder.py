@@ -2,7 +2,13 @@
 
 Rows are read and validated once, in `_split_generators`, so every bad row is reported
 with its file and line before tfds writes anything. tfds writes into its own temporary
-folder and renames it on success, so a failed build leaves nothing behind.
+folder and renames it on success; `data.sources` removes the empty folders a failed
+build leaves around it.
+
+JSONL values: the text must be a JSON string; labels and groups may also be numbers
+(`1` -> "1", `2.5` -> "2.5") or booleans (`true` -> "true"); `null` is an empty value;
+a list or an object is an error naming the file, line and key. JSONL lines end at "\n"
+only (JSON's own rule: U+2028, U+2029 and U+0085 are ordinary characters in a string).
 """
 
 from __future__ import annotations
@@ -15,6 +21,7 @@ import hashlib
 import io
 import json
 import lzma
+import zlib
 from collections import Counter
 from pathlib import Path
 
@@ -72,8 +79,10 @@ def read_text(path: Path) -> str:
     try:
         with opener(path, "rb") as f:
             raw = f.read()
-    except (OSError, EOFError, lzma.LZMAError) as err:
-        raise DataError(f"{path}: cannot read: {err}") from None
+    except (OSError, EOFError, lzma.LZMAError, zlib.error) as err:
+        # zlib.error: a gzip body that does not decompress (gzip raises it unwrapped).
+        raise DataError(f"{path}: cannot read: {err}; the file is damaged or not in the "
+                        "format its extension says") from None
     try:
         return raw.decode("utf-8-sig")
     except UnicodeDecodeError as err:
@@ -82,11 +91,18 @@ def read_text(path: Path) -> str:
                         "re-encode the file as UTF-8") from None
 
 
-def read_rows(path: Path, fmt: str, keys: tuple[str, ...], optional: tuple[str, ...] = ()):
-    """Yield (line, {key: str}) for each row; missing columns are errors."""
+def read_rows(path: Path, fmt: str, keys: tuple[str, ...], optional: tuple[str, ...] = (),
+              text_keys: tuple[str, ...] = ()):
+    """Yield (line, {key: str}) for each row; missing columns are errors.
+
+    In JSONL, the values of `text_keys` must be strings; the other keys also take numbers
+    and booleans (see the module docstring).
+    """
     text = read_text(path)
     if fmt == "jsonl":
-        for number, line in enumerate(text.splitlines(), start=1):
+        # JSON Lines ends a record at "\n" (a "\r" before it is JSON whitespace);
+        # str.splitlines would also split strings at U+2028, U+2029, U+0085, ...
+        for number, line in enumerate(text.split("\n"), start=1):
             if not line.strip():
                 continue
             try:
@@ -100,7 +116,8 @@ def read_rows(path: Path, fmt: str, keys: tuple[str, ...], optional: tuple[str, 
                     raise DataError(f"{path}:{number}: missing key '{key}' (keys present: "
                                     f"{', '.join(row) or 'none'}); set data.text_key / "
                                     "data.label_key / data.group_key")
-            yield number, {k: _as_str(row.get(k)) for k in keys + optional}
+            yield number, {k: _json_value(row.get(k), k in text_keys, f"{path}:{number}", k)
+                           for k in keys + optional}
         return
     reader = csv.DictReader(io.StringIO(text, newline=""), delimiter="\t" if fmt == "tsv" else ",")
     header = reader.fieldnames or []
@@ -119,12 +136,22 @@ def read_rows(path: Path, fmt: str, keys: tuple[str, ...], optional: tuple[str, 
         end = reader.line_num
 
 
-def _as_str(value) -> str:
-    if value is None:
-        return ""
+_JSON_TYPES = {dict: "an object", list: "a list", bool: "a boolean", int: "a number",
+               float: "a number"}
+
+
+def _json_value(value, text_only: bool, where: str, key: str) -> str:
+    """A JSONL value as the string it stands for; `null` is empty. A text must be a
+    string; a label or group may also be a number or a boolean, never a list or object."""
+    if value is None or isinstance(value, str):
+        return value or ""
+    if text_only or isinstance(value, (dict, list)):
+        expected = "a string" if text_only else "a string, number or boolean"
+        raise DataError(f"{where}: key '{key}' holds {_JSON_TYPES[type(value)]} "
+                        f"({json.dumps(value, ensure_ascii=False)[:60]}), expected {expected}")
     if isinstance(value, bool):
-        return str(value).lower()
-    return value if isinstance(value, str) else json.dumps(value)
+        return "true" if value else "false"
+    return json.dumps(value)  # ints as written; floats in Python's shortest form
 
 
 def assign_splits(keys: list[str], seed: int, fractions: tuple[float, ...]) -> dict[str, str]:
@@ -150,8 +177,10 @@ class SlimbertTextFiles(tfds.core.GeneratorBasedBuilder):
     """Text classification examples from local files."""
 
     # Bump when reading or splitting changes: cached datasets are keyed by version.
-    VERSION = tfds.core.Version("1.0.0")
-    RELEASE_NOTES = {"1.0.0": "First version."}
+    VERSION = tfds.core.Version("1.1.0")
+    RELEASE_NOTES = {"1.0.0": "First version.",
+                     "1.1.0": "Feature `origin` (file:line of each row); JSONL lines split "
+                              "at \\n only; lists and objects in JSONL refused."}
 
     def _info(self) -> tfds.core.DatasetInfo:
         return self.dataset_info_from_configs(
@@ -159,6 +188,7 @@ class SlimbertTextFiles(tfds.core.GeneratorBasedBuilder):
                 "text": tfds.features.Text(),
                 "label": tfds.features.Text(),
                 "group": tfds.features.Text(),
+                "origin": tfds.features.Text(),  # file:line, for messages about rows
             }),
             supervised_keys=("text", "label"),
             description="Local text classification files read by slimbert.",
@@ -169,10 +199,13 @@ class SlimbertTextFiles(tfds.core.GeneratorBasedBuilder):
         return {split: self._generate_examples(examples) for split, examples in rows.items()}
 
     def _generate_examples(self, examples):
-        for key, text, label, group in examples:
-            yield key, {"text": text, "label": label, "group": group}
+        for key, text, label, group, origin in examples:
+            yield key, {"text": text, "label": label, "group": group, "origin": origin}
 
-    def _read_all(self) -> dict[str, list[tuple[str, str, str, str]]]:
+    def _read_all(self) -> dict[str, list[tuple[str, str, str, str, str]]]:
+        """Split -> rows (key, text, label, group, origin), every row checked. The key
+        ("name:line") orders the examples (tfds sorts by its hash); the origin is the
+        path and line that messages about the row name."""
         cfg: TextFilesConfig = self.builder_config
         keys = (cfg.text_key, cfg.label_key) + ((cfg.group_key,) if cfg.group_key else ())
         declared = set(cfg.labels)
@@ -181,7 +214,8 @@ class SlimbertTextFiles(tfds.core.GeneratorBasedBuilder):
         for split, name in cfg.files:
             path = Path(name)
             count = 0
-            for line, row in read_rows(path, file_format(path, cfg.format), keys):
+            for line, row in read_rows(path, file_format(path, cfg.format), keys,
+                                       text_keys=(cfg.text_key,)):
                 label = row[cfg.label_key].strip()
                 if label in cfg.drop_labels:
                     continue
@@ -200,7 +234,8 @@ class SlimbertTextFiles(tfds.core.GeneratorBasedBuilder):
                         continue
                     seen_texts.add(text)
                 group = row.get(cfg.group_key, "") if cfg.group_key else ""
-                out.setdefault(split, []).append((f"{path.name}:{line}", text, label, group))
+                out.setdefault(split, []).append((f"{path.name}:{line}", text, label, group,
+                                                  where))
                 count += 1
             if count == 0:
                 raise DataError(f"{path}: no usable rows (after dropping labels "
@@ -209,7 +244,7 @@ class SlimbertTextFiles(tfds.core.GeneratorBasedBuilder):
         pool = out.pop("all", None)
         if pool is not None:
             # Rows without a group value are their own group, keyed by their text.
-            split_keys = [group or f"\0{text}" for _, text, _, group in pool]
+            split_keys = [group or f"\0{text}" for _, text, _, group, _ in pool]
             where = assign_splits(split_keys, cfg.seed, cfg.fractions)
             for row, key in zip(pool, split_keys):
                 out.setdefault(where[key], []).append(row)

@@ -4,6 +4,7 @@ import json
 
 import pytest
 
+from core.errors import SlimbertError
 from pipeline import artifacts
 from pipeline.config import PipelineConfig
 
@@ -100,5 +101,13 @@ def test_stage_contract_external_inputs_and_stale_scratch(tmp_path, monkeypatch)
     source.write_text("two")
     execute("teststage", config, run_dir)  # the outside input changed: reruns
     assert len(runs) == 2 and (out / "copy.txt").read_text() == "two"
+
+    def fail(config, inputs, out_dir, work_dir):
+        raise SlimbertError("bad input")
+
+    stage.run = fail
+    with pytest.raises(SlimbertError):  # a failed first stage leaves no empty run folder
+        execute("teststage", config, tmp_path / "new-run")
+    assert not (tmp_path / "new-run").exists()
     assert json.loads((out / "manifest.json").read_text())["external_inputs"] == \
         {"source": "two"}

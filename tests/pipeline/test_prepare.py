@@ -1,5 +1,6 @@
 """The prepare stage end to end: built-in corpus, local files, tfds catalog, bad input."""
 
+import hashlib
 import json
 import subprocess
 import sys
@@ -13,7 +14,8 @@ import tensorflow as tf
 from data.input import batch_examples, read_split
 from data.tokenizer import BertTokenizer
 from pipeline.cli import main
-from tests.helpers import REPO, TINY
+from tests.data.test_text_files import CORRUPT_GZIP
+from tests.helpers import REPO, TINY, run_stage
 
 
 def prepare(run_dir, tfds_dir, *overrides, config=TINY):
@@ -183,6 +185,13 @@ BAD_INPUTS = {
                  "a.jsonl:2: invalid JSON"),
     "empty split": (lambda d: write(d / "a.csv", rows_csv(1)),
                     "split 'validation' is empty"),
+    "corrupt gzip": (lambda d: write(d / "a.csv.gz", CORRUPT_GZIP),
+                     "a.csv.gz: cannot read: Error -3 while decompressing data: invalid block "
+                     "type"),
+    "list as text": (lambda d: write(d / "a.jsonl", '{"text": "x", "label": "pos"}\n'
+                                     '{"text": ["a", "list"], "label": "pos"}\n'),
+                     "a.jsonl:2: key 'text' holds a list ([\"a\", \"list\"]), expected a "
+                     "string"),
 }
 
 
@@ -191,6 +200,7 @@ def test_bad_input_fails_cleanly(case, tmp_path, tfds_dir, capsys):
     make, message = BAD_INPUTS[case]
     path = make(tmp_path)
     run_dir = tmp_path / "run"
+    cached = set(tfds_dir.rglob("*"))
     code = prepare(run_dir, tfds_dir, "data.source=files", f"data.path={path}",
                    "data.labels=[neg, pos]")
     err = capsys.readouterr().err
@@ -198,6 +208,113 @@ def test_bad_input_fails_cleanly(case, tmp_path, tfds_dir, capsys):
     assert message in err, err
     assert err.count("error:") == 1
     assert not run_dir.exists() or list(run_dir.iterdir()) == []
+    assert set(tfds_dir.rglob("*")) - cached == set()  # no empty folders in the cache
+
+
+def test_max_seq_length_beyond_the_checkpoints_positions_fails_in_prepare(tmp_path, tfds_dir,
+                                                                           capsys):
+    run_dir = tmp_path / "run"
+    assert prepare(run_dir, tfds_dir, "data.max_seq_length=65") == 2  # tiny: 64 positions
+    assert "slimbert: error: invalid config value for 'data.max_seq_length': 65 exceeds the " \
+        "64 positions of model.checkpoint 'random'; set it to at most 64" \
+        in capsys.readouterr().err
+    assert not run_dir.exists() or list(run_dir.iterdir()) == []
+
+
+def given_splits(folder, *overrides):
+    """Train/validation/test CSV files of 10 rows each and the overrides that read them."""
+    files = {s: write(folder / f"{s}.csv", rows_csv(10, offset=i * 10))
+             for i, s in enumerate(("train", "validation", "test"))}
+    return files, ["data.source=files", "data.labels=[neg, pos]",
+                   *[f"data.files.{s}={p}" for s, p in files.items()], *overrides]
+
+
+def test_editing_one_byte_of_a_data_file_reruns_prepare_and_finetune(tmp_path, tfds_dir):
+    files, sets = given_splits(tmp_path, f"data.tfds_data_dir={tfds_dir}", "finetune.epochs=1")
+    run_dir = tmp_path / "run"
+    assert run_stage("prepare", run_dir, *sets) == 0
+    assert run_stage("finetune", run_dir, *sets) == 0
+    first, trained = manifest(run_dir), json.loads((run_dir / "finetune" / "manifest.json")
+                                                   .read_text())
+    old = files["train"].read_bytes()
+    assert first["external_inputs"]["data"]["files"]["train"] == {
+        "path": str(files["train"].resolve()), "bytes": len(old),
+        "sha256": hashlib.sha256(old).hexdigest()}
+    vocab = first["external_inputs"]["tokenizer"]["files"]
+    assert [Path(f["path"]).name for f in vocab] == ["vocab.txt"]
+    assert run_stage("prepare", run_dir, *sets) == 0
+    assert manifest(run_dir) == first  # same bytes: up to date
+
+    new = old.replace(b"sample number 4 is bad", b"sample number 4 is bat")
+    files["train"].write_bytes(new)  # one byte, same size
+    assert run_stage("prepare", run_dir, *sets) == 0
+    second = manifest(run_dir)
+    assert second["fingerprint"] != first["fingerprint"]
+    assert second["external_inputs"]["data"]["files"]["train"]["sha256"] == \
+        hashlib.sha256(new).hexdigest()
+    texts = {e["text"] for e in read_split(run_dir / "prepare", "train").as_numpy_iterator()}
+    assert b"sample number 4 is bat" in texts and b"sample number 4 is bad" not in texts
+    assert run_stage("finetune", run_dir, *sets) == 0  # its input changed: it reruns
+    retrained = json.loads((run_dir / "finetune" / "manifest.json").read_text())
+    assert retrained["fingerprint"] != trained["fingerprint"]
+    assert retrained["inputs"]["prepare"]["manifest_sha256"] == \
+        hashlib.sha256((run_dir / "prepare" / "manifest.json").read_bytes()).hexdigest()
+
+
+def test_checkpoint_files_are_external_inputs_of_prepare_and_finetune(tmp_path):
+    from pipeline import finetune
+    from pipeline import prepare as prepare_stage
+    from pipeline.config import load_config
+
+    folder = tmp_path / "bert"
+    folder.mkdir()
+    (folder / "config.json").write_text('{"model_type": "bert"}')
+    (folder / "model.safetensors").write_bytes(b"weights" * 10)
+    (folder / "pytorch_model.bin").write_bytes(b"not read")
+    vocab = write(folder / "vocab.txt", "[PAD]\n[UNK]\n[CLS]\n[SEP]\nhello\n")
+    config = load_config(TINY, [f"model.checkpoint={folder}"])
+
+    def names(described):
+        return [(Path(f["path"]).name, f["bytes"]) for f in described["files"]]
+
+    weights = finetune.external_inputs(config)["checkpoint"]
+    assert names(weights) == [("config.json", 22), ("model.safetensors", 70)]
+    assert names(prepare_stage.external_inputs(config)["tokenizer"]) == [("vocab.txt", 30)]
+    (folder / "model.safetensors").write_bytes(b"weighTs" * 10)
+    assert finetune.external_inputs(config)["checkpoint"]["files"][1]["sha256"] != \
+        weights["files"][1]["sha256"]
+    vocab.write_text("[PAD]\n[UNK]\n[CLS]\n[SEP]\nhellO\n")
+    assert prepare_stage.external_inputs(config)["tokenizer"]["files"][0]["sha256"] == \
+        hashlib.sha256(vocab.read_bytes()).hexdigest()
+
+
+def test_a_cut_off_inferred_label_is_warned_about_with_its_line(tmp_path, tfds_dir, capsys):
+    files, sets = given_splits(tmp_path)
+    # Two columns, 60 rows, then a last line cut off inside its label ("pos" -> "po").
+    write(files["train"], "".join(f"sample number {i} is fine,{'pos' if i % 2 else 'neg'}\n"
+                                  for i in range(60)).join(["text,label\n", "sample 60,po"]))
+    sets = [s for s in sets if not s.startswith("data.labels")]  # labels inferred
+    assert prepare(tmp_path / "run", tfds_dir, *sets) == 0
+    err = capsys.readouterr().err
+    assert f"label 'po' has only 1 of 81 rows ({files['train']}:62): a cut-off or mistyped " \
+        "label?" in err
+    m = manifest(tmp_path / "run")["metrics"]
+    assert m["labels"] == ["neg", "po", "pos"]
+    assert m["rare_labels"] == {"po": {"rows": 1, "where": [f"{files['train']}:62"]}}
+
+
+def test_texts_shared_between_splits_are_counted_and_warned_about(tmp_path, tfds_dir, capsys):
+    files, sets = given_splits(tmp_path)
+    # validation repeats two training texts (its lines 2-3), test one (its line 2)
+    write(files["validation"], rows_csv(2) + rows_csv(8, offset=10).split("\n", 1)[1])
+    write(files["test"], rows_csv(1, offset=5) + rows_csv(9, offset=20).split("\n", 1)[1])
+    assert prepare(tmp_path / "run", tfds_dir, *sets) == 0
+    m = manifest(tmp_path / "run")["metrics"]
+    assert m["shared_texts"] == {"train/validation": 2, "train/test": 1, "validation/test": 0}
+    err = capsys.readouterr().err
+    assert f"train/test: 1 distinct texts occur in both splits (e.g. {files['train']}:7 = " \
+        f"{files['test']}:2)" in err
+    assert "train/validation: 2 distinct texts" in err and "validation/test" not in err
 
 
 def test_unknown_tfds_name_and_bad_config(tmp_path, tfds_dir, capsys):
