@@ -249,6 +249,13 @@ class PipelineConfig:
                 raise ConfigError(f"invalid config value for 'finetune.{key}': "
                                   "fine-tuning has no teacher; distillation is for "
                                   "prune.train and quantize.train")
+        if self.model.checkpoint == "random" and \
+                self.data.max_seq_length > self.model.max_positions:
+            # A real checkpoint's positions are known once it is read (prepare checks).
+            raise ConfigError(
+                f"invalid config value for 'data.max_seq_length': "
+                f"{self.data.max_seq_length} exceeds model.max_positions "
+                f"{self.model.max_positions}")
         for target, source in QAT_TARGETS.items():
             if target in self.export.targets and not (
                     self.quantize.qat and source in self.quantize.sources):

@@ -66,6 +66,8 @@ def test_shipped_configs_load(name):
     (["finetune.learning_rate=3"], "invalid config value for 'finetune.learning_rate'"),
     (["prune.train.ema_decay=1"], "invalid config value for 'prune.train.ema_decay'"),
     (['prune.include=["("]'], "'prune.include': '(' is not a regular expression"),
+    (["model.checkpoint=random", "model.max_positions=64", "data.max_seq_length=65"],
+     "'data.max_seq_length': 65 exceeds model.max_positions 64"),
     (["export.compare_kernels=[savedmodel]"],
      "invalid config value for 'export.compare_kernels': expected TFLite target names"),
 ])
