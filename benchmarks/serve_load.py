@@ -14,9 +14,20 @@ Client and server share this machine's cores, so absolute figures move with what
 runs (the JSON records the load average before the run); the gains are measured in one
 run.
 
+The mixed run (per backend, `--max-batch 32`, `--batch-wait-ms` --mixed-wait-ms: long
+enough for a round's requests to share batches) sends rounds of one bad request and N
+concurrent good ones, going through every malformed class of the server's error list (docs/
+deployment.md, "Errors and limits": bad JSON, unknown key, wrong type, empty batch, too
+many instances, invalid token ids, unknown signature, `:regress`, unknown model, version
+or path, wrong method, body too large) and invalid Unicode, --mixed-rounds times each.
+It prints the good requests that failed (anything but a 200 with the prediction the same
+text gets alone; must be 0) and the statuses each bad class got against the one
+expected.
+
     python benchmarks/serve_load.py runs/default/export [--prepared runs/default/prepare]
-        [--backends savedmodel cpu] [--clients 8] [--requests 400] [--seconds 120]
-        [--max-batch 32] [--batch-wait-ms 0 5] [--json benchmarks/results/serve_load.json]
+        [--backends savedmodel cpu] [--runs throughput mixed] [--clients 8]
+        [--requests 400] [--seconds 120] [--max-batch 32] [--batch-wait-ms 0 5]
+        [--mixed-rounds 3] [--mixed-wait-ms 20] [--json benchmarks/results/serve_load.json]
 """
 
 from __future__ import annotations
@@ -27,6 +38,8 @@ import os
 import tempfile
 import threading
 import time
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
@@ -37,6 +50,43 @@ from pipeline.artifacts import machine_info
 from serve.testing import ServerError, ServerProcess
 
 PREDICT = "/v1/models/{name}:predict"
+MAX_INSTANCES = 256  # the server's --max-instances in the mixed run
+MAX_BODY_BYTES = 1 << 20  # and its --max-body-bytes
+
+
+def _ids(**changes: list[int]) -> dict:
+    row = {"input_ids": [101, 2307, 102], "input_mask": [1, 1, 1], "segment_ids": [0, 0, 0]}
+    return {"signature_name": "token_ids", "instances": [{**row, **changes}]}
+
+
+# The mixed run's bad requests: (class, method, URL path after /v1/models/ ({name}: the
+# served model) or from / if it starts with "/", JSON body or raw bytes, expected status).
+BAD_REQUESTS = [
+    ("malformed-json", "POST", "{name}:predict", b'{"instances": ["a fine', 400),
+    ("unknown-key", "POST", "{name}:predict", {"instance": ["a fine film"]}, 400),
+    ("wrong-type", "POST", "{name}:predict", {"instances": ["a fine film", 3]}, 400),
+    ("empty-batch", "POST", "{name}:predict", {"instances": []}, 400),
+    ("too-many-instances", "POST", "{name}:predict",
+     {"instances": ["a fine film"] * (MAX_INSTANCES + 1)}, 400),
+    ("invalid-token-ids", "POST", "{name}:predict", _ids(input_ids=[101, 10 ** 9, 102]), 400),
+    ("ids-lengths-differ", "POST", "{name}:predict", _ids(input_mask=[1, 1]), 400),
+    ("unknown-signature", "POST", "{name}:predict",
+     {"signature_name": "x", "instances": ["a fine film"]}, 400),
+    ("regress", "POST", "{name}:regress", {"examples": [{"text": "a fine film"}]}, 400),
+    ("unknown-model", "POST", "other:predict", {"instances": ["a fine film"]}, 404),
+    ("unknown-version", "POST", "{name}/versions/9:predict",
+     {"instances": ["a fine film"]}, 404),
+    ("unknown-path", "GET", "/v2/models/{name}", None, 404),
+    ("wrong-method", "GET", "{name}:predict", None, 405),
+    ("body-too-large", "POST", "{name}:predict",
+     {"instances": ["wonderful " * (MAX_BODY_BYTES // 10)]}, 413),
+    # JSON's "\ud800" escape: valid JSON, but a lone surrogate, not Unicode
+    ("invalid-unicode", "POST", "{name}:predict", {"instances": ["bad \ud800 film"]}, 400),
+    ("invalid-unicode-classify", "POST", "{name}:classify",
+     {"examples": [{"text": "\udfff"}]}, 400),
+    ("invalid-unicode-signature", "POST", "{name}:predict",
+     {"signature_name": "\ud800", "instances": ["a fine film"]}, 400),
+]
 
 
 def split_texts(prepared: Path) -> list[str]:
@@ -120,6 +170,101 @@ def run_config(export_dir: Path, backend: str, max_batch: int, wait_ms: float,
         "server_exit_code": exit_code}
 
 
+def _bad_request(session: httpx.Client, base_url: str, name: str, method: str, path: str,
+                 body: dict | bytes | None) -> int | str:
+    """One bad request; its status, or the transport error."""
+    url = base_url + (path.format(name=name) if path.startswith("/")
+                      else "/v1/models/" + path.format(name=name))
+    content = body if isinstance(body, bytes) or body is None else \
+        json.dumps(body).encode()  # ensure_ascii: a lone surrogate as JSON's \uXXXX escape
+    try:
+        return session.request(method, url, content=content).status_code
+    except httpx.HTTPError as err:
+        return type(err).__name__
+
+
+def mixed_load(base_url: str, name: str, texts: list[str], clients: int, rounds: int
+               ) -> dict:
+    """`rounds` rounds per bad class of one bad request and `clients` concurrent good
+    one-text requests (one keep-alive connection per client thread). A good request fails
+    unless it gets 200 and the probabilities its text gets alone."""
+    url = base_url + PREDICT.format(name=name)
+    texts = texts[:clients * 8]
+    with httpx.Client(timeout=60) as session:  # each text alone, before the load
+        alone = {text: session.post(url, json={"instances": [text]}).json()[
+            "predictions"][0]["probabilities"] for text in dict.fromkeys(texts)}
+    local = threading.local()
+    sessions: list[httpx.Client] = []
+
+    def session() -> httpx.Client:
+        if not hasattr(local, "session"):
+            local.session = httpx.Client(timeout=60)
+            sessions.append(local.session)
+        return local.session
+
+    def good(text: str) -> bool:
+        try:
+            response = session().post(url, json={"instances": [text]})
+            got = response.json()["predictions"] if response.status_code == 200 else []
+        except (httpx.HTTPError, ValueError, KeyError):
+            return False
+        return len(got) == 1 and np.allclose(got[0]["probabilities"], alone[text],
+                                             atol=1e-5)
+
+    schedule = [case for _ in range(rounds) for case in BAD_REQUESTS]
+    statuses: dict[str, Counter] = {case[0]: Counter() for case in BAD_REQUESTS}
+    good_sent = good_failed = 0
+    start = time.perf_counter()
+    with ThreadPoolExecutor(clients + 1) as pool:
+        for i, (label, method, path, body, _) in enumerate(schedule):
+            batch = [texts[(i * clients + j) % len(texts)] for j in range(clients)]
+            bad = pool.submit(lambda *args: _bad_request(session(), *args), base_url, name,
+                              method, path, body)
+            goods = [pool.submit(good, text) for text in batch]
+            statuses[label][bad.result()] += 1
+            results = [future.result() for future in goods]
+            good_sent += len(results)
+            good_failed += results.count(False)
+    for session in sessions:
+        session.close()
+    return {"good_requests": good_sent, "good_failed": good_failed,
+            "bad_requests": len(schedule), "seconds": round(time.perf_counter() - start, 3),
+            "bad": {label: {"expected": expected,
+                            "statuses": {str(k): v for k, v in statuses[label].items()}}
+                    for label, _, _, _, expected in BAD_REQUESTS}}
+
+
+def run_mixed(export_dir: Path, backend: str, args: argparse.Namespace, texts: list[str],
+              log_dir: Path) -> dict:
+    wait = args.mixed_wait_ms
+    server = ServerProcess(export_dir, "--backend", backend, "--max-batch",
+                           str(args.max_batch), "--batch-wait-ms", str(wait),
+                           "--max-instances", str(MAX_INSTANCES), "--max-body-bytes",
+                           str(MAX_BODY_BYTES), log_dir=log_dir)
+    try:
+        try:
+            server.ready(timeout=300)
+        except ServerError as err:
+            raise SystemExit(str(err)) from None
+        name = httpx.get(server.url + "/healthz", timeout=30).json()["model"]
+        result = mixed_load(server.url, name, texts, args.clients, args.mixed_rounds)
+    finally:
+        exit_code = server.stop()
+    return {"backend": backend, "max_batch": args.max_batch, "batch_wait_ms": wait,
+            "clients": args.clients, **result, "server_exit_code": exit_code}
+
+
+def _print_mixed(row: dict) -> None:
+    print(f"{row['backend']:<11} mixed (max_batch {row['max_batch']}, wait "
+          f"{row['batch_wait_ms']:g} ms): {row['good_requests']} good requests, "
+          f"{row['good_failed']} failed; {row['bad_requests']} bad requests in "
+          f"{row['seconds']:.1f} s:", flush=True)
+    for label, bad in row["bad"].items():
+        seen = ", ".join(f"{status} x{n}" for status, n in bad["statuses"].items())
+        wrong = "" if list(bad["statuses"]) == [str(bad["expected"])] else "  UNEXPECTED"
+        print(f"    {label:<26} expected {bad['expected']}: {seen}{wrong}", flush=True)
+
+
 def _ms(value: float | None) -> str:
     return "      - ms" if value is None else f"{value:7.1f} ms"
 
@@ -131,6 +276,10 @@ def main() -> None:
                         help="prepare artifact with the test texts (default: the export's "
                              "run, <export_dir>/../prepare)")
     parser.add_argument("--backends", nargs="+", default=["savedmodel", "cpu"])
+    parser.add_argument("--runs", nargs="+", choices=["throughput", "mixed"],
+                        default=["throughput", "mixed"],
+                        help="throughput per configuration, and/or good requests mixed "
+                             "with bad ones")
     parser.add_argument("--clients", type=int, default=8, help="concurrent clients")
     parser.add_argument("--requests", type=int, default=400, help="requests per config")
     parser.add_argument("--seconds", type=float, default=120,
@@ -139,16 +288,20 @@ def main() -> None:
                         help="server batch size compared with 1 (no batching)")
     parser.add_argument("--batch-wait-ms", type=float, nargs="+", default=[0.0, 5.0],
                         help="batch waits to try with --max-batch")
+    parser.add_argument("--mixed-rounds", type=int, default=3,
+                        help="mixed run: rounds per bad request class")
+    parser.add_argument("--mixed-wait-ms", type=float, default=20.0,
+                        help="mixed run: the server's --batch-wait-ms")
     parser.add_argument("--json", help="write the results here")
     args = parser.parse_args()
 
     load_before = os.getloadavg()[0]
     texts = split_texts(args.prepared or args.export_dir.parent / "prepare")
     configs = [(args.max_batch, wait) for wait in args.batch_wait_ms] + [(1, 0.0)]
-    results = []
+    results, mixed = [], []
     with tempfile.TemporaryDirectory(prefix="serve-load-") as log_dir:
         for backend in args.backends:
-            for max_batch, wait in configs:
+            for max_batch, wait in configs if "throughput" in args.runs else []:
                 row = run_config(args.export_dir, backend, max_batch, wait, args, texts,
                                  Path(log_dir))
                 results.append(row)
@@ -157,11 +310,16 @@ def main() -> None:
                       f"{row['requests_per_second']:7.1f} req/s, p50 {_ms(row['p50_ms'])}, "
                       f"p99 {_ms(row['p99_ms'])}, errors {row['errors']}, "
                       f"mean batch {row['mean_batch']:.1f}", flush=True)
-    rate = {(r["backend"], r["max_batch"], r["batch_wait_ms"]): r["requests_per_second"]
-            for r in results}
-    gains = {backend: {f"wait {wait:g} ms": rate[backend, args.max_batch, wait]
-                       / rate[backend, 1, 0.0] for wait in args.batch_wait_ms}
-             for backend in args.backends}
+            if "mixed" in args.runs:
+                mixed.append(run_mixed(args.export_dir, backend, args, texts, Path(log_dir)))
+                _print_mixed(mixed[-1])
+    gains = {}
+    if results:
+        rate = {(r["backend"], r["max_batch"], r["batch_wait_ms"]): r["requests_per_second"]
+                for r in results}
+        gains = {backend: {f"wait {wait:g} ms": rate[backend, args.max_batch, wait]
+                           / rate[backend, 1, 0.0] for wait in args.batch_wait_ms}
+                 for backend in args.backends}
     for backend, by_wait in gains.items():
         for label, gain in by_wait.items():
             print(f"{backend:<11} batching gain (max_batch {args.max_batch}, {label} / "
@@ -174,9 +332,8 @@ def main() -> None:
                   "export_dir": str(args.export_dir), "clients": args.clients,
                   "requests_per_config": args.requests, "seconds_limit": args.seconds,
                   "request": "predict, one text",
-                  "results": results, "batching_gain": gains}
+                  "results": results, "batching_gain": gains, "mixed": mixed}
         Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
-
 
 if __name__ == "__main__":
     main()

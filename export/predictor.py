@@ -43,19 +43,25 @@ def _softmax(logits: np.ndarray) -> np.ndarray:
     return (exp / exp.sum(axis=-1, keepdims=True)).astype(np.float32)
 
 
+def invalid_unicode(text: str) -> str | None:
+    """Why `text` cannot be encoded as UTF-8 (the tokenizer's input), or None. Only a lone
+    UTF-16 surrogate can cause it: JSON's `"\\ud800"` spells one, and Python's argv
+    decoding keeps each undecodable byte as one."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as err:
+        return f"lone surrogate U+{ord(text[err.start]):04X} at position {err.start}"
+    return None
+
+
 def check_texts(texts: Sequence[str]) -> None:
-    """ValueError naming the first item that is not a str encodable as UTF-8 (a lone
-    surrogate such as "\\ud800", or an undecodable byte that Python's argv decoding
-    kept as one), so one bad text is refused before it can fail a batch."""
+    """ValueError naming the first item that is not a str of valid Unicode, so one bad
+    text is refused before it can fail a batch."""
     for i, text in enumerate(texts):
         if not isinstance(text, str):
             raise ValueError(f"text {i} is a {type(text).__name__}, not a string")
-        try:
-            text.encode("utf-8")
-        except UnicodeEncodeError as err:
-            raise ValueError(f"text {i} is not valid Unicode: {text[err.start]!r} at "
-                             f"character {err.start} (a lone surrogate) cannot be "
-                             "encoded as UTF-8") from None
+        if problem := invalid_unicode(text):
+            raise ValueError(f"text {i} is not valid Unicode ({problem})")
 
 
 def _first_line(err: BaseException) -> str:
@@ -210,4 +216,4 @@ class Predictor:
         return _softmax(logits)  # token-id models return logits
 
 
-__all__ = ["Predictor", "check_texts", "model_format"]
+__all__ = ["Predictor", "check_texts", "invalid_unicode", "model_format"]

@@ -214,6 +214,9 @@ def _serve_parser(sub: argparse._SubParsersAction) -> None:
                        help="larger request bodies get 413 (default: 1048576)")
     serve.add_argument("--max-instances", type=_at_least(1), default=256, metavar="N",
                        help="most instances (texts) per request (default: 256)")
+    serve.add_argument("--read-timeout", type=float, default=30.0, metavar="SECONDS",
+                       help="a request body not all received this long after its headers "
+                            "gets 408 and its connection closed (default: 30)")
     serve.add_argument("--threads", type=_at_least(1), default=None, metavar="N",
                        help="TFLite interpreter threads (default: the runtime's)")
     serve.add_argument("--force", action="store_true",
@@ -353,7 +356,8 @@ def serve_command(args: argparse.Namespace) -> int:
     app = create_app(args.export_dir, backend=args.backend, name=args.model_name,
                      max_batch=args.max_batch, batch_wait_ms=args.batch_wait_ms,
                      max_body_bytes=args.max_body_bytes, max_instances=args.max_instances,
-                     force=args.force, threads=args.threads)
+                     force=args.force, threads=args.threads,
+                     read_timeout=args.read_timeout)
     serve(app, args.host, args.port, access_log=args.verbose)
     return 0
 

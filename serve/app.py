@@ -10,8 +10,9 @@ version; the model name in a URL is only compared with it, never used as a path)
     GET  /healthz                                      200 serving, 503 shutting down
 
 Errors are `{"error": message}`: 400 bad request, 404 unknown model, version or path, 405
-wrong method, 413 body over `max_body_bytes` (refused from its Content-Length, or as soon
-as a chunked body passes it), 500 a bug, 503 shutting down.
+wrong method, 408 body not all received `read_timeout` seconds after the headers (the
+connection is then closed), 413 body over `max_body_bytes` (refused from its
+Content-Length, or as soon as a chunked body passes it), 500 a bug, 503 shutting down.
 
 Example:
     >>> app = create_app("runs/default/export", backend="cpu")
@@ -167,10 +168,27 @@ class ModelApi:
             return await self.batchers[signature].submit(instances)
         except ShuttingDown as err:
             raise ApiError(503, str(err)) from None
+        except Exception as err:
+            # The model failed on this request alone (the batcher reran its batch request by
+            # request): a 500 answered here, not by Starlette's last-resort handler, which
+            # would also drop the client's keep-alive connection.
+            log.error("the model failed on a request of %d instances", len(instances),
+                      exc_info=err)
+            raise ApiError(500, f"the model failed on this request: {type(err).__name__}: "
+                                f"{err}") from None
+
+
+def _error(status: int, message: str, headers: dict[str, str] | None = None
+           ) -> JSONResponse:
+    # A message may quote the request (a signature name, say) and so hold a lone surrogate,
+    # which UTF-8 cannot encode: it is written as its \uXXXX text instead of failing the
+    # error response itself.
+    message = message.encode("utf-8", "backslashreplace").decode("utf-8")
+    return JSONResponse({"error": message}, status, headers=headers)
 
 
 def _error_response(exc: ApiError) -> JSONResponse:
-    return JSONResponse({"error": exc.message}, exc.status, headers=exc.headers)
+    return _error(exc.status, exc.message, exc.headers)
 
 
 async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
@@ -178,11 +196,11 @@ async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
 
 
 async def _http_error(request: Request, exc: HTTPException) -> JSONResponse:
-    return JSONResponse({"error": exc.detail}, exc.status_code, headers=exc.headers)
+    return _error(exc.status_code, str(exc.detail), exc.headers)
 
 
 async def _internal_error(request: Request, exc: Exception) -> JSONResponse:
-    return JSONResponse({"error": f"internal error: {type(exc).__name__}: {exc}"}, 500)
+    return _error(500, f"internal error: {type(exc).__name__}: {exc}")
 
 
 class BodyLimit:
@@ -220,10 +238,43 @@ class BodyLimit:
         await self.app(scope, counted, send)
 
 
+class ReadTimeout:
+    """ASGI middleware: 408, and the connection closed, for a request whose body has not
+    all arrived `seconds` after its headers: a client that stops sending mid-body (or
+    trickles it) would otherwise hold its connection and request for as long as it likes.
+    """
+
+    def __init__(self, app: ASGIApp, seconds: float) -> None:
+        self.app = app
+        self.seconds = seconds
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.seconds
+        complete = False
+
+        async def timed() -> Message:
+            nonlocal complete
+            if complete:  # the body is in: later receives only wait for a disconnect
+                return await receive()
+            try:
+                message = await asyncio.wait_for(receive(), max(deadline - loop.time(), 0))
+            except TimeoutError:
+                raise ApiError(  # inside the endpoint: answered by its handler
+                    408, f"the request body did not arrive within {self.seconds:g} s (the "
+                         "server's --read-timeout)", {"Connection": "close"}) from None
+            complete = message["type"] != "http.request" or not message.get("more_body")
+            return message
+
+        await self.app(scope, timed, send)
+
+
 def create_app(export_dir: str | Path, backend: str = "savedmodel", name: str | None = None,
                max_batch: int = 32, batch_wait_ms: float = 0.0,
                max_body_bytes: int = 1 << 20, max_instances: int = 256, force: bool = False,
-               threads: int | None = None) -> Starlette:
+               threads: int | None = None, read_timeout: float = 30.0) -> Starlette:
     """The server's app: loads `backend` of `export_dir` (checked against the export gate
     unless `force`) and warms it up.
 
@@ -239,17 +290,23 @@ def create_app(export_dir: str | Path, backend: str = "savedmodel", name: str | 
         max_instances: most instances per request.
         force: serve a target that failed the export gate.
         threads: TFLite interpreter threads (None: the runtime's default).
+        read_timeout: seconds a request's body may take to arrive after its headers;
+            then it gets 408 and its connection is closed.
 
     Raises:
-        SlimbertError: not an export, backend not exported, or failed the gate.
+        SlimbertError: not an export, backend not exported, failed the gate, or
+            `read_timeout` is not positive.
     """
+    if not read_timeout > 0:
+        raise SlimbertError(f"--read-timeout must be more than 0 seconds, found {read_timeout}")
     model = ServedModel.load(Path(export_dir), backend, force=force, num_threads=threads)
     model.warm_up()
     api = ModelApi(model, name or model.target.name, max_batch, batch_wait_ms, max_instances)
     routes = [Route("/healthz", api.health, methods=["GET"]),
               Route("/v1/models/{path:path}", api.models, methods=["GET", "POST"])]
     app = Starlette(routes=routes, lifespan=api.lifespan,
-                    middleware=[Middleware(BodyLimit, max_bytes=max_body_bytes)],
+                    middleware=[Middleware(BodyLimit, max_bytes=max_body_bytes),
+                                Middleware(ReadTimeout, seconds=read_timeout)],
                     exception_handlers={ApiError: _api_error, HTTPException: _http_error,
                                         Exception: _internal_error})
     app.state.api = api

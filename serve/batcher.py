@@ -6,7 +6,8 @@ already waiting), runs the batch in the model's worker thread (never on the even
 and hands each request its slice of the results. TF Serving's batching
 (`max_batch_size`, `batch_timeout_micros`) works the same way. Requests are never split:
 one with more than `max_batch` instances runs alone. `max_batch=1` runs every request
-alone, without waiting.
+alone, without waiting. If a batch of several requests fails, each of them runs again
+alone, so only a request that fails on its own gets the error.
 
 Example:
     >>> batcher = Batcher(model_fn, max_batch=32, wait_seconds=0.005, executor=pool)
@@ -18,11 +19,14 @@ Example:
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass
 from typing import Any
+
+log = logging.getLogger(__name__)
 
 
 class ShuttingDown(Exception):
@@ -56,7 +60,7 @@ class Batcher:
         self._arrived = asyncio.Event()
         self._closed = False
         self._task: asyncio.Task | None = None
-        self.batches = 0  # batches run and instances in them (the health endpoint shows them)
+        self.batches = 0  # model runs and instances in them (the health endpoint shows them)
         self.instances = 0
 
     def start(self) -> None:
@@ -115,22 +119,32 @@ class Batcher:
         batch = [job for job in batch if not job.future.done()]  # clients that went away
         if not batch:
             return
-        items = [item for job in batch for item in job.items]
-        self.batches += 1
-        self.instances += len(items)
         try:
-            results = await asyncio.get_running_loop().run_in_executor(
-                self._executor, self._run, items)
-        except Exception as err:  # every request of the batch gets the error
+            results = await self._call([item for job in batch for item in job.items])
+        except Exception as err:
+            if len(batch) == 1:
+                if not batch[0].future.done():
+                    batch[0].future.set_exception(err)
+                return
+            # One request's instances must not fail the others: rerun each request alone,
+            # so only the faulty one gets the error.
+            log.warning("a batch of %d requests failed (%s: %s); running them one by one",
+                        len(batch), type(err).__name__, err)
             for job in batch:
-                if not job.future.done():
-                    job.future.set_exception(err)
+                await self._run_batch([job])
             return
         start = 0
         for job in batch:
             if not job.future.done():
                 job.future.set_result(results[start:start + len(job.items)])
             start += len(job.items)
+
+    async def _call(self, items: list) -> Sequence:
+        """`run(items)` in the executor, counted."""
+        self.batches += 1
+        self.instances += len(items)
+        return await asyncio.get_running_loop().run_in_executor(self._executor, self._run,
+                                                                items)
 
 
 __all__ = ["Batcher", "ShuttingDown"]

@@ -19,9 +19,11 @@ Classify (`POST /v1/models/<name>:classify`), raw text only:
     {"examples": [{"text": "a fine film"}], "context": {}}
     -> {"results": [[["rotten", 0.07], ["fresh", 0.93]]]}
 
-Anything else is an `ApiError` (status 400) saying what is wrong and where. Texts longer
-than the model's sequence length are truncated by the tokenizer, as in training; token
-ids longer than it are an error (cutting them would drop `[SEP]`).
+Anything else is an `ApiError` (status 400) saying what is wrong and where, found while
+parsing, before any instance reaches the model: among them a text holding a lone
+surrogate (`"\\ud800"` is valid JSON but not Unicode). Texts longer than the model's
+sequence length are truncated by the tokenizer, as in training; token ids longer than it
+are an error (cutting them would drop `[SEP]`).
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from typing import Any
 import numpy as np
 
 from data.features import INPUT_NAMES
+from export.predictor import invalid_unicode
 from serve.model import TEXT_SIGNATURE, TokenIds
 
 PREDICT_KEYS = ("signature_name", "instances", "inputs")
@@ -118,13 +121,22 @@ def _batch(value: Any, where: str, limits: Limits) -> list:
     return value
 
 
+def _unicode(text: str, where: str) -> str:
+    """`text`, unless it holds a lone surrogate: then its request gets a 400 here rather
+    than failing in the model, with the other requests of its batch (replacing the
+    surrogate instead would classify a text the client did not send)."""
+    if problem := invalid_unicode(text):
+        raise ApiError(400, f"{where}: text is not valid Unicode ({problem})")
+    return text
+
+
 def _text(value: Any, where: str) -> str:
     if isinstance(value, dict) and list(value) == ["text"]:
         value = value["text"]
     if not isinstance(value, str):
         raise ApiError(400, f'{where}: expected a string or {{"text": string}}, found '
                             f"{_kind(value)}")
-    return value
+    return _unicode(value, where)
 
 
 def _token_ids(value: Any, where: str, limits: Limits) -> TokenIds:
@@ -210,7 +222,7 @@ def parse_classify(payload: dict[str, Any], limits: Limits) -> list[str]:
         if sorted(features) != ["text"] or not isinstance(value, str):
             raise ApiError(400, f'examples[{i}]: expected {{"text": string}}, found features '
                                 f"{sorted(features)}")
-        texts.append(value)
+        texts.append(_unicode(value, f"examples[{i}]"))
     return texts
 
 

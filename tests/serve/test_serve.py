@@ -6,6 +6,7 @@ startup errors. Plus the batcher alone and the shutdown state in-process."""
 import asyncio
 import http.client
 import json
+import select
 import shutil
 import socket
 import subprocess
@@ -19,9 +20,11 @@ import httpx
 import numpy as np
 import pytest
 
+from core.errors import SlimbertError
 from data.features import INPUT_NAMES
 from export.predictor import Predictor
 from serve.batcher import Batcher, ShuttingDown
+from serve.model import TEXT_SIGNATURE
 from serve.testing import ServerError, ServerProcess, free_port
 from tests.helpers import REPO
 
@@ -268,6 +271,16 @@ BAD_REQUESTS = [
     ("number-instance", "POST", PREDICT, {"instances": ["a", 3]}, 400,
      "instances[1]: expected a string"),
     ("null-instance", "POST", PREDICT, {"instances": [None]}, 400, "found null"),
+    # JSON's "\ud800" escape is valid JSON but a lone surrogate, not Unicode
+    ("lone-surrogate", "POST", PREDICT, {"instances": ["ok", "bad \ud800 film"]}, 400,
+     "instances[1]: text is not valid Unicode (lone surrogate U+D800 at position 4)"),
+    ("lone-surrogate-object", "POST", PREDICT, {"instances": [{"text": "\udfff"}]}, 400,
+     "instances[0]: text is not valid Unicode (lone surrogate U+DFFF at position 0)"),
+    ("lone-surrogate-columns", "POST", PREDICT, {"inputs": {"text": ["a", "b\udc00"]}},
+     400, "inputs[1]: text is not valid Unicode (lone surrogate U+DC00 at position 1)"),
+    ("lone-surrogate-signature", "POST", PREDICT, {"signature_name": "\ud800",
+                                                   "instances": ["a"]}, 400,
+     'Serving signature name: "\\ud800" not found'),
     ("wrong-field", "POST", PREDICT, {"instances": [{"txt": "a"}]}, 400,
      "instances[0]: expected a string or"),
     ("columns-not-list", "POST", PREDICT, {"inputs": {"text": "a"}}, 400,
@@ -309,6 +322,10 @@ BAD_REQUESTS = [
      "examples[0]: expected {\"text\": string}"),
     ("classify-number-text", "POST", CLASSIFY, {"examples": [{"text": 1}]}, 400,
      "examples[0]: expected"),
+    ("classify-lone-surrogate", "POST", CLASSIFY, {"examples": [{"text": "x"}, {"text": [
+        "\ud83c"]}]}, 400, "examples[1]: text is not valid Unicode (lone surrogate U+D83C"),
+    ("classify-lone-surrogate-context", "POST", CLASSIFY, {"examples": [{}], "context": {
+        "text": "\udbff!"}}, 400, "examples[0]: text is not valid Unicode"),
     ("classify-bad-context", "POST", CLASSIFY, {"examples": [{"text": "a"}], "context": []},
      400, "'context' must be an object"),
     ("classify-token-ids", "POST", CLASSIFY, {"signature_name": "token_ids",
@@ -408,6 +425,84 @@ def test_body_size_limit(server, client):
     assert response.status == 413 and "larger than" in json.loads(response.read())["error"]
     connection.close()
     assert client.get("/healthz").status_code == 200
+
+
+def test_a_bad_request_fails_only_itself(server, savedmodel):
+    """Issue #19's case: rounds of concurrent good requests with a lone-surrogate text among
+    them (batched together by the 20 ms batch wait): every good request gets its
+    predictions, the bad one its 400."""
+    expected = savedmodel.predict_texts(TEXTS)
+    good = [{"instances": [TEXTS[i % len(TEXTS)]]} for i in range(10)]
+    bad = {"instances": ["bad \ud800 film"]}
+    bodies = [body for _ in range(3) for body in good[:5] + [bad] + good[5:]]
+    with httpx.Client(base_url=server.url, timeout=60,
+                      limits=httpx.Limits(max_connections=11)) as parallel, \
+            ThreadPoolExecutor(11) as pool:
+        responses = list(pool.map(  # json.dumps: "\ud800" as JSON's ASCII escape
+            lambda body: parallel.post(PREDICT, content=json.dumps(body).encode()), bodies))
+    for i, (body, response) in enumerate(zip(bodies, responses)):
+        if body is bad:
+            assert response.status_code == 400, response.text
+            assert response.json()["error"] == ("instances[0]: text is not valid Unicode "
+                                                "(lone surrogate U+D800 at position 4)")
+        else:
+            assert response.status_code == 200, (i, response.text)
+            n = TEXTS.index(body["instances"][0])
+            check_predictions(response.json()["predictions"], expected[n:n + 1])
+
+
+def read_until_closed(sock: socket.socket) -> bytes:
+    """What the server sends until it closes the connection (a reset also ends it)."""
+    chunks = []
+    try:
+        while chunk := sock.recv(65536):
+            chunks.append(chunk)
+    except ConnectionResetError:
+        pass
+    return b"".join(chunks)
+
+
+def test_read_timeout_drops_a_stalled_body(export_dir, tmp_path):
+    """A client that sends the headers and part of the body, then stalls, gets 408 and
+    its connection closed after --read-timeout, and so does one that trickles its body a
+    byte at a time; other clients are answered meanwhile."""
+    from serve.app import create_app
+
+    with pytest.raises(SlimbertError, match="--read-timeout must be more than 0"):
+        create_app(export_dir, read_timeout=0)
+    timed = Server(export_dir, "--backend", "cpu", "--read-timeout", "1",
+                   log_dir=tmp_path).ready()
+    head = (f"POST {PREDICT} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: "
+            "application/json\r\nContent-Length: 1000\r\n\r\n").encode()
+    try:
+        with socket.create_connection(("127.0.0.1", timed.port), timeout=60) as stalled, \
+                socket.create_connection(("127.0.0.1", timed.port), timeout=60) as trickling:
+            stalled.sendall(head + b'{"instances": ["a wonder')
+            trickling.sendall(head)
+            with httpx.Client(base_url=timed.url, timeout=60) as session:
+                for text in TEXTS:
+                    response = session.post(PREDICT, json={"instances": [text]})
+                    assert response.status_code == 200, response.text
+            for _ in range(1000):  # 50 s of bytes; the body needs 1000
+                if select.select([trickling], [], [], 0.05)[0]:
+                    break  # the server answered
+                try:
+                    trickling.sendall(b" ")
+                except OSError:  # or closed the connection
+                    break
+            else:
+                raise AssertionError("the trickling client was never dropped")
+            trickled = read_until_closed(trickling)
+            answer = read_until_closed(stalled)
+        assert trickled == b"" or trickled.startswith(b"HTTP/1.1 408"), trickled[:300]
+        status, _, body = answer.partition(b"\r\n\r\n")
+        assert status.startswith(b"HTTP/1.1 408"), answer[:300]
+        assert b"connection: close" in status.lower()
+        assert json.loads(body)["error"] == ("the request body did not arrive within 1 s (the "
+                                             "server's --read-timeout)")
+        assert httpx.get(timed.url + "/healthz").status_code == 200
+    finally:
+        assert timed.stop() == 0, timed.stderr()[-3000:]
 
 
 # --- the cpu TFLite backend ---
@@ -511,7 +606,8 @@ def test_forced_unverified_target_serves_and_shuts_down_gracefully(export_dir, t
 
 def test_batcher():
     """Requests are packed up to max_batch in arrival order and never split; each gets its
-    slice; an error reaches every request of its batch; close() drains, then refuses."""
+    slice; a failed batch reruns request by request, so the error reaches only the request
+    that fails alone; close() drains, then refuses."""
     calls = []
 
     def run(items):
@@ -533,13 +629,46 @@ def test_batcher():
             assert calls[-1] == ["x"] * 6
             failed = await asyncio.gather(batcher.submit(["boom"]), batcher.submit(["ok"]),
                                           return_exceptions=True)
-            assert [type(r) for r in failed] == [ValueError, ValueError]
+            assert isinstance(failed[0], ValueError) and failed[1].tolist() == [2]
+            assert calls[-3:] == [["boom", "ok"], ["boom"], ["ok"]]
             queued = asyncio.ensure_future(batcher.submit(["late"]))
             await asyncio.sleep(0)
             await batcher.close()
             assert (await queued).tolist() == [4]
             with pytest.raises(ShuttingDown):
                 await batcher.submit(["after"])
-            assert (batcher.batches, batcher.instances) == (5, 16)
+            assert (batcher.batches, batcher.instances) == (7, 18)  # model runs
 
     asyncio.run(scenario())
+
+
+def test_a_request_failing_in_the_model_fails_only_itself(export_dir):
+    """Should a request pass parsing and still fail in the model, its batch reruns request
+    by request: only that request gets an error, a 500. In-process on the real `cpu`
+    model, with a lone-surrogate text submitted past the parser (which refuses it); the
+    requests batched with it get the probabilities they get alone."""
+    from starlette.testclient import TestClient
+
+    from serve.app import create_app
+    from serve.rest import ApiError
+
+    app = create_app(export_dir, backend="cpu", max_batch=8, batch_wait_ms=50)
+    api = app.state.api
+    expected = api.model.run(TEXT_SIGNATURE, TEXTS[:3])
+
+    async def together():
+        return await asyncio.gather(
+            api._run(TEXT_SIGNATURE, TEXTS[:1]), api._run(TEXT_SIGNATURE, ["bad \ud800 film"]),
+            api._run(TEXT_SIGNATURE, TEXTS[1:3]), return_exceptions=True)
+
+    with TestClient(app) as local:
+        results = local.portal.call(together)
+        batcher = api.batchers[TEXT_SIGNATURE]
+        # the batch of all four instances, then each request alone
+        assert (batcher.batches, batcher.instances) == (4, 8)
+        assert local.get("/healthz").status_code == 200
+    assert isinstance(results[1], ApiError) and results[1].status == 500, results[1]
+    assert "the model failed on this request" in results[1].message
+    assert "lone surrogate U+D800" in results[1].message
+    np.testing.assert_allclose(results[0], expected[:1], atol=1e-6)
+    np.testing.assert_allclose(results[2], expected[1:], atol=1e-6)
