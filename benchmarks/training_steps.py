@@ -29,11 +29,19 @@ ceiling.
     python benchmarks/training_steps.py [--seq-len 128] [--batch 32] [--steps 3]
         [--rounds 4] [--warmup 2] [--config configs/default.yaml]
         [--matmul-sizes 1024,1536,2048] [--matmul-reps 10] [--json out.json]
+
+With `--determinism`, it times instead what repeatable training costs: steps (a), (b)
+and (c), each with Keras' stateful dropout, with the step-keyed dropout the Trainer uses
+(`models.training.step_dropout`: exact resume), and with that plus
+`tf.config.experimental.enable_op_determinism()` (the `deterministic` training key);
+each variant is its own model and traced step, switched on or off around its own runs,
+in the same alternating rounds (docs/determinism.md).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import statistics
@@ -45,6 +53,7 @@ import numpy as np
 import tensorflow as tf
 import tf_keras
 from finetune_throughput import KerasHub, random_batch
+from tensorflow.python.framework import config as tf_config
 
 import pipeline  # noqa: F401  (Keras 2 for tf.keras; keras-hub uses Keras 3)
 from models import pruning
@@ -52,7 +61,7 @@ from models.bert import build_classifier
 from models.checkpoints import architecture
 from models.optimization import make_optimizer
 from models.quantization import quantize_for_training
-from models.training import make_train_step
+from models.training import make_train_step, step_dropout
 from pipeline.artifacts import library_versions, machine_info
 from pipeline.config import ModelConfig, load_config
 
@@ -141,6 +150,87 @@ class HubStep(KerasHub):
     name = "(d) keras-hub BertTextClassifier (Keras 3)"
 
 
+class Variant:
+    """A step of (a)-(c) with a dropout source and an op determinism setting: its own
+    model and traced step, run with determinism switched to its setting."""
+
+    def __init__(self, make, keyed_dropout: bool, deterministic: bool):
+        self.deterministic = deterministic
+        self.switch()
+        self.step = make()
+        self.name = self.step.name.split(":")[0] + (
+            ": keras dropout" if not keyed_dropout else
+            ": step dropout" + (" + op determinism" if deterministic else ""))
+        self.stack = contextlib.ExitStack()  # open for the variant's life: traced inside
+        if keyed_dropout:
+            self.stack.enter_context(step_dropout(self.step.model, 0,
+                                                  self.step.optimizer.iterations))
+
+    def switch(self) -> None:
+        # TensorFlow exports no switch-off; its config module has one (for its tests).
+        if self.deterministic:
+            tf_config.enable_op_determinism()
+        else:
+            tf_config.disable_op_determinism()
+
+    def run(self, steps: int) -> None:
+        self.switch()
+        self.step.run(steps)
+
+
+def determinism_main(args, config, arch) -> None:
+    """Time the variants of (a)-(c) in alternating rounds; print and save the medians."""
+    load_start = os.getloadavg()
+    makers = (lambda: OurStep(arch, args.batch, args.seq_len),
+              lambda: PrunedStep(arch, args.batch, args.seq_len, config.prune),
+              lambda: QatStep(arch, args.batch, args.seq_len))
+    variants = []
+    for make in makers:
+        for keyed, deterministic in ((False, False), (True, False), (True, True)):
+            variant = Variant(make, keyed, deterministic)
+            variant.run(args.warmup)
+            print(f"built {variant.name}", flush=True)
+            variants.append(variant)
+    rates: dict[str, list[float]] = {v.name: [] for v in variants}
+    for round_ in range(args.rounds):
+        for variant in variants if round_ % 2 == 0 else variants[::-1]:
+            start = time.perf_counter()
+            variant.run(args.steps)
+            rates[variant.name].append(args.steps * args.batch
+                                       / (time.perf_counter() - start))
+        print(f"round {round_ + 1}/{args.rounds} done", flush=True)
+    tf_config.disable_op_determinism()
+    results = {}
+    for i, variant in enumerate(variants):
+        base = variants[i - i % 3].name  # the same step with Keras' dropout
+        ratios = [r / b for r, b in zip(rates[variant.name], rates[base])]
+        results[variant.name] = {"examples_per_second": statistics.median(rates[variant.name]),
+                                 "rounds": rates[variant.name],
+                                 "ratio_to_keras_dropout": statistics.median(ratios),
+                                 "ratio_rounds": ratios}
+    print(f"\nbatch {args.batch}, sequence length {args.seq_len}, float32, {args.rounds} "
+          f"alternating rounds of {args.steps} steps per variant")
+    header = f"{'training step':<58} {'examples/s':>10} {'vs keras dropout':>22}"
+    print(header)
+    print("-" * len(header))
+    for name, r in results.items():
+        span = f"[{min(r['ratio_rounds']):.2f}-{max(r['ratio_rounds']):.2f}]"
+        print(f"{name:<58} {r['examples_per_second']:10.2f} "
+              f"{r['ratio_to_keras_dropout']:8.3f}x {span:>13}")
+    load_end = os.getloadavg()
+    print(f"load average {load_start[0]:.2f} at start, {load_end[0]:.2f} at end "
+          f"({os.cpu_count()} cores)")
+    if args.json:
+        out = {"date": time.strftime("%Y-%m-%d %H:%M:%S %z"), "machine": machine(),
+               "versions": library_versions(LIBRARIES),
+               "load_average_1min": {"start": load_start[0], "end": load_end[0]},
+               "seq_len": args.seq_len, "batch": args.batch, "steps_per_round": args.steps,
+               "rounds": args.rounds, "warmup_steps": args.warmup, "results": results}
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        with open(args.json, "w") as f:
+            json.dump(out, f, indent=2)
+
+
 def non_embedding_parameters(model) -> int:
     embeddings = sum(model.get_layer(name).count_params() for name in EMBEDDINGS)
     return int(model.count_params() - embeddings)
@@ -205,11 +295,17 @@ def main() -> None:
     parser.add_argument("--matmul-reps", type=int, default=10,
                         help="matmuls per size and round (the median counts)")
     parser.add_argument("--json", help="write the results here")
+    parser.add_argument("--determinism", action="store_true",
+                        help="time (a)-(c) with Keras' dropout, step-keyed dropout and op "
+                             "determinism instead")
     args = parser.parse_args()
 
     load_start = os.getloadavg()
     config = load_config(args.config)
     arch = architecture(ModelConfig())
+    if args.determinism:
+        determinism_main(args, config, arch)
+        return
     started = time.perf_counter()
     contenders = []
     for make in (lambda: OurStep(arch, args.batch, args.seq_len),

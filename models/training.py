@@ -6,7 +6,13 @@ warmup-decay schedule (`models.optimization`) on length-bucketed batches, one re
 step (`make_train_step`) under `strategy.run` (`models.distribute`). It validates after
 every epoch and keeps the best epoch's weights (the later one on a tie). A resumable
 checkpoint is written every `checkpoint_every` steps and at each epoch end; a new
-`Trainer` on the same work folder resumes from the last one, at the same batch.
+`Trainer` on the same work folder resumes from the last one, at the same batch, and ends
+with the same weights as a run that was never interrupted: the checkpoint holds the
+weights, the optimizer (step, moments), the weight average, the running epoch metrics and
+the history; the batches are a function of (seed, epoch) and the dropout masks of (seed,
+layer, step, replica) (`StepDropout`), never of a random state that a new process would
+restart. A checkpoint that cannot be read (truncated, garbled, from an older layout) is
+moved aside with a warning, and the run resumes from the one before, or starts afresh.
 
 What a compression stage adds is passed in: the model builder (e.g. pruning wrappers or
 QAT), a teacher builder for distillation (`models.distill`), hooks called at fixed points
@@ -21,9 +27,11 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
+import shutil
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -115,6 +123,59 @@ def make_train_step(strategy, model, optimizer, loss_fn, metrics=(), xla: bool =
     return train_step
 
 
+class StepDropout:
+    """The random source of one Keras `Dropout` layer while a `Trainer` trains: masks
+    drawn statelessly from (seed, layer number, training step, replica).
+
+    Keras' own dropout uses stateful random ops, whose state lives in the process and
+    restarts in a new one: a run resumed from a checkpoint drew other masks than the run
+    it continues. These masks depend only on values the checkpoint holds (the step is the
+    optimizer's), so a resumed run draws the very masks of an uninterrupted one. A layer
+    called more than once in a step would repeat its mask; our models call each dropout
+    layer once per step (a teacher runs without dropout).
+
+    Args:
+        seed: int, the training's seed.
+        number: int, the layer's position among the model's dropout layers.
+        step: the optimizer's `iterations` variable.
+    """
+
+    _rng_type = "legacy_stateful"  # what the layer's get_config reads: unchanged config
+
+    def __init__(self, seed: int, number: int, step: tf.Variable) -> None:
+        self.key = (int(seed), int(number))
+        self.step = step
+
+    def _maybe_init(self) -> None:  # Keras calls it when it builds the layer
+        pass
+
+    def dropout(self, inputs, rate, noise_shape=None):
+        seed = tf.random.experimental.stateless_fold_in(
+            tf.constant(self.key, tf.int64), tf.cast(self.step, tf.int64))
+        context = tf.distribute.get_replica_context()
+        if context is not None:  # each replica its own masks
+            seed = tf.random.experimental.stateless_fold_in(
+                seed, tf.cast(context.replica_id_in_sync_group, tf.int64))
+        return tf.nn.experimental.stateless_dropout(inputs, rate=rate, seed=seed,
+                                                    noise_shape=noise_shape)
+
+
+@contextlib.contextmanager
+def step_dropout(model, seed: int, step: tf.Variable):
+    """Within the block, every `Dropout` layer of `model` (wrapped ones and those inside
+    attention layers included) draws its masks from a `StepDropout`; the layers' own
+    random generators are put back on exit (a SavedModel export expects them)."""
+    layers = [m for m in model.submodules if isinstance(m, keras.layers.Dropout)]
+    originals = [layer._random_generator for layer in layers]  # noqa: SLF001
+    try:
+        for number, layer in enumerate(layers):
+            layer._random_generator = StepDropout(seed, number, step)  # noqa: SLF001
+        yield
+    finally:
+        for layer, original in zip(layers, originals):
+            layer._random_generator = original  # noqa: SLF001
+
+
 class Trainer:
     """The training loop: one replica step under `strategy.run`, checkpoints, validation.
 
@@ -171,6 +232,8 @@ class Trainer:
             keras.mixed_precision.set_global_policy(ft.precision)
         self.seed = seed if ft.seed < 0 else ft.seed
         keras.utils.set_random_seed(self.seed)
+        if ft.deterministic:
+            tf.config.experimental.enable_op_determinism()
 
         # Every input pipeline (one per worker) reads its shard of the examples and
         # feeds its local replicas per-replica batches; all run the same number of steps
@@ -221,16 +284,21 @@ class Trainer:
         self.loss_fn = keras.losses.SparseCategoricalCrossentropy(
             from_logits=True, reduction=keras.losses.Reduction.NONE)
 
+        # The history is checkpointed with the state it describes (JSON text).
+        with tf.device("CPU:0"):
+            self.history = tf.Variable("[]", trainable=False, name="history")
+
         # Non-chief workers must save too (collectives), but into their own folder.
         ckpt_dir = work_dir / ("ckpt" if self.chief else f"ckpt-{task_name(self.strategy)}")
         averaged = {} if self.average is None else {
             "average": self.average.average, "average_updates": self.average.updates}
-        self.ckpt = tf.train.Checkpoint(model=self.model, optimizer=self.optimizer,
-                                        best=self.best, **averaged)
+        self.ckpt = tf.train.Checkpoint(
+            model=self.model, optimizer=self.optimizer, best=self.best,
+            train_loss=self.train_loss, train_accuracy=self.train_accuracy,
+            history=self.history, **averaged)
         self.manager = tf.train.CheckpointManager(self.ckpt, ckpt_dir, max_to_keep=2)
         self.best_ckpt = tf.train.Checkpoint(model=self.model)
         self.best_path = str(work_dir / ("best" if self.chief else "best-worker") / "weights")
-        self.history_path = work_dir / "history.json"
         self.log_dir = work_dir / "logs"
         self._build_steps()
 
@@ -298,20 +366,69 @@ class Trainer:
         return (tf.summary.create_file_writer(str(self.log_dir / "train")),
                 tf.summary.create_file_writer(str(self.log_dir / "validation")))
 
-    def _latest_checkpoint(self) -> str | None:
-        """The newest checkpoint: the manager's, or, when a kill came between writing
-        a checkpoint and recording it in the `checkpoint` state file, the newest
-        `ckpt-N` whose index and data files are on disk."""
-        if self.manager.latest_checkpoint:
-            return self.manager.latest_checkpoint
-        directory = Path(self.manager.directory)
-        numbered = []
-        for index in directory.glob("ckpt-*.index"):
-            prefix = str(index)[:-len(".index")]
-            if index.stem.split("-")[-1].isdigit() and list(directory.glob(
-                    f"{Path(prefix).name}.data-*")):
-                numbered.append((int(index.stem.split("-")[-1]), prefix))
-        return max(numbered)[1] if numbered else None
+    def _checkpoints(self) -> list[str]:
+        """Prefixes of the numbered checkpoints on disk, newest first. Found by their
+        index files, not the manager's `checkpoint` state file: a kill can come between
+        writing ckpt-N and recording it there."""
+        numbered = {}
+        for index in Path(self.manager.directory).glob("ckpt-*.index"):
+            number = index.stem.split("-")[-1]
+            if number.isdigit():
+                numbered[int(number)] = str(index)[:-len(".index")]
+        return [numbered[n] for n in sorted(numbered, reverse=True)]
+
+    def _state(self) -> list[tf.Variable]:
+        """Every variable the resumable checkpoint holds."""
+        found = {id(v): v for v in tf.train.TrackableView(self.ckpt).descendants()
+                 if isinstance(v, tf.Variable)}
+        return list(found.values())
+
+    def _resume(self) -> tuple[int, list[dict[str, Any]]]:
+        """Restore the newest checkpoint that can be read and restored; returns its step
+        and history ((0, []) when there is none: a fresh start).
+
+        A checkpoint that cannot be read (truncated or garbled by a crash or a full
+        disk) or restored (written by an older layout) is moved to `unreadable/` beside
+        the checkpoint folder with a warning naming it, and the one before is tried; a
+        failed restore is rolled back first, so a fresh start starts from the built
+        model. One whose best epoch's weights (`best/`) cannot be read is skipped.
+        """
+        folder = Path(self.manager.directory)
+        set_aside = folder.parent / "unreadable" / folder.name
+        best_readable = None
+        candidates = self._checkpoints()
+        for prefix in candidates:
+            problem = _unreadable(prefix)
+            if problem is None:
+                initial = [(v, v.numpy()) for v in self._state()]
+                try:
+                    self.ckpt.restore(prefix).assert_existing_objects_matched()
+                except Exception as err:  # mismatched objects, shapes or dtypes, ...
+                    problem = _first_line(err)
+                else:
+                    if float(self.best.numpy()) >= 0 and best_readable is None:
+                        best_readable = _unreadable(self.best_path) is None
+                    if float(self.best.numpy()) < 0 or best_readable:
+                        step = int(self.optimizer.iterations.numpy())
+                        log.info("%s: resumed from %s at step %d of %d", self.name, prefix,
+                                 step, self.total_steps)
+                        return step, json.loads(self.history.numpy().decode())
+                for variable, value in initial:
+                    variable.assign(value)
+                if problem is None:
+                    log.warning("%s: cannot resume from %s: the best epoch's weights %s "
+                                "cannot be read; trying an earlier checkpoint", self.name,
+                                prefix, self.best_path)
+                    continue
+            set_aside.mkdir(parents=True, exist_ok=True)
+            for path in Path(prefix).parent.glob(Path(prefix).name + ".*"):
+                shutil.move(str(path), str(set_aside / path.name))
+            log.warning("%s: cannot resume from checkpoint %s (%s); moved it to %s and "
+                        "trying an earlier one", self.name, prefix, problem, set_aside)
+        if candidates:
+            log.warning("%s: no checkpoint in %s could be resumed; training from the start",
+                        self.name, folder)
+        return 0, []
 
     def fit(self, best_from_step: int = 0) -> dict[str, Any]:
         """Train to `train_cfg`'s step count (resuming from the last checkpoint in the
@@ -321,18 +438,14 @@ class Trainer:
         pruning reaches its target sparsity); the weight average starts there too.
         Returns the history and the run's figures (best epoch, steps, throughput, ...).
         """
+        resumed_from, history = self._resume()
+        with step_dropout(self.model, self.seed, self.optimizer.iterations):
+            return self._fit(best_from_step, resumed_from, history)
+
+    def _fit(self, best_from_step: int, resumed_from: int, history: list[dict[str, Any]]
+             ) -> dict[str, Any]:
         ft = self.train_cfg
-        resumed_from = 0
-        latest = self._latest_checkpoint()
-        if latest:
-            self.ckpt.restore(latest).assert_existing_objects_matched()
-            resumed_from = int(self.optimizer.iterations.numpy())
-            log.info("resumed from %s at step %d of %d", latest, resumed_from,
-                     self.total_steps)
-        history = json.loads(self.history_path.read_text()) if self.history_path.is_file() \
-            else []
         step = resumed_from
-        history = [h for h in history if h["epoch"] < step // self.steps_per_epoch + 1]
         self._call_hooks("on_train_begin")
         # The first step whose epoch may be kept as best, and where the average starts.
         keep_from = min(best_from_step, self.total_steps)
@@ -346,8 +459,9 @@ class Trainer:
         while step < self.total_steps:
             epoch = step // self.steps_per_epoch
             in_epoch = step - epoch * self.steps_per_epoch
-            self.train_loss.reset_state()
-            self.train_accuracy.reset_state()
+            if in_epoch == 0:  # (resumed mid-epoch, the restored ones hold its first steps)
+                self.train_loss.reset_state()
+                self.train_accuracy.reset_state()
             started = time.perf_counter()
             for features, labels in self.epoch_batches(epoch, in_epoch):
                 self._call_hooks("on_step_begin")
@@ -401,8 +515,7 @@ class Trainer:
             log.info("epoch %d: train loss %.4f acc %.4f | validation loss %.4f acc %.4f "
                      "(%.0f s)", epoch + 1, record["train_loss"], record["train_accuracy"],
                      record["val_loss"], record["val_accuracy"], seconds)
-            if self.chief:
-                self.history_path.write_text(json.dumps(history, indent=2))
+            self.history.assign(json.dumps(history))
             self.manager.save(checkpoint_number=step)
         bar.close()
         self.best_ckpt.read(self.best_path).assert_existing_objects_matched()
@@ -420,3 +533,20 @@ class Trainer:
                 "weight_average": None if self.average is None else {
                     "decay": ft.ema_decay, "from_step": keep_from,
                     "updates": int(self.average.updates.numpy())}}
+
+
+def _unreadable(prefix: str) -> str | None:
+    """Why the checkpoint at `prefix` cannot be read in full, or None if it can. Every
+    tensor is read: a truncated data file fails only on the tensors past its end."""
+    try:
+        reader = tf.train.load_checkpoint(prefix)
+        for key in reader.get_variable_to_dtype_map():
+            reader.get_tensor(key)
+    except Exception as err:  # the reader raises IndexError, DataLossError, ...
+        return _first_line(err)
+    return None
+
+
+def _first_line(err: Exception) -> str:
+    text = str(err).strip().splitlines()
+    return f"{type(err).__name__}: {text[0][:200] if text else ''}"

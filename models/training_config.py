@@ -58,6 +58,11 @@ class TrainConfig(Section):
             until 1 / (1 - d) of them are in, then an exponential moving average with
             decay d per step. Validation, the best epoch and the saved model then use the
             average; 0 = off.
+        deterministic: run TensorFlow's ops deterministically
+            (`tf.config.experimental.enable_op_determinism`, for the rest of the process).
+            For GPUs, whose default kernels add in a varying order. On CPU, repeats on one
+            machine are bit-identical without it; with it they are too, but with other
+            numbers (the cross-entropy takes another route), see docs/determinism.md.
     """
 
     SECTION: ClassVar[str] = "finetune"
@@ -84,6 +89,7 @@ class TrainConfig(Section):
     augment_rate: float = 0.15
     seed: int = -1
     ema_decay: float = 0.0
+    deterministic: bool = False
 
     def validate(self) -> None:
         for key in ("epochs", "batch_size", "eval_batch_size", "shuffle_buffer",

@@ -6,7 +6,9 @@ warmup and decay, no weight decay on biases and LayerNorm, global norm clipping)
 length-bucketed batches. Validates after every epoch and keeps the best epoch's weights
 (the later one on a tie). A resumable checkpoint is written every
 `finetune.checkpoint_every` steps and at each epoch end; rerunning an interrupted stage
-resumes from the last one, at the same batch.
+resumes from the last one, at the same batch, and ends with the weights an uninterrupted
+run ends with (an unreadable checkpoint is set aside with a warning; see
+`models.training`).
 
     <run-dir>/finetune/
         model.keras        the best epoch's classifier (tf_keras; custom layers registered

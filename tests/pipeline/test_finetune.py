@@ -82,19 +82,27 @@ def _wait_for(predicate, timeout):
     return False
 
 
-def test_killed_finetune_resumes(tmp_path, easy_data):
-    """(With a weight average, whose state must be resumed too.)"""
-    overrides = [*easy_data, "finetune.epochs=12", "finetune.batch_size=8",
-                 "finetune.checkpoint_every=3", "finetune.ema_decay=0.9"]
-    assert run_stage("prepare", tmp_path, *overrides) == 0
+# Two epochs of 48 steps with a checkpoint every 3 steps and a weight average (whose
+# state must be resumed too).
+RESUMABLE = ["finetune.epochs=2", "finetune.batch_size=8", "finetune.checkpoint_every=3",
+             "finetune.ema_decay=0.9"]
+
+
+@pytest.fixture(scope="module")
+def killed_finetune(tmp_path_factory, easy_data):
+    """A run folder whose finetune was killed (SIGKILL) right after its first resumable
+    checkpoint: prepare's artifact and the `.work` scratch, no finetune artifact."""
+    run_dir = tmp_path_factory.mktemp("killed")
+    overrides = [*easy_data, *RESUMABLE]
+    assert run_stage("prepare", run_dir, *overrides) == 0
     args = [sys.executable, "-m", "pipeline.finetune", "--config", TINY, "--run-dir",
-            str(tmp_path)]
+            str(run_dir)]
     for item in overrides:
         args += ["--set", item]
     proc = subprocess.Popen(args, cwd=REPO, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
     try:
-        found = _wait_for(lambda: any(tmp_path.glob(".work/finetune-*/ckpt/ckpt-*.index")),
+        found = _wait_for(lambda: any(run_dir.glob(".work/finetune-*/ckpt/ckpt-*.index")),
                           timeout=240)
         assert found, "no checkpoint was written"
         proc.send_signal(signal.SIGKILL)
@@ -102,20 +110,89 @@ def test_killed_finetune_resumes(tmp_path, easy_data):
     finally:
         if proc.poll() is None:
             proc.kill()
-    assert not (tmp_path / "finetune").exists()  # no half artifact
+    assert not (run_dir / "finetune").exists()  # no half artifact
+    return run_dir
+
+
+@pytest.fixture(scope="module")
+def uninterrupted_finetune(killed_finetune, tmp_path_factory, easy_data):
+    """The same finetune, never interrupted: (weights, manifest metrics)."""
+    run_dir = tmp_path_factory.mktemp("uninterrupted")
+    shutil.copytree(killed_finetune / "prepare", run_dir / "prepare")
+    assert run_stage("finetune", run_dir, *easy_data, *RESUMABLE) == 0
+    return load_model(run_dir / "finetune")[0].get_weights(), \
+        manifest(run_dir, "finetune")["metrics"]
+
+
+def _assert_same_training(run_dir, uninterrupted):
+    """The finetune artifact in run_dir holds the weights and history of the
+    uninterrupted run, bit for bit."""
+    weights, expected = uninterrupted
+    for a, b in zip(load_model(run_dir / "finetune")[0].get_weights(), weights):
+        np.testing.assert_array_equal(a, b)
+    found = manifest(run_dir, "finetune")["metrics"]
+    untimed = [{k: v for k, v in h.items() if k != "seconds"} for h in found["history"]]
+    assert untimed == [{k: v for k, v in h.items() if k != "seconds"}
+                       for h in expected["history"]]
+    assert found["best_epoch"] == expected["best_epoch"]
+    # The average was restored with the weights: one update per step, not since resume.
+    assert found["weight_average"] == expected["weight_average"] == \
+        {"decay": 0.9, "from_step": 0, "updates": found["steps"]}
+
+
+def test_killed_finetune_resumes_to_the_same_weights(killed_finetune, uninterrupted_finetune,
+                                                     tmp_path, easy_data):
+    """After kill -9, the rerun resumes at the same batch and ends with the weights, the
+    history and the weight average of a run that was never interrupted (dropout masks,
+    batches, optimizer and metrics all continue where they stopped)."""
+    run_dir = shutil.copytree(killed_finetune, tmp_path / "run")
     # A kill can land between writing ckpt-N and recording it in the `checkpoint` state
     # file: resuming must not depend on that file.
-    for state in tmp_path.glob(".work/finetune-*/ckpt/checkpoint"):
+    for state in run_dir.glob(".work/finetune-*/ckpt/checkpoint"):
         state.unlink()
-    assert run_stage("finetune", tmp_path, *overrides) == 0
-    m = manifest(tmp_path, "finetune")["metrics"]
-    assert 0 < m["resumed_from_step"] < m["steps"]
-    assert m["steps"] == 12 * m["steps_per_epoch"]
-    assert [h["epoch"] for h in m["history"]] == list(range(1, 13))
-    # The average was restored with the weights: one update per step, not since resume.
-    assert m["weight_average"] == {"decay": 0.9, "from_step": 0, "updates": m["steps"]}
+    assert run_stage("finetune", run_dir, *easy_data, *RESUMABLE) == 0
+    m = manifest(run_dir, "finetune")["metrics"]
+    assert 0 < m["resumed_from_step"] < m["steps"] == 2 * m["steps_per_epoch"]
+    _assert_same_training(run_dir, uninterrupted_finetune)
     assert all("val_accuracy_raw" in h for h in m["history"])
-    assert not (tmp_path / ".work").exists()  # scratch removed after success
+    assert not (run_dir / ".work").exists()  # scratch removed after success
+
+
+def test_unreadable_checkpoint_falls_back_with_a_warning(killed_finetune,
+                                                         uninterrupted_finetune, tmp_path,
+                                                         easy_data, capsys):
+    """A truncated newest checkpoint (and a garbled state file) no longer end every rerun,
+    --force included, in a traceback: the rerun names the file, sets it aside, resumes
+    from the checkpoint before it and still ends where an uninterrupted run does."""
+    run_dir = shutil.copytree(killed_finetune, tmp_path / "run")
+    ckpt_dir = next(run_dir.glob(".work/finetune-*/ckpt"))
+    numbers = sorted(int(p.stem.split("-")[-1]) for p in ckpt_dir.glob("ckpt-*.index"))
+    if len(numbers) == 1:  # the kill came before the second checkpoint: make one to spoil
+        for path in ckpt_dir.glob(f"ckpt-{numbers[0]}.*"):
+            shutil.copyfile(path, ckpt_dir / path.name.replace(
+                f"ckpt-{numbers[0]}", f"ckpt-{numbers[0] + 3}"))
+        numbers.append(numbers[0] + 3)
+    newest = ckpt_dir / f"ckpt-{numbers[-1]}"
+    data = next(ckpt_dir.glob(f"{newest.name}.data-*"))
+    data.write_bytes(data.read_bytes()[:data.stat().st_size // 2])
+    (ckpt_dir / "checkpoint").write_text("garbled {")
+    capsys.readouterr()
+    assert _run_forced(run_dir, easy_data) == 0
+    err = capsys.readouterr().err
+    assert f"cannot resume from checkpoint {newest}" in err and "Traceback" not in err
+    m = manifest(run_dir, "finetune")["metrics"]
+    assert m["resumed_from_step"] == numbers[-2]
+    _assert_same_training(run_dir, uninterrupted_finetune)
+
+
+def _run_forced(run_dir, easy_data):
+    """`slimbert finetune --force` in-process (run_stage has no flags)."""
+    from pipeline.cli import main
+
+    args = ["finetune", "--config", TINY, "--run-dir", str(run_dir), "--force"]
+    for item in [*easy_data, *RESUMABLE]:
+        args += ["--set", item]
+    return main(args)
 
 
 def _free_ports(n):

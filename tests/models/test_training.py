@@ -1,0 +1,91 @@
+"""The training loop on the tiny trained model: a run interrupted mid-epoch and resumed by
+a new `Trainer` ends with the weights of a run that was never interrupted, for the
+training inside pruning (distillation, perturbed copies and a weight average on) and QAT
+(weight average). Fine-tuning is resumed after a real kill -9 in
+tests/pipeline/test_finetune.py."""
+
+import dataclasses
+
+import numpy as np
+import pytest
+
+from data.input import training_sample
+from models import pruning
+from models import quantization as quant
+from models.artifact import load_model, read_meta
+from models.bert import BertArchitecture
+from models.pruning_config import PruneConfig
+from models.training import Trainer
+from models.training_config import TrainConfig
+
+# Pruning as the default config trains it: distilled, with perturbed copies; QAT
+# without a teacher (the resumed state is the same; the test runs faster).
+TRAIN = TrainConfig(epochs=1, batch_size=16, eval_batch_size=64, learning_rate=1e-3,
+                    checkpoint_every=4, distill_weight=0.5, augment_fraction=0.5,
+                    ema_decay=0.9)
+QAT_TRAIN = dataclasses.replace(TRAIN, distill_weight=0.0, augment_fraction=0.0)
+PRUNE = PruneConfig(final_sparsity=0.75, frequency=2, end_fraction=0.5, train=TRAIN)
+CRASH_STEP = 10  # mid-epoch, two steps after the checkpoint of step 8
+
+
+class Crash(Exception):
+    """Stands for the process dying (the Trainer gets no chance to clean up)."""
+
+
+class CrashAt:
+    """A hook that kills training before step `step`."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_step_begin(self, trainer) -> None:
+        if int(trainer.optimizer.iterations.numpy()) == self.step:
+            raise Crash
+
+
+def _train(kind, trained_run, work_dir, crash_at=None):
+    """Train like the prune stage (`prune`) or the QAT of the quantize stage (`qat`) into
+    `work_dir`; returns (trainer, report), or None when it crashed."""
+    source, prep = trained_run / "finetune", trained_run / "prepare"
+    hooks = [] if crash_at is None else [CrashAt(crash_at)]
+    if kind == "prune":
+        def build_model(total_steps):
+            schedule = pruning.make_schedule(PRUNE, total_steps)
+            return pruning.wrap_for_pruning(load_model(source)[0], schedule, PRUNE.include,
+                                            PRUNE.exclude), {}
+        hooks.append(pruning.PruningStepHook())
+    else:
+        def build_model(total_steps):
+            calibration = training_sample(prep, 2, TRAIN.batch_size, seed=1)
+            return quant.quantize_for_training(load_model(source)[0],
+                                               calibration=calibration), {}
+    cfg = TRAIN if kind == "prune" else QAT_TRAIN
+    trainer = Trainer(cfg, seed=0, prep_dir=prep, work_dir=work_dir,
+                      arch=BertArchitecture(**read_meta(source)["architecture"]),
+                      build_model=build_model,
+                      build_teacher=(lambda: load_model(source)[0]) if cfg.distills else None,
+                      hooks=hooks, name=kind)
+    best_from = pruning.schedule_end_step(pruning.make_schedule(
+        PRUNE, trainer.total_steps)) if kind == "prune" else 0
+    try:
+        return trainer, trainer.fit(best_from_step=best_from)
+    except Crash:
+        return None
+
+
+@pytest.mark.parametrize("kind", ["prune", "qat"])
+def test_resumed_training_ends_with_the_uninterrupted_weights(kind, trained_run, tmp_path):
+    """Dropout masks, perturbed copies, pruning step and masks, fake-quant ranges,
+    optimizer, weight average and epoch metrics all continue where they stopped."""
+    assert _train(kind, trained_run, tmp_path / "resumed", crash_at=CRASH_STEP) is None
+    assert sorted(p.name for p in (tmp_path / "resumed" / "ckpt").glob("*.index")) == \
+        ["ckpt-4.index", "ckpt-8.index"]
+    resumed, report = _train(kind, trained_run, tmp_path / "resumed")
+    assert report["resumed_from_step"] == 8 < report["steps_per_epoch"]
+    uninterrupted, expected = _train(kind, trained_run, tmp_path / "uninterrupted")
+    assert expected["resumed_from_step"] == 0
+    for a, b in zip(resumed.model.get_weights(), uninterrupted.model.get_weights()):
+        np.testing.assert_array_equal(a, b)
+    assert [{k: v for k, v in h.items() if k != "seconds"} for h in report["history"]] == \
+        [{k: v for k, v in h.items() if k != "seconds"} for h in expected["history"]]
+    assert report["weight_average"] == expected["weight_average"]
