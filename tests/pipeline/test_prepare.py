@@ -213,12 +213,19 @@ def test_bad_input_fails_cleanly(case, tmp_path, tfds_dir, capsys):
 
 def test_max_seq_length_beyond_the_checkpoints_positions_fails_in_prepare(tmp_path, tfds_dir,
                                                                            capsys):
+    """The built-in checkpoint's 512 positions are known once it is read: prepare checks
+    before reading any data (a random model's are checked with the config)."""
     run_dir = tmp_path / "run"
-    assert prepare(run_dir, tfds_dir, "data.max_seq_length=65") == 2  # tiny: 64 positions
-    assert "slimbert: error: invalid config value for 'data.max_seq_length': 65 exceeds the " \
-        "64 positions of model.checkpoint 'random'; set it to at most 64" \
+    assert prepare(run_dir, tfds_dir, "model.checkpoint=builtin",
+                   "data.max_seq_length=600") == 2
+    assert "slimbert: error: invalid config value for 'data.max_seq_length': 600 exceeds the " \
+        "512 positions of model.checkpoint 'builtin'; set it to at most 512" \
         in capsys.readouterr().err
-    assert not run_dir.exists() or list(run_dir.iterdir()) == []
+    assert not run_dir.exists()
+    assert prepare(run_dir, tfds_dir, "data.max_seq_length=65") == 2  # tiny: 64 positions
+    assert "'data.max_seq_length': 65 exceeds model.max_positions 64" \
+        in capsys.readouterr().err
+    assert not run_dir.exists()
 
 
 def given_splits(folder, *overrides):
