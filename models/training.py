@@ -65,7 +65,8 @@ log = logging.getLogger(__name__)
 
 def make_train_step(strategy, model, optimizer, loss_fn, metrics=(), xla: bool = False,
                     teacher=None, distill_weight: float = 0.0,
-                    distill_temperature: float = 2.0, distill_hidden_weight: float = 0.0):
+                    distill_temperature: float = 2.0, distill_hidden_weight: float = 0.0,
+                    input_signature=None):
     """`train_step(features, labels)`: one optimizer step on a distributed batch.
 
     The loss is averaged over the global batch; `metrics` are (mean loss, accuracy)
@@ -116,7 +117,7 @@ def make_train_step(strategy, model, optimizer, loss_fn, metrics=(), xla: bool =
     if xla:
         replica_step = tf.function(replica_step, jit_compile=True, reduce_retracing=True)
 
-    @tf.function(reduce_retracing=True)
+    @tf.function(reduce_retracing=True, input_signature=input_signature)
     def train_step(features, labels):
         strategy.run(replica_step, args=(features, labels))
 
@@ -307,11 +308,18 @@ class Trainer:
     def _build_steps(self) -> None:
         model = self.model
         ft = self.train_cfg
+        # One graph for every batch shape, traced from the batches' spec (dynamic batch
+        # and length): with shape-driven retracing, which batches ran on a graph of fixed
+        # shapes depended on the order shapes first came in, so a resumed run (whose
+        # first batch is another) ran some steps on another graph, whose fusions round
+        # differently.
+        features, labels = self.epoch_batches(0, 0).element_spec
         self.train_step = make_train_step(
             self.strategy, model, self.optimizer, self.loss_fn,
             (self.train_loss, self.train_accuracy), xla=ft.xla, teacher=self.teacher,
             distill_weight=ft.distill_weight, distill_temperature=ft.distill_temperature,
-            distill_hidden_weight=ft.distill_hidden_weight)
+            distill_hidden_weight=ft.distill_hidden_weight,
+            input_signature=[features, labels])
 
         @tf.function(reduce_retracing=True)
         def predict_step(features):
