@@ -22,7 +22,7 @@ from models.training_config import TrainConfig
 # without a teacher (the resumed state is the same; the test runs faster).
 TRAIN = TrainConfig(epochs=1, batch_size=16, eval_batch_size=64, learning_rate=1e-3,
                     checkpoint_every=4, distill_weight=0.5, augment_fraction=0.5,
-                    ema_decay=0.9)
+                    ema_decay=0.9, bucket_boundaries=(10, 13))  # batches of 3 lengths
 QAT_TRAIN = dataclasses.replace(TRAIN, distill_weight=0.0, augment_fraction=0.0)
 PRUNE = PruneConfig(final_sparsity=0.75, frequency=2, end_fraction=0.5, train=TRAIN)
 CRASH_STEP = 10  # mid-epoch, two steps after the checkpoint of step 8
@@ -89,3 +89,11 @@ def test_resumed_training_ends_with_the_uninterrupted_weights(kind, trained_run,
     assert [{k: v for k, v in h.items() if k != "seconds"} for h in report["history"]] == \
         [{k: v for k, v in h.items() if k != "seconds"} for h in expected["history"]]
     assert report["weight_average"] == expected["weight_average"]
+    # One graph ran every step, whatever the batch shapes (several here) and the order
+    # they first came in: with a graph per early shape, a run resumed mid-epoch ran some
+    # steps on other graphs, whose fusions round differently (8th-digit differences).
+    shapes = {tuple(features["input_ids"].shape) for features, _ in
+              uninterrupted.epoch_batches(0, 0)}
+    assert len(shapes) > 1
+    for trainer in (resumed, uninterrupted):
+        assert trainer.train_step.experimental_get_tracing_count() == 1
