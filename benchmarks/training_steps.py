@@ -217,18 +217,7 @@ def determinism_main(args, config, arch) -> None:
         span = f"[{min(r['ratio_rounds']):.2f}-{max(r['ratio_rounds']):.2f}]"
         print(f"{name:<58} {r['examples_per_second']:10.2f} "
               f"{r['ratio_to_keras_dropout']:8.3f}x {span:>13}")
-    load_end = os.getloadavg()
-    print(f"load average {load_start[0]:.2f} at start, {load_end[0]:.2f} at end "
-          f"({os.cpu_count()} cores)")
-    if args.json:
-        out = {"date": time.strftime("%Y-%m-%d %H:%M:%S %z"), "machine": machine(),
-               "versions": library_versions(LIBRARIES),
-               "load_average_1min": {"start": load_start[0], "end": load_end[0]},
-               "seq_len": args.seq_len, "batch": args.batch, "steps_per_round": args.steps,
-               "rounds": args.rounds, "warmup_steps": args.warmup, "results": results}
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        with open(args.json, "w") as f:
-            json.dump(out, f, indent=2)
+    finish(args, load_start, results=results)
 
 
 def non_embedding_parameters(model) -> int:
@@ -382,27 +371,32 @@ def main() -> None:
     print(f"prune: {len(pruned.pruned_layers)} layers wrapped; mask updates every "
           f"{pruned.schedule.get_config()['config']['frequency']} steps, {updates} of them "
           f"within the {pruned.steps_done - first} timed steps")
+    finish(args, load_start,
+           architecture={k: getattr(arch, k) for k in (
+               "vocab_size", "hidden_size", "num_layers", "num_heads",
+               "intermediate_size", "max_positions")},
+           results=results,
+           matmul={"sizes": matmul_rounds, "ceiling_gflops": ceiling,
+                   "ceiling_rounds": ceilings},
+           flops_per_example=flops, non_embedding_parameters=non_embedding,
+           prune={"schedule": pruned.schedule.get_config(),
+                  "layers": pruned.pruned_layers,
+                  "mask_updates_in_timed_steps": updates,
+                  "timed_steps": pruned.steps_done - first})
+
+
+def finish(args, load_start, **fields) -> None:
+    """Print the load average over the run and, with --json, write the measurement:
+    date, machine, versions, load, the timing settings and `fields`."""
     load_end = os.getloadavg()
     print(f"load average {load_start[0]:.2f} at start, {load_end[0]:.2f} at end "
           f"({os.cpu_count()} cores)")
-
     if args.json:
         out = {"date": time.strftime("%Y-%m-%d %H:%M:%S %z"), "machine": machine(),
                "versions": library_versions(LIBRARIES),
                "load_average_1min": {"start": load_start[0], "end": load_end[0]},
                "seq_len": args.seq_len, "batch": args.batch, "steps_per_round": args.steps,
-               "rounds": args.rounds, "warmup_steps": args.warmup,
-               "architecture": {k: getattr(arch, k) for k in (
-                   "vocab_size", "hidden_size", "num_layers", "num_heads",
-                   "intermediate_size", "max_positions")},
-               "results": results,
-               "matmul": {"sizes": matmul_rounds, "ceiling_gflops": ceiling,
-                          "ceiling_rounds": ceilings},
-               "flops_per_example": flops, "non_embedding_parameters": non_embedding,
-               "prune": {"schedule": pruned.schedule.get_config(),
-                         "layers": pruned.pruned_layers,
-                         "mask_updates_in_timed_steps": updates,
-                         "timed_steps": pruned.steps_done - first}}
+               "rounds": args.rounds, "warmup_steps": args.warmup, **fields}
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         with open(args.json, "w") as f:
             json.dump(out, f, indent=2)
