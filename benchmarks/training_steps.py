@@ -193,11 +193,7 @@ def determinism_main(args, config, arch) -> None:
             variants.append(variant)
     rates: dict[str, list[float]] = {v.name: [] for v in variants}
     for round_ in range(args.rounds):
-        for variant in variants if round_ % 2 == 0 else variants[::-1]:
-            start = time.perf_counter()
-            variant.run(args.steps)
-            rates[variant.name].append(args.steps * args.batch
-                                       / (time.perf_counter() - start))
+        time_round(round_, variants, args.steps, args.batch, rates)
         print(f"round {round_ + 1}/{args.rounds} done", flush=True)
     tf_config.disable_op_determinism()
     results = {}
@@ -313,12 +309,7 @@ def main() -> None:
     ceilings: list[float] = []
     matmul_rounds: list[dict[int, float]] = []
     for round_ in range(args.rounds):
-        order = contenders if round_ % 2 == 0 else contenders[::-1]
-        for contender in order:
-            start = time.perf_counter()
-            contender.run(args.steps)
-            rates[contender.name].append(args.steps * args.batch
-                                         / (time.perf_counter() - start))
+        time_round(round_, contenders, args.steps, args.batch, rates)
         matmul_rounds.append(matmul.run())
         ceilings.append(max(matmul_rounds[-1].values()))
         print(f"round {round_ + 1}/{args.rounds} done ({time.perf_counter() - started:.0f} s "
@@ -383,6 +374,17 @@ def main() -> None:
                   "layers": pruned.pruned_layers,
                   "mask_updates_in_timed_steps": updates,
                   "timed_steps": pruned.steps_done - first})
+
+
+def time_round(round_: int, runners, steps: int, batch: int,
+               rates: dict[str, list[float]]) -> None:
+    """One timing round: `steps` steps of each runner, in an order reversed every other
+    round (so no runner always goes first), each one's examples/s appended to
+    `rates[runner.name]`."""
+    for runner in runners if round_ % 2 == 0 else runners[::-1]:
+        start = time.perf_counter()
+        runner.run(steps)
+        rates[runner.name].append(steps * batch / (time.perf_counter() - start))
 
 
 def finish(args, load_start, **fields) -> None:
