@@ -15,7 +15,7 @@ TFLITE_VARIANTS = {
     "float32": "float32 weights and activations (the reference)",
     "cpu": "dynamic-range int8: int8 weights, float activations",
     "gpu": "float16 weights, float activations",
-    "int8": "full integer: int8 weights and activations, ranges from training examples",
+    "int8": "int8 matmuls from post-training calibration on training examples",
     "qat": "int8 from quantization-aware training",
 }
 POST_TRAINING_VARIANTS = ("float32", "cpu", "gpu", "int8")  # converted without training

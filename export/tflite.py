@@ -1,12 +1,14 @@
 """TFLite conversion: the token-id classifier as each TFLite variant, and the raw-string
 model (variant names: `export.targets.TFLITE_VARIANTS`).
 
-`to_tflite` converts a float classifier (or, for `qat`, a QAT model from
-`models.quantization`) to a flatbuffer with builtin ops only, never Flex. The
-`qat` conversion mirrors how QAT quantized the model: every matmul (projections,
-FFN, the two attention batch matmuls) runs in int8, and the residual adds, LayerNorm's
-arithmetic and the pooling's sum and division (`QAT_FLOAT_OPS`) stay float; tensors
-QAT does not range take theirs from the representative data. The fake-quant ops carry
+`to_tflite` converts a float classifier (or, for `int8` and `qat`, a quantized model
+from `models.quantization.quantize_for_training`: calibrated only for `int8`, trained
+for `qat`) to a flatbuffer with builtin ops only, never Flex. The int8 conversion
+mirrors how the quantized model rounds: every matmul (projections, FFN, the two
+attention batch matmuls) runs in int8, and the residual adds, LayerNorm's arithmetic,
+the attention mask and softmax and the pooling's sum and division (`QAT_FLOAT_OPS`) stay
+float; tensors the quantized model does not range take theirs from the representative
+data. The fake-quant ops carry
 the QAT ranges, so the QAT model converts directly. Per-channel FFN kernels enter the
 conversion as constants already on their grid
 (`models.quantization.frozen_per_axis_kernels`), which the converter re-quantizes per
@@ -47,10 +49,18 @@ from models.quantization.calibration import frozen_per_axis_kernels
 # after an int8 matmul output, which rounds every projection twice (and makes the QAT
 # model's TFLite twin disagree with it more often).
 
-# Ops the qat conversion leaves in float: the residual adds, LayerNorm's
-# arithmetic (mean, variance, rsqrt, scale) and the mean pooling's sum and division
-# (QAT rounds only their result, see `models.quantization.qat`); every matmul stays int8.
-QAT_FLOAT_OPS = ("ADD", "SUB", "MUL", "MEAN", "SQUARED_DIFFERENCE", "RSQRT", "SUM", "DIV")
+# Ops the int8 conversion leaves in float: the residual adds, LayerNorm's arithmetic
+# (mean, variance, rsqrt, scale), the attention mask and softmax (XNNPACK runs float
+# SOFTMAX, int8 only on a slow builtin kernel) and the mean pooling's sum and division
+# (the quantized model rounds only their result, see `models.quantization.qat`); every
+# matmul stays int8.
+QAT_FLOAT_OPS = ("ADD", "SUB", "MUL", "MEAN", "SQUARED_DIFFERENCE", "RSQRT", "SUM", "DIV",
+                 "SOFTMAX")
+
+
+def _is_quantized(model: keras.Model) -> bool:
+    """Whether tfmot wrapped the model's layers for quantization."""
+    return any(type(layer).__name__.startswith("QuantizeWrapper") for layer in model.layers)
 
 
 def _concrete_function(model: keras.Model, max_seq_length: int,
@@ -74,22 +84,23 @@ def to_tflite(model: keras.Model, kind: str, *, max_seq_length: int,
     """Convert a classifier to a TFLite flatbuffer (builtin ops only, never Flex).
 
     Args:
-        model: keras.Model. Float classifier, or a QAT model for `qat`.
+        model: keras.Model. Float classifier; for `int8` and `qat` a quantized model
+            (`models.quantization.quantize_for_training`).
         kind: str. One of `TFLITE_VARIANTS`:
             `float32`; `cpu` (dynamic-range: int8 weights, float activations); `gpu`
-            (float16 weights); `int8` (int8 weights and activations from a
-            representative dataset, int8 logits; token ids stay int32); `qat`
-            (a QAT model, with a representative dataset for the ranges QAT did not
-            learn, so that every matmul runs in int8).
+            (float16 weights); `int8` (a quantized model whose ranges come from
+            calibration alone) and `qat` (one trained quantization-aware): every matmul
+            in int8, with a representative dataset for the ranges the quantized model
+            does not hold.
         max_seq_length: int. Fixed sequence length of the inputs.
         batch_size: int | None. Fixed batch size; None: 1 for `INT8_ACTIVATION_VARIANTS`, else
             dynamic (resizable).
         representative: callable returning an iterable of feature dicts
             ({"input_ids", "input_mask", "segment_ids"}: int32 [1, max_seq_length]);
             needed by `int8` and `qat`.
-        float_ops: TFLite op names `qat` leaves in float (default `QAT_FLOAT_OPS`:
-            the residual stream and LayerNorm arithmetic, as QAT trained them); () for
-            every op in int8.
+        float_ops: TFLite op names `int8` and `qat` leave in float (default
+            `QAT_FLOAT_OPS`: the residual stream, LayerNorm arithmetic and softmax, as
+            the quantized model computes them); () for every op in int8.
 
     Returns:
         The flatbuffer: inputs input_ids/input_mask/segment_ids int32 [1,
@@ -99,6 +110,9 @@ def to_tflite(model: keras.Model, kind: str, *, max_seq_length: int,
         raise ValueError(f"kind must be one of {tuple(TFLITE_VARIANTS)}, found {kind!r}")
     if kind in INT8_ACTIVATION_VARIANTS and representative is None:
         raise ValueError(f"to_tflite kind {kind!r} needs representative data")
+    if kind in INT8_ACTIVATION_VARIANTS and not _is_quantized(model):
+        raise ValueError(f"to_tflite kind {kind!r} needs a quantized model from "
+                         "models.quantization.quantize_for_training, found a float one")
     if batch_size is None and kind in INT8_ACTIVATION_VARIANTS:
         batch_size = 1
     with frozen_per_axis_kernels(model):
@@ -118,13 +132,9 @@ def to_tflite(model: keras.Model, kind: str, *, max_seq_length: int,
                     1, max_seq_length) for name in INPUT_NAMES}
 
         converter.representative_dataset = dataset
-    if kind == "int8":
-        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-        converter.inference_input_type = tf.int8
-        converter.inference_output_type = tf.int8
     with warnings.catch_warnings():  # the converter's calibrator uses tf.lite.Interpreter
         warnings.filterwarnings("ignore", message=".*tf.lite.Interpreter is deprecated")
-        if kind == "qat" and float_ops:
+        if kind in INT8_ACTIVATION_VARIANTS and float_ops:
             # Calibrate, then quantize with the given ops left in float (the path of
             # tf.lite.experimental.QuantizationDebugger's selective quantization).
             from tensorflow.lite.python import convert

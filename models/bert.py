@@ -206,6 +206,8 @@ class QuantPoints:
     """
 
     QUANT_POINTS: tuple[str, ...] = ()
+    # Points quantized symmetrically (zero point 0) instead of on a min/max range.
+    SYMMETRIC_QUANT_POINTS: tuple[str, ...] = ()
 
     def _fake_quant(self, point: str, x: tf.Tensor, training) -> tf.Tensor:
         quantizer = getattr(self, "_internal_quantizers", {}).get(point)
@@ -231,11 +233,17 @@ class BertSelfAttention(QuantPoints, keras.layers.MultiHeadAttention):
     """
 
     # Points inside the attention computation where QAT fake-quantizes: the scaled
-    # query, key, value, the raw scores, the masked scores (softmax input), the
-    # probabilities, the context, and the query projection before scaling: the tensors
-    # an int8 TFLite model holds there.
-    QUANT_POINTS = ("query", "key", "value", "scores", "masked_scores", "probabilities",
-                    "context", "projected_query")
+    # query, key, value, the raw scores, the probabilities, the context, and the query
+    # projection before scaling: the tensors an int8 TFLite model holds there. The mask
+    # addition and the softmax stay float (int8 SOFTMAX runs on a slow builtin kernel;
+    # XNNPACK takes the float one).
+    QUANT_POINTS = ("query", "key", "value", "scores", "probabilities", "context",
+                    "projected_query")
+    # The right-hand inputs of the two batch matmuls once converted to TFLite: the
+    # scaled query (the scores are computed as key x query^T) and the value. LiteRT's
+    # XNNPACK delegate takes an int8 BATCH_MATMUL only when that input has zero point 0;
+    # with asymmetric ranges both matmuls fall back to the slow builtin int8 kernel.
+    SYMMETRIC_QUANT_POINTS = ("query", "value")
 
     def __init__(self, *args, mask_value: float = -100.0, **kwargs):
         super().__init__(*args, **kwargs)
@@ -269,7 +277,6 @@ class BertSelfAttention(QuantPoints, keras.layers.MultiHeadAttention):
                 mask = tf.expand_dims(mask, axis=mask_expansion_axis)
             attention_scores = attention_scores + (1.0 - mask) * tf.cast(
                 self.mask_value, attention_scores.dtype)
-        attention_scores = self._fake_quant("masked_scores", attention_scores, training)
         return self._fake_quant("probabilities", self._softmax(attention_scores), training)
 
     def get_prunable_weights(self) -> list:

@@ -2,8 +2,9 @@
 
 For every source in `quantize.sources` (`finetune`: the float model, `prune`: the sparse
 one) it converts the `quantize.post_training` variants (float32, dynamic-range int8,
-float16, full-integer int8 calibrated on `quantize.representative_examples` training
-examples) and, with `quantize.qat`, runs quantization-aware training with tfmot
+float16, and `int8`: the quantized graph QAT would train, its ranges calibrated on
+`quantize.calibration_batches` training batches and never trained, converted like the
+QAT model) and, with `quantize.qat`, runs quantization-aware training with tfmot
 (prune-preserving for the pruned source: every pruned zero survives) under the
 `quantize.train` settings (same keys and resume behaviour as `finetune`; with
 `quantize.train.distill_weight`, distilling from the fine-tuned model) and converts
@@ -17,6 +18,8 @@ tensor dtypes; encoder matmuls in int8 or float) go into the manifest.
         <source>/qat_history.json  the QAT fine-tune, per epoch
         <source>/qat_predictions.npz  the QAT Keras (fake-quant) model's test-split
                                    labels and probabilities (export compares with them)
+        <source>/int8_predictions.npz  the same for the calibrated int8 Keras model
+        <source>/source_predictions.npz  the same for the source model itself
         labels.txt, vocab.txt, tokenizer.json
         variants.json              per variant: file, bytes, gzip bytes, test metrics,
                                    agreement with the source, op census, sparsity
@@ -63,10 +66,11 @@ def _pruned_sparsity(kernels: dict[str, np.ndarray], pruned: list[str]
 
 
 def _evaluate_tflite(flat: bytes, batches: list, y_true: np.ndarray, labels: list[str],
-                     reference: np.ndarray, desc: str) -> dict[str, Any]:
+                     reference: np.ndarray, desc: str, twin: np.ndarray | None = None
+                     ) -> dict[str, Any]:
     """Test metrics of a TFLite model run in ai-edge-litert on `batches` (labels
     `y_true`), and its agreement with the Keras model it came from (`reference`: that
-    model's predicted classes)."""
+    model's predicted classes) and with its quantized Keras twin (`twin`)."""
     from core.progress import progress
     from export.runtime import run_tflite
     from models.evaluation import classification_metrics
@@ -79,14 +83,34 @@ def _evaluate_tflite(flat: bytes, batches: list, y_true: np.ndarray, labels: lis
     predicted = logits.argmax(-1)
     metrics = classification_metrics(y_true, predicted, labels)
     metrics["agreement_with_source"] = round(float(np.mean(predicted == reference)), 6)
+    if twin is not None:
+        metrics["agreement_with_twin"] = round(float(np.mean(predicted == twin)), 6)
     return metrics
+
+
+def _quantized_copy(config: PipelineConfig, model, prep_dir: Path, preserve_sparsity: bool):
+    """The source model wrapped for int8 with its activation ranges calibrated on
+    `quantize.calibration_batches` training batches: QAT's starting point, and untrained
+    the `int8` variant."""
+    from data.input import training_sample
+    from models import quantization as quant
+
+    cfg = config.quantize
+    calibration = training_sample(prep_dir, cfg.calibration_batches, cfg.train.batch_size,
+                                  config.seed + 1) if cfg.calibration_batches else None
+    return quant.quantize_for_training(model, preserve_sparsity=preserve_sparsity,
+                                       calibration=calibration, per_channel=cfg.per_channel,
+                                       split_outliers=cfg.outlier_ratio)
+
+
+def _save_predictions(path: Path, labels: np.ndarray, probabilities: np.ndarray) -> None:
+    np.savez_compressed(path, labels=labels, probabilities=probabilities)
 
 
 def _qat(config: PipelineConfig, source: str, source_dir: Path, prep_dir: Path,
          work_dir: Path, preserve_sparsity: bool, pruned: list[str],
          teacher_dir: Path | None):
     """QAT-train a copy of the source model; returns (qat model, training report)."""
-    from data.input import training_sample
     from models import quantization as quant
     from models.artifact import load_model, read_meta
     from models.bert import BertArchitecture
@@ -98,14 +122,8 @@ def _qat(config: PipelineConfig, source: str, source_dir: Path, prep_dir: Path,
     report: dict[str, Any] = {}
 
     def build_model(total_steps: int):
-        model, _ = load_model(source_dir)
-        calibration = training_sample(prep_dir, cfg.calibration_batches,
-                                      cfg.train.batch_size, config.seed + 1) \
-            if cfg.calibration_batches else None
-        qat_model = quant.quantize_for_training(model, preserve_sparsity=preserve_sparsity,
-                                                calibration=calibration,
-                                                per_channel=cfg.per_channel,
-                                                split_outliers=cfg.outlier_ratio)
+        qat_model = _quantized_copy(config, load_model(source_dir)[0], prep_dir,
+                                    preserve_sparsity)
         report["outlier_channels"] = quant.split_channels(qat_model)
         if preserve_sparsity:
             report["sparsity_before"] = sparsity_summary(_pruned_sparsity(
@@ -163,10 +181,18 @@ def run(config: PipelineConfig, inputs: dict[str, Path], out_dir: Path,
         model, meta = load_model(source_dir)
         labels = meta["labels"]
         pruned = list(meta.get("pruned_layers", []))
-        _, probabilities = predict_keras(model, prep_dir, split, batch_size)
+        y_true, probabilities = predict_keras(model, prep_dir, split, batch_size)
         reference = probabilities.argmax(-1)
         (out_dir / source).mkdir()
-        jobs = [(variant, model) for variant in cfg.post_training]
+        _save_predictions(out_dir / source / "source_predictions.npz", y_true, probabilities)
+        jobs = [(variant, model) for variant in cfg.post_training if variant != "int8"]
+        twins: dict[str, np.ndarray] = {}  # variant -> its quantized Keras model's labels
+        if "int8" in cfg.post_training:
+            int8_model = _quantized_copy(config, model, prep_dir, bool(pruned))
+            _, int8_probs = predict_keras(int8_model, prep_dir, split, batch_size)
+            _save_predictions(out_dir / source / "int8_predictions.npz", y_true, int8_probs)
+            twins["int8"] = int8_probs.argmax(-1)
+            jobs.append(("int8", int8_model))
         if cfg.qat:
             qat_model, report = _qat(config, source, source_dir, prep_dir,
                                      work_dir / source, bool(pruned), pruned,
@@ -174,8 +200,8 @@ def run(config: PipelineConfig, inputs: dict[str, Path], out_dir: Path,
             (out_dir / source / "qat_history.json").write_text(
                 json.dumps(report["training"]["history"], indent=2) + "\n")
             y_true, qat_probs = predict_keras(qat_model, prep_dir, split, batch_size)
-            np.savez_compressed(out_dir / source / "qat_predictions.npz", labels=y_true,
-                                probabilities=qat_probs)
+            _save_predictions(out_dir / source / "qat_predictions.npz", y_true, qat_probs)
+            twins["qat"] = qat_probs.argmax(-1)
             report["keras_fake_quant_accuracy"] = round(float(np.mean(
                 qat_probs.argmax(-1) == y_true)), 6)
             qat_reports[source] = report
@@ -190,7 +216,7 @@ def run(config: PipelineConfig, inputs: dict[str, Path], out_dir: Path,
             path.write_bytes(flat)
             census = op_census(flat)
             metrics = _evaluate_tflite(flat, test_batches, y_test, labels, reference,
-                                       desc=name)
+                                       desc=name, twin=twins.get(variant))
             weights = matmul_weight_sparsity(flat)
             entry = {
                 "source": source, "variant": variant,
@@ -200,6 +226,9 @@ def run(config: PipelineConfig, inputs: dict[str, Path], out_dir: Path,
                 "file": str(path.relative_to(out_dir)), **data_size(flat),
                 "accuracy": metrics["accuracy"], "macro_f1": metrics["macro_f1"],
                 "agreement_with_source": metrics["agreement_with_source"],
+                **({"twin_accuracy": round(float(np.mean(twins[variant] == y_test)), 6),
+                    "agreement_with_twin": metrics["agreement_with_twin"]}
+                   if variant in twins else {}),
                 "metrics": metrics, "census": census_summary(census),
                 "ops": census["ops"]}
             if pruned:
@@ -214,7 +243,8 @@ def run(config: PipelineConfig, inputs: dict[str, Path], out_dir: Path,
         del model
     (out_dir / "variants.json").write_text(json.dumps(variants, indent=2) + "\n")
     summary = {name: {key: v[key] for key in ("accuracy", "macro_f1", "agreement_with_source",
-                                              "bytes", "gzip_bytes")}
+                                              "twin_accuracy", "agreement_with_twin",
+                                              "bytes", "gzip_bytes") if key in v}
                | {"int8_matmuls": v["census"]["int8_matmuls"],
                   "float_matmuls": v["census"]["float_matmuls"],
                   "hybrid_matmuls": v["census"]["hybrid_matmuls"]}

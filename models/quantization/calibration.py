@@ -18,7 +18,7 @@ import numpy as np
 import tensorflow as tf
 import tf_keras as keras
 
-from models.quantization.quantizers import KernelQuantizer
+from models.quantization.quantizers import KernelQuantizer, symmetric_range
 
 
 def batch_features(batch):
@@ -29,13 +29,15 @@ def batch_features(batch):
 class _RangeRecorder:
     """Stands in for an activation quantizer: records the float range, passes through."""
 
-    def __init__(self, seen: dict):
+    def __init__(self, seen: dict, quantizer):
         self.seen = seen
+        self.symmetric = bool(getattr(quantizer, "symmetric", False))
 
     def __call__(self, inputs, training, weights, **kwargs):
         low, high = float(tf.reduce_min(inputs)), float(tf.reduce_max(inputs))
-        _, old_low, old_high = self.seen.get(id(weights), (weights, low, high))
-        self.seen[id(weights)] = (weights, min(old_low, low), max(old_high, high))
+        _, old_low, old_high, _ = self.seen.get(id(weights), (weights, low, high, False))
+        self.seen[id(weights)] = (weights, min(old_low, low), max(old_high, high),
+                                  self.symmetric)
         return inputs
 
 
@@ -44,7 +46,8 @@ def calibrate_ranges(qat_model: keras.Model, batches: Iterable) -> int:
 
     Runs the model eagerly (inference mode) with every activation and output quantizer
     replaced by a recorder, then writes min(observed, 0) / max(observed, 0) into its
-    range variables, as post-training calibration would. Weights stay fake-quantized.
+    range variables, as post-training calibration would (a symmetric quantizer gets
+    `symmetric_range` of them). Weights stay fake-quantized.
 
     Args:
         qat_model: keras.Model. From `quantize_for_training`.
@@ -54,19 +57,19 @@ def calibrate_ranges(qat_model: keras.Model, batches: Iterable) -> int:
         int. Number of ranges set.
     """
     seen: dict = {}
-    recorder = _RangeRecorder(seen)
     saved = []
     for layer in qat_model.layers:
         if getattr(layer, "_output_quantizers", None):
             saved.append((layer, "_output_quantizers", layer._output_quantizers))  # noqa: SLF001
-            layer._output_quantizers = [recorder]  # noqa: SLF001
+            layer._output_quantizers = [_RangeRecorder(seen, q)  # noqa: SLF001
+                                        for q in layer._output_quantizers]  # noqa: SLF001
         for activation in getattr(layer, "_quantize_activations", []):
             saved.append((activation, "quantizer", activation.quantizer))
-            activation.quantizer = recorder
+            activation.quantizer = _RangeRecorder(seen, activation.quantizer)
         for owner in (layer, getattr(layer, "layer", None)):
             for internal in getattr(owner, "_internal_quantizers", {}).values():
                 saved.append((internal, "quantizer", internal.quantizer))
-                internal.quantizer = recorder
+                internal.quantizer = _RangeRecorder(seen, internal.quantizer)
     try:
         for batch in batches:
             features = batch_features(batch)
@@ -74,9 +77,11 @@ def calibrate_ranges(qat_model: keras.Model, batches: Iterable) -> int:
     finally:
         for owner, attribute, value in saved:
             setattr(owner, attribute, value)
-    for variables, low, high in seen.values():
-        variables["min_var"].assign(min(low, 0.0))
-        variables["max_var"].assign(max(high, 0.0))
+    for variables, low, high, symmetric in seen.values():
+        low, high = symmetric_range(low, high) if symmetric else (min(low, 0.0),
+                                                                   max(high, 0.0))
+        variables["min_var"].assign(low)
+        variables["max_var"].assign(high)
     return len(seen)
 
 

@@ -92,10 +92,19 @@ class KernelQuantizer(quantize.quantizers.LastValueQuantizer):
         return not self.__eq__(other)
 
 
-def output_quantizer() -> quantize.quantizers.Quantizer:
-    """tfmot's default 8-bit activation quantizer (asymmetric, moving average)."""
+def output_quantizer(symmetric: bool = False) -> quantize.quantizers.Quantizer:
+    """tfmot's default 8-bit activation quantizer (moving average; asymmetric unless
+    `symmetric`: then the range is [-128, 127] steps around an exact zero point 0)."""
     return quantize.quantizers.MovingAverageQuantizer(
-        num_bits=8, per_axis=False, symmetric=False, narrow_range=False)
+        num_bits=8, per_axis=False, symmetric=bool(symmetric), narrow_range=False)
+
+
+def symmetric_range(low: float, high: float) -> tuple[float, float]:
+    """The [min, max] a symmetric 8-bit quantizer (not narrow) uses for values in
+    [low, high]: max = the largest magnitude m, min = -m * 128 / 127, so that the
+    converter's zero point is exactly 0 (as tfmot's symmetric moving average sets it)."""
+    peak = max(abs(low), abs(high), 1e-8)
+    return -peak * 128.0 / 127.0, peak
 
 
 class InternalQuantizer:
@@ -120,11 +129,11 @@ def add_internal_quantizers(layer: keras.layers.Layer) -> None:
         return
     quantizers = {}
     for point in layer.QUANT_POINTS:
-        quantizer = output_quantizer()
+        quantizer = output_quantizer(point in layer.SYMMETRIC_QUANT_POINTS)
         variables = quantizer.build(tf.TensorShape(None), f"{point}_fq", layer)
         quantizers[point] = InternalQuantizer(quantizer, variables)
     layer._internal_quantizers = quantizers  # noqa: SLF001
 
 
 __all__ = ["InternalQuantizer", "KernelQuantizer", "add_internal_quantizers",
-           "output_quantizer", "resolve_attribute"]
+           "output_quantizer", "resolve_attribute", "symmetric_range"]

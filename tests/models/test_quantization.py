@@ -11,6 +11,7 @@ from ai_edge_litert.interpreter import Interpreter
 from data.input import batch_examples, read_split
 from data.tokenizer import read_tokenizer_config
 from export.flatbuffer import matmul_weight_sparsity, op_census
+from export.op_profile import execution_plan
 from export.runtime import run_tflite
 from export.targets import INT8_ACTIVATION_VARIANTS, TFLITE_VARIANTS
 from export.tflite import QAT_FLOAT_OPS, to_tflite
@@ -288,10 +289,17 @@ def test_pqat_keeps_sparsity_in_attention_and_ffn(tiny, trained_run):
 
 
 @pytest.fixture(scope="module")
-def flatbuffers(tiny, qat):
+def calibrated(tiny):
+    """The `int8` variant's Keras model: a quantized copy calibrated, never trained."""
+    return quant.quantize_for_training(
+        tiny["model"], calibration=[features for features, _ in tiny["train"][:2]])
+
+
+@pytest.fixture(scope="module")
+def flatbuffers(tiny, qat, calibrated):
     out = {}
     for kind in TFLITE_VARIANTS:
-        model = qat["model"] if kind == "qat" else tiny["model"]
+        model = {"qat": qat["model"], "int8": calibrated}.get(kind, tiny["model"])
         representative = tiny["representative"] if kind in ("int8", "qat") \
             else None
         out[kind] = to_tflite(model, kind, max_seq_length=tiny["seq_len"],
@@ -316,7 +324,7 @@ def test_variant_runs_and_agrees_with_keras(tiny, flatbuffers, kind):
         assert list(detail["shape_signature"]) == [batch, tiny["seq_len"]]
     (output,) = interpreter.get_output_details()
     assert list(output["shape"]) == [1, 2]
-    assert output["dtype"] == (np.int8 if kind == "int8" else np.float32)
+    assert output["dtype"] == np.float32
 
     logits = run_tflite(flat, tiny["test"], num_threads=1)
     assert logits.shape == tiny["logits"].shape
@@ -332,24 +340,41 @@ def test_qat_int8_computes_what_the_qat_model_computes(tiny, qat, flatbuffers):
     np.testing.assert_allclose(logits, predict(qat["model"], tiny["test"]), atol=0.05)
 
 
-def test_full_int8_needs_the_bounded_attention_mask(tiny, flatbuffers):
-    """With Keras' -1e9 mask bias the float model is the same, but calibration gives the
-    attention scores a range of ~1e9, every real score rounds to one value and full
-    int8's logits are off by whole units (attention is uniform); our -100 keeps them
-    within hundredths of the float logits."""
-    meta = tiny["meta"]
-    unbounded = build_classifier(BertArchitecture(**meta["architecture"]),
-                                 len(meta["labels"]), pooling=meta["pooling"],
-                                 mask_value=-1e9)
-    unbounded.set_weights(tiny["model"].get_weights())
-    np.testing.assert_allclose(predict(unbounded, tiny["test"]), tiny["logits"], atol=1e-5)
-    flat = to_tflite(unbounded, "int8", max_seq_length=tiny["seq_len"],
-                     representative=tiny["representative"])
-    unbounded_error = np.abs(run_tflite(flat, tiny["test"]) - tiny["logits"]).mean()
-    bounded_error = np.abs(run_tflite(flatbuffers["int8"], tiny["test"])
-                           - tiny["logits"]).mean()
-    assert unbounded_error > 0.5 and unbounded_error > 20 * bounded_error, \
-        (unbounded_error, bounded_error)
+def test_int8_computes_what_its_calibrated_model_computes(tiny, calibrated, flatbuffers):
+    logits = run_tflite(flatbuffers["int8"], tiny["test"])
+    np.testing.assert_allclose(logits, predict(calibrated, tiny["test"]), atol=0.05)
+
+
+def _batch_matmul_inputs(flat: bytes) -> list[list[tuple[str, int]]]:
+    """(dtype, zero point) of both inputs of every BATCH_MATMUL in the flatbuffer."""
+    interpreter = Interpreter(model_content=flat)
+    tensors = {t["index"]: t for t in interpreter.get_tensor_details()}
+    out = []
+    for op in interpreter._get_ops_details():  # noqa: SLF001
+        if op["op_name"] == "BATCH_MATMUL":
+            out.append([(tensors[i]["dtype"].__name__,
+                         int(tensors[i]["quantization_parameters"]["zero_points"][0]))
+                        for i in op["inputs"]])
+    return out
+
+
+@pytest.mark.parametrize("kind", INT8_ACTIVATION_VARIANTS)
+def test_attention_batch_matmuls_run_in_xnnpack(tiny, flatbuffers, kind, tmp_path):
+    """The right-hand inputs of both attention batch matmuls (scaled query, value) are
+    quantized with zero point 0, the condition of XNNPACK's int8 BATCH_MATMUL, so that
+    no batch matmul is left to the slow builtin kernel; the softmax runs in float."""
+    inputs = _batch_matmul_inputs(flatbuffers[kind])
+    assert len(inputs) == 2 * num_transformer_layers(tiny["model"])
+    for (lhs_dtype, _), (rhs_dtype, rhs_zero_point) in inputs:
+        assert lhs_dtype == rhs_dtype == "int8"
+        assert rhs_zero_point == 0
+    path = tmp_path / f"{kind}.tflite"
+    path.write_bytes(flatbuffers[kind])
+    plan = execution_plan(path)
+    assert "BATCH_MATMUL" not in plan["builtin"] and "SOFTMAX" not in plan["builtin"]
+    assert op_census(flatbuffers[kind])["ops"]["SOFTMAX float32->float32"] == 2
+    # What stays builtin: the int8 embedding lookups, GELU, the mask cast and maximum.
+    assert set(plan["builtin"]) <= {"GATHER", "GELU", "CAST", "MAXIMUM"}
 
 
 def test_op_census(tiny, flatbuffers):
@@ -362,12 +387,11 @@ def test_op_census(tiny, flatbuffers):
         assert census[kind]["hybrid_matmuls"] == 0, kind
         assert census[kind]["int8_matmuls"] == matmuls, kind
         assert census[kind]["ops"]["BATCH_MATMUL int8,int8->int8"] == 4, kind
-    assert census["int8"]["ops"]["QUANTIZE float32->int8"] == 1  # the 0/1 mask
-    # qat keeps the residual stream and LayerNorm arithmetic in float, as trained.
-    qat_float = {key.split(" ")[0] for key in census["qat"]["ops"] if "float32" in key}
-    assert {"ADD", "MEAN", "SQUARED_DIFFERENCE", "RSQRT"} <= qat_float
-    assert qat_float <= set(QAT_FLOAT_OPS) | {"CAST", "QUANTIZE", "DEQUANTIZE", "SHAPE"}
-    assert "ADD int8,int8->int8" in census["int8"]["ops"]
+        # The residual stream, LayerNorm arithmetic and softmax stay float, as the
+        # quantized Keras model computes them.
+        floats = {key.split(" ")[0] for key in census[kind]["ops"] if "float32" in key}
+        assert {"ADD", "MEAN", "SQUARED_DIFFERENCE", "RSQRT", "SOFTMAX"} <= floats, kind
+        assert floats <= set(QAT_FLOAT_OPS) | {"CAST", "QUANTIZE", "DEQUANTIZE", "SHAPE"}
     # Dynamic range: int8 weights with float activations for the 12 encoder
     # projections; the 4 attention batch matmuls (two activations) and the classifier
     # (64 weights, under the converter's 1024-element threshold) stay float.
@@ -573,3 +597,6 @@ def test_conversion_errors(tiny):
         to_tflite(tiny["model"], "int4", max_seq_length=8)
     with pytest.raises(ValueError, match="needs representative data"):
         to_tflite(tiny["model"], "int8", max_seq_length=8)
+    with pytest.raises(ValueError, match="needs a quantized model"):
+        to_tflite(tiny["model"], "int8", max_seq_length=8,
+                  representative=tiny["representative"])
