@@ -4,11 +4,17 @@ The fine-tuned classifier of a run (`<run-dir>/finetune/model.keras`) runs as:
 
 - TFLite in ai-edge-litert (XNNPACK): `float32` (the quantize stage's reference
   conversion), `cpu` (the export target: dynamic-range int8, int8 weights with the
-  activations quantized on the fly) and `int8` (full-integer int8 weights and activations:
-  the export target, or the quantize stage's `int8` variant when the run did not export it);
+  activations quantized on the fly) and `qat` (int8 weights and activations from
+  quantization-aware training: the export target, or the quantize stage's `qat` variant
+  when the run did not export it);
 - ONNX Runtime (CPUExecutionProvider): the Keras model converted with tf2onnx (opset 17)
   in fp32, and that model through `onnxruntime.quantization.quantize_dynamic` with QInt8
-  weights (ORT's counterpart of `cpu`).
+  weights (ORT's counterpart of `cpu`); each also "fused" (see Fusions below): the fp32
+  graph through ORT's transformer optimizer
+  (`onnxruntime.transformers.optimizer.optimize_model`, model type "bert", heads and
+  hidden size read from the model) before quantizing. The fusions it applied are printed
+  (on the default model: 6 Attention, 13 SkipLayerNormalization, 6 Gelu; the int8 graph
+  then has QAttention).
 
 Inputs are real test-split token ids (`input_ids`, `input_mask`, `segment_ids`, int32)
 padded to the sequence length (`data.max_seq_length` of `--config`, or `--seq-len`). Every
@@ -23,9 +29,9 @@ and sleeping, because which is faster depends on the load: on these 2 cores spin
 than ORT int8" target compares with the faster of the two in each round. The
 TFLite models have a fixed [1, L] input; batch 32 resizes it (`resize_tensor_input`), and
 a model that cannot be resized runs 32 single invokes (the table says so). Before
-timing, every variant predicts the first `--agreement` test examples: ORT fp32 must agree
-with TFLite float32 on >= 99% of the argmaxes (the conversion is faithful), else the
-script exits with status 1 after reporting.
+timing, every variant predicts the first `--agreement` test examples: ORT fp32, unfused
+and fused, must agree with TFLite float32 on >= 99% of the argmaxes (the conversion and
+the fusions are faithful), else the script exits with status 1 after reporting.
 
 Conversion (cached by model hash and settings in `--cache-dir`, default a folder in the
 system temp dir, never in the repository):
@@ -36,9 +42,23 @@ system temp dir, never in the repository):
   `Gemm` rewritten as `MatMul` (+ `Add`), so all 37 weight matmuls become int8, as in the
   TFLite `cpu` model (weights per tensor, quantize_dynamic's default; `--ort-per-channel`
   for per channel). The fp32 variant is tf2onnx's graph unchanged.
-- If the run's TFLite files have another sequence length than asked for, the three TFLite
-  variants are converted again from the Keras model (`export.tflite.to_tflite`, the
-  full-integer one calibrated as the quantize stage does).
+- Fusions: on tf2onnx's graph of the Keras model ORT's optimizer fuses nothing. Its
+  attention patterns need BERT's reference subgraph (matmul + bias, reshape to heads,
+  transpose, q.k matmul, scale, mask add, softmax); tf2onnx lowers the Keras layer's
+  einsums into reshaped batched matmuls instead. So the fused variants are converted
+  with every attention layer computing the same function of the same weights in the
+  reference form (`onnx_contender.plain_attention`, for the trace only), and three
+  tf2onnx idioms are rewritten into the forms the optimizer looks for
+  (`onnx_contender.fusable`): the LayerNorm mean (`GlobalAveragePool` -> `ReduceMean`),
+  the exact GELU (`1 - Erf(-x/sqrt 2)` -> `1 + Erf(x/sqrt 2)`) and the attention scale
+  (`Mul(1/sqrt d)` -> `Div(sqrt d)`, else the optimizer takes it for the mask's `Mul`).
+  The optimizer runs its Python fusions only (`opt_level=0`: a positive level imports
+  torch; ORT's own graph optimizations run at session load for every ORT variant,
+  `ORT_ENABLE_ALL`). The fused Attention takes the mask as per-example lengths (ORT's
+  BERT default), right for these right-padded inputs.
+- If the run's TFLite files have another sequence length than asked for, `float32` and
+  `cpu` are converted again from the Keras model (`export.tflite.to_tflite`); `qat` needs
+  the QAT model, which the run does not keep, so it is left out.
 
     python benchmarks/inference_vs_onnxruntime.py [--run-dir runs/default]
         [--config configs/default.yaml] [--seq-len N] [--threads N] [--rounds 6]
@@ -68,16 +88,24 @@ from data.features import INPUT_NAMES
 from export.runtime import inputs_by_name, make_interpreter, read_output
 from pipeline.artifacts import library_versions, machine_info
 
-RECIPE = 2  # bump when the ONNX conversion recipe changes (invalidates the cache)
+RECIPE = 4  # bump when the ONNX conversion recipe changes (invalidates the cache)
 MIN_AGREEMENT = 0.99
 REFERENCE = "TFLite float32"
 ORT_FP32 = "ORT fp32"
 ORT_INT8 = "ORT int8"
 TFLITE_CPU = "TFLite cpu"
+TFLITE_QAT = "TFLite qat"
+FUSED_SUFFIX = " fused"
 SPIN_SUFFIX = " spin"
-SHORT = {REFERENCE: "f32", TFLITE_CPU: "cpu", "TFLite int8": "int8", ORT_FP32: "ORT f32",
-         ORT_INT8: "ORT i8", ORT_FP32 + SPIN_SUFFIX: "ORT f32 s",
-         ORT_INT8 + SPIN_SUFFIX: "ORT i8 s"}
+
+
+def short(name: str) -> str:
+    """A variant's name in the speed-up tables' column headings."""
+    base = {REFERENCE: "f32", TFLITE_CPU: "cpu", TFLITE_QAT: "qat", ORT_FP32: "ORT f32",
+            ORT_INT8: "ORT i8"}
+    core_name = name.removesuffix(SPIN_SUFFIX).removesuffix(FUSED_SUFFIX)
+    return base.get(core_name, core_name) + (" F" if FUSED_SUFFIX in name else "") \
+        + (" s" if name.endswith(SPIN_SUFFIX) else "")
 
 
 # === Inputs ===
@@ -173,7 +201,7 @@ class TFLiteModel:
 
 
 LIBRARIES = ("tensorflow", "tf-keras", "ai-edge-litert", "onnxruntime", "tf2onnx", "onnx",
-             "numpy")
+             "sympy", "numpy")
 
 
 def tflite_files(run_dir: Path) -> dict[str, tuple[Path, str]]:
@@ -189,33 +217,23 @@ def tflite_files(run_dir: Path) -> dict[str, tuple[Path, str]]:
 
     return {REFERENCE: (quantized / "float32.tflite", "quantize `float32`"),
             TFLITE_CPU: export_or("cpu"),
-            "TFLite int8": export_or("int8")}
+            TFLITE_QAT: export_or("qat")}
 
 
-TFLITE_KINDS = {REFERENCE: "float32", TFLITE_CPU: "cpu", "TFLite int8": "int8"}
+RECONVERTIBLE = {REFERENCE: "float32", TFLITE_CPU: "cpu"}  # from the float Keras model
 
 
-def reconvert_tflite(model, config, prep_dir: Path, seq_len: int, cache: Path
-                     ) -> dict[str, tuple[Path, str]]:
-    """The three TFLite variants at `seq_len`, converted like the quantize stage does."""
-    from data.input import read_split
+def reconvert_tflite(model, seq_len: int, cache: Path) -> dict[str, tuple[Path, str]]:
+    """The float32 and cpu TFLite variants at `seq_len`, converted as the quantize stage
+    does (neither needs calibration data)."""
     from export.tflite import to_tflite
 
-    # The quantize stage's calibration examples (its `_representative`), truncated to
-    # seq_len if need be.
-    train = read_split(prep_dir, "train", with_text=False)
-    chosen = train.shuffle(100_000, seed=config.seed, reshuffle_each_iteration=False) \
-        .take(config.quantize.representative_examples)
-    features, _ = padded(chosen, seq_len)
-    rows = [take(features, i, 1) for i in range(len(features["input_ids"]))]
     out = {}
-    for name, kind in TFLITE_KINDS.items():
+    for name, kind in RECONVERTIBLE.items():
         path = cache / f"{kind}-{seq_len}.tflite"
         if not path.is_file():
             print(f"converting {name} at sequence length {seq_len} ...", flush=True)
-            flat = to_tflite(model, kind, max_seq_length=seq_len,
-                             representative=lambda: iter(rows))
-            path.write_bytes(flat)
+            path.write_bytes(to_tflite(model, kind, max_seq_length=seq_len))
         out[name] = (path, f"`{kind}` reconverted at sequence length {seq_len}")
     return out
 
@@ -299,6 +317,10 @@ def main() -> None:
     cache = Path(args.cache_dir) / key
     cache.mkdir(parents=True, exist_ok=True)
     files = tflite_files(run_dir)
+    for name, (path, _) in list(files.items()):
+        if name not in RECONVERTIBLE and not path.is_file():
+            print(f"{name}: no {path}; left out", flush=True)
+            del files[name]
     stale = [name for name, (path, _) in files.items() if tflite_seq_len(path) != seq_len]
     info_path = cache / "conversion.json"
     keras_model = None
@@ -321,7 +343,12 @@ def main() -> None:
     if stale:
         print(f"the run's TFLite files are not at sequence length {seq_len}: {', '.join(stale)}",
               flush=True)
-        files = reconvert_tflite(keras(), config, prep_dir, seq_len, cache)
+        files = {**reconvert_tflite(keras(), seq_len, cache),
+                 **{name: files[name] for name in files if name not in stale}}
+        for name in stale:
+            if name not in RECONVERTIBLE:
+                print(f"{name}: cannot be reconverted from the float model; left out",
+                      flush=True)
     keras_model = None  # free it before timing
 
     probe = take(features, 0, args.batch)
@@ -329,15 +356,22 @@ def main() -> None:
                   for name, (path, _) in files.items()]
     sources = {name: where for name, (_, where) in files.items()}
     spinning = {"off": [False], "on": [True], "both": [False, True]}[args.ort_spinning]
-    for spin in spinning:
-        suffix = SPIN_SUFFIX if spin else ""
-        contenders += [OrtModel(ORT_FP32 + suffix, cache / "fp32.onnx", args.threads, spin),
-                       OrtModel(ORT_INT8 + suffix, cache / "int8.onnx", args.threads, spin)]
-        spun = ", threads spin" if spin else ", threads sleep"
-        sources[ORT_FP32 + suffix] = f"tf2onnx opset {OPSET} of finetune/model.keras{spun}"
-        sources[ORT_INT8 + suffix] = "quantize_dynamic QInt8 per " \
-            f"{'channel' if args.ort_per_channel else 'tensor'} of ORT fp32{spun}"
-    ort_fp32 = ORT_FP32 + ("" if not spinning[0] else SPIN_SUFFIX)
+    per = "channel" if args.ort_per_channel else "tensor"
+    for fused in ("", FUSED_SUFFIX):
+        for spin in spinning:
+            suffix = fused + (SPIN_SUFFIX if spin else "")
+            prefix = "fused-" if fused else ""
+            contenders += [
+                OrtModel(ORT_FP32 + suffix, cache / f"{prefix}fp32.onnx", args.threads, spin),
+                OrtModel(ORT_INT8 + suffix, cache / f"{prefix}int8.onnx", args.threads, spin)]
+            spun = ", threads spin" if spin else ", threads sleep"
+            sources[ORT_FP32 + suffix] = (
+                f"optimize_model (bert) of tf2onnx, plain attention{spun}" if fused
+                else f"tf2onnx opset {OPSET} of finetune/model.keras{spun}")
+            sources[ORT_INT8 + suffix] = \
+                f"quantize_dynamic QInt8 per {per} of ORT fp32{fused}{spun}"
+    spin_suffix = "" if not spinning[0] else SPIN_SUFFIX
+    ort_fp32, ort_fp32_fused = ORT_FP32 + spin_suffix, ORT_FP32 + FUSED_SUFFIX + spin_suffix
     for c in contenders:
         if c.resize_error:
             print(f"{c.name}: cannot resize to batch {args.batch} ({c.resize_error}); "
@@ -351,7 +385,8 @@ def main() -> None:
         "agreement_with_tflite_float32": float(np.mean(p == predicted[REFERENCE])),
         "agreement_with_ort_fp32": float(np.mean(p == predicted[ort_fp32])),
         "accuracy": float(np.mean(p == agree_labels))} for name, p in predicted.items()}
-    faithful = agreement[ort_fp32]["agreement_with_tflite_float32"]
+    faithful = {name: agreement[name]["agreement_with_tflite_float32"]
+                for name in (ort_fp32, ort_fp32_fused)}
 
     # Timing: alternating rounds; batch-1 calls each on another real example.
     singles = [take(features, i, 1) for i in range(args.calls)]
@@ -434,12 +469,11 @@ def main() -> None:
               f"{r[f'{bkey}_examples_per_second']:9.1f} {r[f'batch_{args.batch}']:>14} "
               f"{r['agreement_with_tflite_float32']:10.1%} {r['agreement_with_ort_fp32']:10.1%} "
               f"{r['accuracy']:7.1%}  {r['source']}")
-    short = {name: SHORT.get(name, name) for name in names}
     for k, label in (("batch1", "batch 1 (latency)"), (bkey, f"batch {args.batch} "
                                                             "(examples/s)")):
         print()
         print(f"speed-up at {label}: row is N x faster than column (median over rounds)")
-        print(f"{'':<16}" + "".join(f"{short[b]:>10}" for b in names))
+        print(f"{'':<16}" + "".join(f"{short(b):>10}" for b in names))
         for a in names:
             print(f"{a:<16}" + "".join(f"{'-':>10}" if a == b else
                                        f"{ratios[f'{a} vs {b}'][k]:9.2f}x" for b in names))
@@ -454,11 +488,25 @@ def main() -> None:
     for k, label in (("batch1", "batch 1"), (bkey, f"batch {args.batch}")):
         print(f"target: TFLite cpu no slower than {best_ort} at {label}: {span(cpu_ort, k)} "
               f"-> {'met' if cpu_ort[k] >= 1.0 else 'MISSED'}")
-    verdict = "ok" if faithful >= MIN_AGREEMENT else "FAILED"
-    print(f"sanity: ORT fp32 vs TFLite float32 argmax agreement {faithful:.1%} on "
-          f"{len(agree_labels)} examples (need >= {MIN_AGREEMENT:.0%}): {verdict}; ORT fp32 "
-          f"vs Keras max |logit diff| {conversion['fp32_max_abs_logit_diff_vs_keras']:.2g}")
-    print(f"ONNX matmuls: fp32 {conversion['fp32_census']}, int8 {conversion['int8_census']}")
+    if TFLITE_QAT in names:
+        qat_ort = ratio(TFLITE_QAT, ort_int8)
+        ratios[f"{TFLITE_QAT} vs {best_ort}"] = qat_ort
+        for k, label in (("batch1", "batch 1"), (bkey, f"batch {args.batch}")):
+            print(f"TFLite qat vs {best_ort} at {label}: {span(qat_ort, k)}")
+    ok = all(value >= MIN_AGREEMENT for value in faithful.values())
+    for name, value in faithful.items():
+        verdict = "ok" if value >= MIN_AGREEMENT else "FAILED"
+        diff = conversion["fused_fp32_max_abs_logit_diff_vs_keras" if FUSED_SUFFIX in name
+                          else "fp32_max_abs_logit_diff_vs_keras"]
+        print(f"sanity: {name} vs TFLite float32 argmax agreement {value:.1%} on "
+              f"{len(agree_labels)} examples (need >= {MIN_AGREEMENT:.0%}): {verdict}; "
+              f"vs Keras max |logit diff| {diff:.2g}")
+    print(f"ORT fusions: {conversion['fused_operators'] or 'none'} "
+          f"({conversion['fusion_recipe']})")
+    if not any("Attention" in op for op in conversion["fused_operators"]):
+        print("ORT fusions: attention NOT fused")
+    for kind in ("fp32", "int8", "fused_fp32", "fused_int8"):
+        print(f"ONNX matmuls {kind}: {conversion[f'{kind}_census']}")
     load_end = os.getloadavg()
     print(f"load average {load_start[0]:.2f} at start, {load_end[0]:.2f} at end "
           f"({os.cpu_count()} cores)")
@@ -476,12 +524,12 @@ def main() -> None:
                "agreement_examples": len(agree_labels),
                "conversion": conversion, "results": results, "ratios": ratios,
                "targets": targets,
-               "sanity": {"ort_fp32_vs_tflite_float32_agreement": faithful,
-                          "required": MIN_AGREEMENT, "ok": faithful >= MIN_AGREEMENT}}
+               "sanity": {"agreement_with_tflite_float32": faithful,
+                          "required": MIN_AGREEMENT, "ok": ok}}
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         with open(args.json, "w") as f:
             json.dump(out, f, indent=2)
-    if faithful < MIN_AGREEMENT:
+    if not ok:
         sys.exit(1)
 
 
