@@ -85,14 +85,16 @@ class QuantizeConfig(Section):
         post_training: TFLite variants converted from each source without training,
             named like the export targets they become: `float32` (reference), `cpu`
             (dynamic-range: int8 weights, float activations), `gpu` (float16 weights),
-            `int8` (int8 weights and activations, int8 logits, ranges from
-            `representative_examples`).
+            `int8` (post-training int8: the graph QAT would train, with its
+            activation ranges calibrated on `calibration_batches` and never trained;
+            every matmul int8, LayerNorm, residual adds and softmax float).
         qat: run quantization-aware training on each source and convert it to an int8
             TFLite model (variant `qat`; from a pruned source: prune-preserving QAT).
-        representative_examples: training examples that calibrate full-int8 ranges
-            and the ranges QAT leaves to the converter.
-        calibration_batches: training batches that set the QAT model's activation
-            ranges before training (0 = tfmot's [-6, 6] start).
+        representative_examples: training examples that calibrate the ranges the
+            quantized Keras model leaves to the TFLite converter.
+        calibration_batches: training batches that set the quantized model's
+            activation ranges (the `int8` variant's and QAT's start; 0 = tfmot's
+            [-6, 6]).
         per_channel: QAT quantizes the FFN kernels with one range per output channel
             (TFLite per-channel int8 weights) instead of one per kernel.
         outlier_ratio: QAT gives the FFN output channels whose largest value on the
@@ -159,8 +161,16 @@ class ExportConfig(Section):
             of the float and pruned model), `text` (raw-string TFLite with the
             tokenizer as TF Text ops).
         max_accuracy_drop: the gate: an export's test accuracy must be within this of
-            the model it came from ...
-        min_agreement: ... and agree with its predictions on at least this fraction.
+            the model it came from (for the int8-activation targets `int8`, `qat`,
+            `pruned-qat`: their Keras twin, the calibrated or QAT model) ...
+        min_agreement: ... and a float or dynamic-range target must agree with that
+            model's predicted labels on at least this fraction of the examples.
+        max_drop_from_float: an int8-activation target's accuracy must also be at most
+            this far below the float model it was quantized from (`export.model` for
+            `int8`, the fine-tuned model for `qat`, the pruned one for `pruned-qat`) ...
+        min_int8_agreement: ... and agree with its twin on at least this fraction: a
+            floor that catches a broken conversion (int8 kernels round differently, so
+            `min_agreement` would fail models that are as accurate as their twin).
         warmup_requests: write TF Serving warm-up requests into the SavedModel.
         compare_kernels: TFLite targets that also run on the runtime's builtin kernels
             (without its XNNPACK delegate), their accuracy and agreement recorded there;
@@ -177,6 +187,8 @@ class ExportConfig(Section):
     targets: tuple[str, ...] = EXPORT_TARGETS
     max_accuracy_drop: float = 0.005
     min_agreement: float = 0.99
+    max_drop_from_float: float = 0.01
+    min_int8_agreement: float = 0.95
     warmup_requests: bool = True
     compare_kernels: tuple[str, ...] = ("int8", "qat", "pruned-qat")
 
@@ -195,6 +207,8 @@ class ExportConfig(Section):
               f"{list(self.compare_kernels)}")
         check(0 <= self.max_accuracy_drop <= 1, "max_accuracy_drop", "expected 0..1")
         check(0 <= self.min_agreement <= 1, "min_agreement", "expected 0..1")
+        check(0 <= self.max_drop_from_float <= 1, "max_drop_from_float", "expected 0..1")
+        check(0 <= self.min_int8_agreement <= 1, "min_int8_agreement", "expected 0..1")
 
 
 @dataclass(frozen=True)

@@ -2,26 +2,39 @@
 
 Writes every target in `export.targets`, then runs each one in a fresh Python process with
 the runtime a user would use (`tf.saved_model.load`; the TFLite adapter, ai-edge-litert
-first) on the test split. An export counts only if its accuracy is within
-`export.max_accuracy_drop` of the model it came from and it agrees with that model's
-predictions on at least `export.min_agreement` of the examples; otherwise the stage fails
-and leaves nothing behind, unless `--force` (then the failures are recorded). The model
-must be blessed by evaluation (or `--force`). The targets in `export.compare_kernels`
-(the int8 ones by default) also run on the runtime's builtin kernels instead of XNNPACK;
-accuracy and agreement there are recorded, not gated (int8 kernels round differently).
+first) on the test split, and compares it with a Keras model (`gate_verdict`):
+
+- float and dynamic-range targets (`savedmodel`, `cpu`, `gpu`, `text`), rule
+  `agreement`: accuracy within `export.max_accuracy_drop` of the model they came from,
+  and its predicted label on at least `export.min_agreement` of the examples.
+- int8-activation targets (`int8`, `qat`, `pruned-qat`), rule `int8`: accuracy within
+  `export.max_accuracy_drop` of their Keras twin (the QAT model; for `int8` the
+  calibrated quantized model, `quantize/<model>/int8_predictions.npz`), at most
+  `export.max_drop_from_float` below the float model they were quantized from
+  (`quantize/<source>/source_predictions.npz` when the quantize stage wrote it), and
+  agreement with the twin of at least `export.min_int8_agreement` (int8 kernels round
+  differently from the twin's, so a few labels flip; a broken conversion flips many).
+
+A failure fails the stage and leaves nothing behind, unless `--force` (then the failures
+are recorded). The model must be blessed by evaluation (or `--force`). The targets in
+`export.compare_kernels` (the int8 ones by default) also run on the runtime's builtin
+kernels instead of XNNPACK; accuracy and agreement there are recorded, not gated. Every
+TFLite target's XNNPACK plan (partitions, delegated share of the ops, the ops left on
+builtin kernels by type; `export.op_profile.execution_plan`) is recorded too.
 
     <run-dir>/export/
         saved_model/<name>/<version>/   saved_model.pb, variables/, assets/ (vocab.txt,
                                         labels.txt), assets.extra/tf_serving_warmup_requests
         tflite/<name>-cpu.tflite        dynamic-range int8 (CPU)
         tflite/<name>-gpu.tflite        float16 weights, builtin ops (GPU delegate)
-        tflite/<name>-int8.tflite       full integer: int8 weights, activations, logits
+        tflite/<name>-int8.tflite       int8 matmuls, calibrated ranges, no training
         tflite/<name>-qat.tflite        QAT int8 of the float model (quantize stage)
         tflite/<name>-pruned-qat.tflite prune-preserving QAT int8 of the pruned model
         tflite/<name>-text.tflite       raw string in: tokenizer (TF Text ops) + `cpu` model
         tflite/labels.txt, vocab.txt, tokenizer.json   travel with the TFLite models
-        verification.json               per target: accuracy, agreement, runtime, gate;
-                                        (export.compare_kernels: on builtin kernels too)
+        verification.json               per target: accuracy, agreement, gate rule and
+                                        verdict, runtime, XNNPACK plan (and with
+                                        export.compare_kernels: on builtin kernels)
         config.yaml, manifest.json
 
 Token-id TFLite models take `input_ids`, `input_mask`, `segment_ids` (int32 [1,
@@ -39,7 +52,7 @@ from typing import Any
 
 import numpy as np
 
-from export.targets import tflite_source
+from export.targets import INT8_ACTIVATION_VARIANTS, QAT_TARGETS, tflite_source
 from pipeline.cli import stage_main
 from pipeline.config import PipelineConfig, SlimbertError
 
@@ -50,6 +63,62 @@ class ExportGateError(SlimbertError):
     """An exported model failed verification."""
 
 
+# Accuracies and agreements are fractions of the examples: a bound met exactly passes.
+_TOLERANCE = 1e-9
+
+
+def gate_rule(target: str) -> str:
+    """`int8` for the targets with int8 activations, `agreement` for the others."""
+    made_of = tflite_source(target, "finetune")
+    return "int8" if made_of and made_of[1] in INT8_ACTIVATION_VARIANTS else "agreement"
+
+
+def gate_verdict(target: str, accuracy: float, twin_accuracy: float,
+                 float_accuracy: float | None, agreement: float, cfg) -> dict[str, Any]:
+    """Whether an export passes the gate, by the rule of its target (module docstring).
+
+    Args:
+        target: str. An export target name.
+        accuracy: float. The export's test accuracy.
+        twin_accuracy: float. Accuracy of the Keras model it is compared with: the model
+            it came from, or for an int8-activation target its quantized Keras twin.
+        float_accuracy: float | None. Accuracy of the float model an int8-activation
+            target was quantized from (not used by the `agreement` rule).
+        agreement: float. Fraction of examples where its label is the twin's.
+        cfg: ExportConfig. The thresholds.
+
+    Returns:
+        {"rule": "int8" or "agreement", "passed": bool, "failures": [what failed]}.
+
+    Example:
+        >>> from pipeline.config import ExportConfig
+        >>> gate_verdict("qat", 0.90, 0.902, 0.905, 0.97, ExportConfig())["passed"]
+        True
+    """
+    rule = gate_rule(target)
+    failures = []
+    twin = "its twin" if rule == "int8" else "its source"
+    if abs(accuracy - twin_accuracy) > cfg.max_accuracy_drop + _TOLERANCE:
+        failures.append(f"{target}: accuracy {accuracy:.4f} differs from {twin}'s "
+                        f"{twin_accuracy:.4f} by more than {cfg.max_accuracy_drop:g} "
+                        "(export.max_accuracy_drop)")
+    if rule == "int8":
+        if float_accuracy is None:
+            raise ValueError(f"{target}: the int8 rule needs the float model's accuracy")
+        if float_accuracy - accuracy > cfg.max_drop_from_float + _TOLERANCE:
+            failures.append(f"{target}: accuracy {accuracy:.4f} is "
+                            f"{float_accuracy - accuracy:.4f} below the float model's "
+                            f"{float_accuracy:.4f}, more than {cfg.max_drop_from_float:g} "
+                            "(export.max_drop_from_float)")
+        if agreement < cfg.min_int8_agreement - _TOLERANCE:
+            failures.append(f"{target}: agreement {agreement:.4f} under the int8 floor "
+                            f"{cfg.min_int8_agreement:g} (export.min_int8_agreement)")
+    elif agreement < cfg.min_agreement - _TOLERANCE:
+        failures.append(f"{target}: agreement {agreement:.4f} under {cfg.min_agreement:g} "
+                        "(export.min_agreement)")
+    return {"rule": rule, "passed": not failures, "failures": failures}
+
+
 def input_names(config: PipelineConfig) -> tuple[str, ...]:
     cfg = config.export
     names = ["prepare", cfg.model]
@@ -57,12 +126,18 @@ def input_names(config: PipelineConfig) -> tuple[str, ...]:
         names.append("evaluate")  # the blessing
     if any(tflite_source(target, cfg.model) for target in cfg.targets):
         names.append("quantize")
+    # The float sources of the QAT targets (read when the quantize stage did not save
+    # their predictions).
+    names += [QAT_TARGETS[target] for target in cfg.targets if target in QAT_TARGETS]
     return tuple(dict.fromkeys(names))
 
 
 def fingerprint_config(config: PipelineConfig) -> dict[str, Any]:
+    q = config.quantize  # the int8 target's calibration when quantize did not write it
     return {"seed": config.seed, "export": config.export, "split": config.evaluate.split,
-            "representative_examples": config.quantize.representative_examples}
+            "representative_examples": q.representative_examples,
+            "calibration": [q.calibration_batches, q.train.batch_size, q.per_channel,
+                            q.outlier_ratio]}
 
 
 def _blessing(source_dir: Path, evaluate_dir: Path | None) -> dict[str, Any]:
@@ -101,7 +176,24 @@ def run(config: PipelineConfig, inputs: dict[str, Path], out_dir: Path, work_dir
         raise SlimbertError(f"{err}: nothing to verify exports on") from None
     data_path = work_dir / f"{split}.npz"
     write_split(data_path, features, texts, y_true)
-    _, source_probs = predict_keras(model, prep_dir, split, config.finetune.eval_batch_size)
+    batch_size = config.finetune.eval_batch_size
+    _, source_probs = predict_keras(model, prep_dir, split, batch_size)
+    quantize_dir = inputs.get("quantize", Path("-"))
+    float_probs: dict[str, np.ndarray] = {}  # float source model -> test probabilities
+
+    def float_accuracy(name: str) -> float:
+        """Test accuracy of the float model `name` (finetune or prune) in Keras."""
+        if name not in float_probs:
+            saved = quantize_dir / name / "source_predictions.npz"
+            if saved.is_file():
+                float_probs[name] = _saved_probabilities(saved, y_true)
+            elif name == cfg.model:
+                float_probs[name] = source_probs
+            else:
+                other, _ = load_model(inputs[name])
+                float_probs[name] = predict_keras(other, prep_dir, split, batch_size)[1]
+                del other
+        return float(np.mean(float_probs[name].argmax(-1) == y_true))
 
     # --- write the deliverables ---
     made: dict[str, dict[str, Any]] = {}  # target -> {path, reference probabilities, ...}
@@ -112,50 +204,59 @@ def run(config: PipelineConfig, inputs: dict[str, Path], out_dir: Path, work_dir
         saved = save_serving_model(model, tokenizer, labels, version_dir, assets, cfg.name,
                                    texts[:16] if cfg.warmup_requests else [])
         made["savedmodel"] = {"path": version_dir, "source": cfg.model,
-                              "reference": source_probs, **saved}
+                              "reference": source_probs, "twin": f"{cfg.model} model",
+                              **saved}
     tflite_dir = out_dir / "tflite"
     tflite_targets = [t for t in cfg.targets if t != "savedmodel"]
     if tflite_targets:
         tflite_dir.mkdir()
         for name in TOKENIZER_FILES:
             shutil.copyfile(source_dir / name, tflite_dir / name)
-    representative = None
     for target in tflite_targets:
         path = tflite_dir / f"{cfg.name}-{target}.tflite"
-        reference, source = source_probs, cfg.model
+        reference, source, twin = source_probs, cfg.model, f"{cfg.model} model"
         made_of = tflite_source(target, cfg.model)
         if made_of and made_of[1] == "qat":
             source = made_of[0]
-            folder = inputs["quantize"] / source
+            folder = quantize_dir / source
             shutil.copyfile(folder / "qat.tflite", path)
-            reference = np.load(folder / "qat_predictions.npz")["probabilities"]
+            reference = _saved_probabilities(folder / "qat_predictions.npz", y_true)
+            twin = f"QAT model of {source}"
         elif made_of:
             variant = made_of[1]
-            quantized = inputs.get("quantize", Path("-")) / cfg.model / f"{variant}.tflite"
+            quantized = quantize_dir / cfg.model / f"{variant}.tflite"
+            saved = quantize_dir / cfg.model / "int8_predictions.npz"
             if quantized.is_file():
                 shutil.copyfile(quantized, path)
                 log.info("%s: from the quantize stage", target)
+                if variant == "int8" and saved.is_file():
+                    reference = _saved_probabilities(saved, y_true)
+                    twin = f"int8 model of {cfg.model}"
+                elif variant == "int8":
+                    log.warning("int8: the quantize stage saved no int8_predictions.npz; "
+                                "compared with the %s model instead", cfg.model)
+            elif variant == "int8":
+                log.info("int8: calibrating and converting")
+                flat, reference = _int8_conversion(model, meta, config, prep_dir,
+                                                   max_seq_length, split)
+                path.write_bytes(flat)
+                twin = f"int8 model of {cfg.model}"
             else:
-                if variant == "int8" and representative is None:
-                    from data.input import representative_examples
-
-                    rows = representative_examples(
-                        prep_dir, config.quantize.representative_examples, max_seq_length,
-                        config.seed)
-                    representative = rows.__iter__
                 log.info("%s: converting", target)
-                path.write_bytes(to_tflite(
-                    model, variant, max_seq_length=max_seq_length,
-                    representative=representative if variant == "int8" else None))
+                path.write_bytes(to_tflite(model, variant, max_seq_length=max_seq_length))
         elif target == "text":
             log.info("text: converting tokenizer + %s model (dynamic-range int8)", cfg.model)
             path.write_bytes(text_tflite(model, tokenizer))
-        made[target] = {"path": path, "source": source, "reference": reference}
+        made[target] = {"path": path, "source": source, "reference": reference,
+                        "twin": twin}
+        if gate_rule(target) == "int8":
+            made[target]["float_accuracy"] = float_accuracy(source)
         census = op_census(path.read_bytes())
         made[target]["census"] = census_summary(census)
         # Ops touching a float tensor: what keeps a model from running all-integer.
         made[target]["float_ops"] = sorted({key.split(" ")[0] for key in census["ops"]
                                             if "float32" in key})
+        made[target]["xnnpack"] = xnnpack_plan(path, custom_ops=target == "text")
     del model
 
     # --- the gate: every deliverable in a fresh process ---
@@ -171,26 +272,34 @@ def run(config: PipelineConfig, inputs: dict[str, Path], out_dir: Path, work_dir
         predicted = probabilities.argmax(-1)
         reference = item["reference"].argmax(-1)
         metrics = classification_metrics(y_true, predicted, labels)
+        accuracy = metrics["accuracy"]
         source_accuracy = float(np.mean(reference == y_true))
         agreement = float(np.mean(predicted == reference))
-        drop = abs(metrics["accuracy"] - source_accuracy)
-        passed = drop <= cfg.max_accuracy_drop and agreement >= cfg.min_agreement \
-            and run_info["labels"] == labels
+        verdict = gate_verdict(target, accuracy, source_accuracy,
+                               item.get("float_accuracy"), agreement, cfg)
+        if run_info["labels"] != labels:
+            verdict["failures"].append(f"{target}: labels {run_info['labels']} instead "
+                                       f"of {labels}")
+        passed = not verdict["failures"]
         results[target] = {
             "path": str(item["path"].relative_to(out_dir)), "source": item["source"],
-            **gzip_size(item["path"]), "accuracy": metrics["accuracy"],
-            "macro_f1": metrics["macro_f1"], "source_accuracy": round(source_accuracy, 6),
-            "accuracy_difference": round(metrics["accuracy"] - source_accuracy, 6),
-            "agreement": round(agreement, 6), "passed": passed, "verified_with": run_info,
-            **{k: item[k] for k in ("census", "float_ops", "warmup_requests")
-               if k in item}}
-        log.info("%s: accuracy %.4f (source %.4f), agreement %.4f, %s, %.2f MB -> %s",
-                 target, metrics["accuracy"], source_accuracy, agreement,
+            **gzip_size(item["path"]), "accuracy": accuracy,
+            "macro_f1": metrics["macro_f1"], "rule": verdict["rule"], "twin": item["twin"],
+            "source_accuracy": round(source_accuracy, 6),
+            "accuracy_difference": round(accuracy - source_accuracy, 6),
+            "agreement": round(agreement, 6)}
+        if "float_accuracy" in item:
+            results[target]["float_accuracy"] = round(item["float_accuracy"], 6)
+            results[target]["drop_from_float"] = round(item["float_accuracy"] - accuracy, 6)
+        results[target].update({
+            "passed": passed, "failures": verdict["failures"], "verified_with": run_info,
+            **{k: item[k] for k in ("census", "float_ops", "xnnpack", "warmup_requests")
+               if k in item}})
+        log.info("%s: accuracy %.4f (%s %.4f), agreement %.4f, %s, %.2f MB -> %s",
+                 target, accuracy, item["twin"], source_accuracy, agreement,
                  run_info["runtime"], results[target]["bytes"] / 1e6,
                  "passed" if passed else "FAILED")
-        if not passed:
-            failures.append(f"{target} (accuracy {metrics['accuracy']:.4f} vs "
-                            f"{source_accuracy:.4f}, agreement {agreement:.4f})")
+        failures += verdict["failures"]
         if target in cfg.compare_kernels:
             builtin = results[target]["builtin_kernels"] = _builtin_kernels(
                 item["path"], data_path, work_dir / f"{target}-builtin.npz", y_true,
@@ -201,14 +310,64 @@ def run(config: PipelineConfig, inputs: dict[str, Path], out_dir: Path, work_dir
         bar.update(1)
     bar.close()
     gate = {"max_accuracy_drop": cfg.max_accuracy_drop, "min_agreement": cfg.min_agreement,
-            "passed": not failures, "failures": failures, "forced": bool(force and failures),
-            "split": split, "examples": int(len(y_true))}
+            "max_drop_from_float": cfg.max_drop_from_float,
+            "min_int8_agreement": cfg.min_int8_agreement, "passed": not failures,
+            "failures": failures, "forced": bool(force and failures), "split": split,
+            "examples": int(len(y_true))}
     if failures and not force:
         raise ExportGateError("export verification failed for " + "; ".join(failures)
                               + " (rerun with --force to keep them anyway)")
     (out_dir / "verification.json").write_text(
         json.dumps({"gate": gate, "targets": results}, indent=2) + "\n")
     return {"gate": gate, "targets": results, "blessing": blessing["blessed"]}
+
+
+def _saved_probabilities(path: Path, y_true: np.ndarray) -> np.ndarray:
+    """The probabilities in a quantize stage's `*_predictions.npz`, checked to be of the
+    examples verified here."""
+    saved = np.load(path)
+    if not np.array_equal(saved["labels"], y_true):
+        raise ExportGateError(f"{path} holds predictions of other examples than the "
+                              f"{len(y_true)} verified here; rerun `slimbert quantize`")
+    return saved["probabilities"]
+
+
+def _int8_conversion(model, meta: dict[str, Any], config: PipelineConfig, prep_dir: Path,
+                     max_seq_length: int, split: str) -> tuple[bytes, np.ndarray]:
+    """The `int8` target when the quantize stage did not write it, made as that stage
+    makes it: a quantized copy of `model` with calibrated ranges (QAT's starting point,
+    untrained) converted to int8; returns the TFLite file and the copy's probabilities
+    on `split` (its twin in the gate)."""
+    from data.input import representative_examples
+    from export.tflite import to_tflite
+    from models.evaluation import predict_keras
+    from models.quantization import calibrated_copy
+
+    q = config.quantize
+    quantized = calibrated_copy(
+        model, prep_dir, calibration_batches=q.calibration_batches,
+        batch_size=q.train.batch_size, seed=config.seed + 1,
+        preserve_sparsity=bool(meta.get("pruned_layers")), per_channel=q.per_channel,
+        split_outliers=q.outlier_ratio)
+    rows = representative_examples(prep_dir, q.representative_examples, max_seq_length,
+                                   config.seed)
+    flat = to_tflite(quantized, "int8", max_seq_length=max_seq_length,
+                     representative=rows.__iter__)
+    _, probabilities = predict_keras(quantized, prep_dir, split,
+                                     config.finetune.eval_batch_size)
+    return flat, probabilities
+
+
+def xnnpack_plan(path: Path, custom_ops: bool = False) -> dict[str, Any]:
+    """How the runtime's default XNNPACK delegate takes a TFLite model: its partitions
+    (delegate nodes), the share of the model's ops inside them, and the ops left on
+    builtin kernels by type. No timing: it only builds an interpreter."""
+    from export.op_profile import execution_plan
+
+    plan = execution_plan(path, custom_ops=custom_ops)
+    return {"partitions": len(plan["partitions"]), "ops": plan["ops"],
+            "delegated_ops": plan["delegated_ops"],
+            "delegated_share": plan["delegated_share"], "builtin": plan["builtin"]}
 
 
 def _builtin_kernels(path: Path, data_path: Path, out: Path, y_true: np.ndarray,

@@ -89,18 +89,16 @@ def _evaluate_tflite(flat: bytes, batches: list, y_true: np.ndarray, labels: lis
 
 
 def _quantized_copy(config: PipelineConfig, model, prep_dir: Path, preserve_sparsity: bool):
-    """The source model wrapped for int8 with its activation ranges calibrated on
+    """The source model wrapped for int8, its activation ranges calibrated on
     `quantize.calibration_batches` training batches: QAT's starting point, and untrained
     the `int8` variant."""
-    from data.input import training_sample
-    from models import quantization as quant
+    from models.quantization import calibrated_copy
 
     cfg = config.quantize
-    calibration = training_sample(prep_dir, cfg.calibration_batches, cfg.train.batch_size,
-                                  config.seed + 1) if cfg.calibration_batches else None
-    return quant.quantize_for_training(model, preserve_sparsity=preserve_sparsity,
-                                       calibration=calibration, per_channel=cfg.per_channel,
-                                       split_outliers=cfg.outlier_ratio)
+    return calibrated_copy(model, prep_dir, calibration_batches=cfg.calibration_batches,
+                           batch_size=cfg.train.batch_size, seed=config.seed + 1,
+                           preserve_sparsity=preserve_sparsity, per_channel=cfg.per_channel,
+                           split_outliers=cfg.outlier_ratio)
 
 
 def _save_predictions(path: Path, labels: np.ndarray, probabilities: np.ndarray) -> None:

@@ -7,7 +7,9 @@ runtime (evaluate, prune, quantize in ai-edge-litert, export's fresh-process gat
 are the files' bytes and their gzip -9 bytes; sparsity is the measured zero fraction of
 the pruned kernels. Speed is measured here, in the runtime a user would use (see
 `export.latency`): batch-1 latency (median, p95) for each `report.threads` count, each
-in its own process, and batch-`throughput_batch` examples/s on all cores.
+in its own process, and batch-`throughput_batch` examples/s on all cores. TFLite rows
+show the export's XNNPACK plan (partitions, delegated share of the ops). Each row that
+no model at least as accurate beats on latency or gzip size is marked (`best_at_accuracy`).
 
     <run-dir>/report/
         report.md      the table, stage wall times, plots, how each figure was measured
@@ -35,6 +37,8 @@ log = logging.getLogger(__name__)
 INPUTS = ("prepare", "finetune", "evaluate", "prune", "quantize", "export")
 PIPELINE_STAGES = INPUTS
 MB = 1e6
+# "At its accuracy": another model counts as at least as accurate within half a point.
+ACCURACY_TOLERANCE = 0.005
 
 
 def fingerprint_config(config: PipelineConfig) -> dict[str, Any]:
@@ -92,11 +96,49 @@ def collect_models(inputs: dict[str, Path]) -> list[dict[str, Any]]:
                      "sha256": digests["export"].get(t["path"]), "bytes": t["bytes"],
                      "gzip_bytes": t["gzip_bytes"], "accuracy": t["accuracy"],
                      "macro_f1": t["macro_f1"], "sparsity": sparsity_of.get(t["source"]),
-                     "gate_passed": t["passed"], "agreement": t["agreement"],
+                     "gate_passed": t["passed"], "gate_rule": t.get("rule"),
+                     "agreement": t["agreement"], "xnnpack": t.get("xnnpack"),
                      "builtin_kernels": t.get("builtin_kernels"),
                      "measured_in": f"{t['verified_with']['runtime']} (export gate, fresh "
                                     "process)"})
+    # The quantize stage's files that export copied have the same XNNPACK plan.
+    plans = {r["sha256"]: r["xnnpack"] for r in rows if r.get("xnnpack") and r["sha256"]}
+    for row in rows:
+        if not row.get("xnnpack"):
+            row["xnnpack"] = plans.get(row.get("sha256")) if row["format"] == "tflite" \
+                else None
     return rows
+
+
+def best_at_accuracy(rows: list[dict[str, Any]], thread_label: str) -> None:
+    """Mark the rows no other model beats at their accuracy: `row["best"]` gets
+    "fastest" when no row with accuracy >= this one's - `ACCURACY_TOLERANCE` has a lower
+    batch-1 median latency on `thread_label` threads, and "smallest" likewise for the
+    gzip size (a Pareto front with half a point of slack).
+
+    Example:
+        >>> rows = [{"accuracy": 0.90, "gzip_bytes": 9, "latency": {"1": {"median_ms": 5}}},
+        ...         {"accuracy": 0.80, "gzip_bytes": 8, "latency": {"1": {"median_ms": 6}}}]
+        >>> best_at_accuracy(rows, "1"); [r["best"] for r in rows]
+        [['fastest'], ['smallest']]
+    """
+    def latency(row):
+        return row.get("latency", {}).get(thread_label, {}).get("median_ms")
+
+    def gzip_bytes(row):
+        return row.get("gzip_bytes")
+
+    for row in rows:
+        row["best"] = []
+        for mark, figure in (("fastest", latency), ("smallest", gzip_bytes)):
+            mine = figure(row)
+            if mine is None:
+                continue
+            floor = row["accuracy"] - ACCURACY_TOLERANCE - 1e-9
+            if not any(other is not row and other["accuracy"] >= floor
+                       and figure(other) is not None and figure(other) < mine
+                       for other in rows):
+                row["best"].append(mark)
 
 
 def measure_speed(rows: list[dict[str, Any]], config: PipelineConfig, prep_dir: Path,
@@ -158,18 +200,24 @@ def _fmt(value, spec: str, missing: str = "-") -> str:
 
 def markdown(report: dict[str, Any]) -> str:
     rows, thread_labels = report["models"], report["thread_labels"]
-    head = ["model", "runtime", "accuracy %", "macro-F1", "size MB", "gzip MB", "sparsity"]
+    head = ["model", "runtime", "accuracy %", "macro-F1", "size MB", "gzip MB", "sparsity",
+            "XNNPACK partitions", "delegated ops"]
     for label in thread_labels:
         what = "1 thread" if label == "1" else f"{label} threads"
         head += [f"b1 p50 ms ({what})", f"b1 p95 ms ({what})"]
     batch = report["settings"]["throughput_batch"]
-    head += [f"b{batch} ex/s", "gate"]
+    first = "1 thread" if thread_labels[0] == "1" else f"{thread_labels[0]} threads"
+    head += [f"b{batch} ex/s", "gate", "best at its accuracy"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         cells = [r["name"], r.get("runtime", "-"), _fmt(100 * r["accuracy"], ".2f"),
                  _fmt(r["macro_f1"], ".4f"), _fmt(r["bytes"] / MB, ".1f"),
                  _fmt(r["gzip_bytes"] / MB, ".1f"),
                  _fmt(None if r["sparsity"] is None else 100 * r["sparsity"], ".1f") + "%"]
+        plan = r.get("xnnpack") or {}
+        cells += [_fmt(plan.get("partitions"), "d"),
+                  _fmt(None if not plan else 100 * plan["delegated_share"], ".1f")
+                  + ("%" if plan else "")]
         for label in thread_labels:
             lat = r.get("latency", {}).get(label, {})
             cells += [_fmt(lat.get("median_ms"), ".1f"), _fmt(lat.get("p95_ms"), ".1f")]
@@ -177,6 +225,7 @@ def markdown(report: dict[str, Any]) -> str:
         cells.append(_fmt(tp.get("examples_per_second"), ".1f")
                      + (" (1 at a time)" if tp.get("batch_emulated") else ""))
         cells.append({True: "pass", False: "FAIL"}.get(r.get("gate_passed"), "-"))
+        cells.append(", ".join(r.get("best", [])))
         lines.append("| " + " | ".join(cells) + " |")
 
     m = report["machine"]
@@ -185,10 +234,16 @@ def markdown(report: dict[str, Any]) -> str:
            f"{m['cpu'] or 'unknown CPU'}), Python {m['python']}, TensorFlow "
            f"{m['tensorflow']}. Test split: {report['split']['examples']} examples.", "",
            "## Models", "", *lines, "",
+           "Best at its accuracy: fastest if no other model with an accuracy at least "
+           f"this one's minus {100 * ACCURACY_TOLERANCE:g} point has a lower batch-1 median "
+           f"latency on {first}; smallest likewise for the gzip size.", "",
            "Accuracy and macro-F1: the test split in each model's own runtime, as the stage "
            "that made it measured it (`measured_in` in report.json). Sizes: the file (the "
            "SavedModel folder) and its gzip -9 size. Sparsity: zero fraction of the pruned "
-           "kernels. Latency: one example per call, "
+           "kernels. XNNPACK partitions, delegated ops: the delegate nodes of the runtime's "
+           "default XNNPACK delegate and the share of the model's ops they run (export's "
+           "plan; ops outside it by type in verification.json). Latency: one example per "
+           "call, "
            f"{report['settings']['latency_runs']} calls after "
            f"{report['settings']['warmup']} warm-up calls, cycling through "
            f"{report['settings']['examples']} test examples; token-id models get them "
@@ -292,6 +347,8 @@ def run(config: PipelineConfig, inputs: dict[str, Path], out_dir: Path,
     rows = collect_models(inputs)
     work_dir.mkdir(parents=True, exist_ok=True)
     measurements = measure_speed(rows, config, inputs["prepare"], work_dir)
+    thread_labels = ["all" if t == 0 else str(t) for t in config.report.threads]
+    best_at_accuracy(rows, thread_labels[0])
     tokenizer = read_tokenizer_config(inputs["prepare"])
     examples = _manifest(inputs["evaluate"])["metrics"]["examples"]
     report = {
@@ -304,7 +361,7 @@ def run(config: PipelineConfig, inputs: dict[str, Path], out_dir: Path,
         "settings": {k: getattr(config.report, k) for k in
                      ("latency_runs", "warmup", "threads", "throughput_batch",
                       "throughput_runs", "examples")},
-        "thread_labels": ["all" if t == 0 else str(t) for t in config.report.threads],
+        "thread_labels": thread_labels,
         "stage_seconds": {s: _manifest(inputs[s])["duration_s"] for s in PIPELINE_STAGES},
         "models": rows,
     }

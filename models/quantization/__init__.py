@@ -34,11 +34,16 @@ from models.quantization.configs import (
     SplitOutputDenseQuantizeConfig,
 )
 from models.quantization.layers import FakeQuantEmbedding, SplitOutputDense, custom_objects
-from models.quantization.qat import outlier_channels, quantize_for_training, split_channels
+from models.quantization.qat import (
+    calibrated_copy,
+    outlier_channels,
+    quantize_for_training,
+    split_channels,
+)
 from models.quantization.quantizers import KernelQuantizer
 
 __all__ = ["AttentionQuantizeConfig", "DenseQuantizeConfig", "FakeQuantEmbedding",
-           "KernelQuantizer", "KernelsQuantizeConfig", "OutputQuantizeConfig",
+           "KernelQuantizer", "calibrated_copy", "KernelsQuantizeConfig", "OutputQuantizeConfig",
            "PassThroughQuantizeConfig", "PerChannelDenseQuantizeConfig",
            "SplitOutputDense", "SplitOutputDenseQuantizeConfig", "calibrate_ranges",
            "custom_objects", "effective_kernels", "frozen_per_axis_kernels",

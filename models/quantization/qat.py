@@ -256,6 +256,21 @@ def quantize_for_training(model: keras.Model, *, preserve_sparsity: bool = False
     return qat_model
 
 
+def calibrated_copy(model: keras.Model, prep_dir, *, calibration_batches: int,
+                    batch_size: int, seed: int, preserve_sparsity: bool = False,
+                    per_channel: bool = False, split_outliers: float = 0.0) -> keras.Model:
+    """`quantize_for_training` calibrated on `calibration_batches` training batches of a
+    data stage's artifact (`prep_dir`; batches drawn with `seed`): the starting point of
+    QAT and, untrained, the post-training `int8` model. 0 batches: tfmot's [-6, 6]."""
+    from data.input import training_sample
+
+    calibration = training_sample(prep_dir, calibration_batches, batch_size, seed) \
+        if calibration_batches else None
+    return quantize_for_training(model, preserve_sparsity=preserve_sparsity,
+                                 calibration=calibration, per_channel=per_channel,
+                                 split_outliers=split_outliers)
+
+
 def outlier_channels(model: keras.Model, batches: Iterable, ratio: float
                      ) -> dict[str, list[int]]:
     """The FFN output channels to quantize apart, by layer name.
@@ -297,5 +312,5 @@ def split_channels(qat_model: keras.Model) -> dict[str, list[int]]:
     return out
 
 
-__all__ = ["FLOAT", "TFMOT_ACTIVATIONS", "outlier_channels", "quantize_for_training",
-           "split_channels"]
+__all__ = ["FLOAT", "TFMOT_ACTIVATIONS", "calibrated_copy", "outlier_channels",
+           "quantize_for_training", "split_channels"]

@@ -1,6 +1,6 @@
 """The export stage on the tiny easy-task run: every target written, verified in a fresh
-process and gated; the SavedModel and raw-string TFLite model used as their users would;
-`slimbert predict`; the runtime adapter."""
+process and gated (and the gate's rules on their own); the SavedModel and raw-string
+TFLite model used as their users would; `slimbert predict`; the runtime adapter."""
 
 import json
 import subprocess
@@ -15,6 +15,8 @@ from export.runtime import available_runtimes, make_interpreter
 from export.savedmodel import read_warmup
 from models.artifact import load_model
 from pipeline.cli import main
+from pipeline.config import ConfigError, ExportConfig, load_config
+from pipeline.export import gate_verdict
 from tests.helpers import PRUNE, QUANTIZE, REPO, TRAINED, copy_run, manifest, run_stage
 
 TARGETS = ("savedmodel", "cpu", "gpu", "int8", "qat", "pruned-qat", "text")
@@ -57,9 +59,17 @@ def test_every_target_is_exported_and_passes_the_gate(exported):
         if target != "savedmodel":
             assert (export / result["path"]).name == f"slimbert-{target}.tflite"
         assert (export / result["path"]).exists()
-        assert result["passed"], target
-        assert result["agreement"] >= 0.99 and result["accuracy"] >= 0.85, target
+        assert result["passed"] and result["failures"] == [], target
+        assert result["accuracy"] >= 0.85, target
         assert abs(result["accuracy_difference"]) <= 0.005
+        if target in ("int8", "qat", "pruned-qat"):
+            assert result["rule"] == "int8" and result["agreement"] >= 0.95, target
+            assert result["drop_from_float"] == pytest.approx(
+                result["float_accuracy"] - result["accuracy"], abs=1e-6)
+            assert result["drop_from_float"] <= 0.01, target
+        else:
+            assert result["rule"] == "agreement" and result["agreement"] >= 0.99, target
+            assert "float_accuracy" not in result, target
         run = result["verified_with"]
         assert run["examples"] == m["gate"]["examples"] > 0
         assert run["runtime"] == ("tensorflow" if target == "savedmodel"
@@ -68,6 +78,13 @@ def test_every_target_is_exported_and_passes_the_gate(exported):
                                 else "token_ids"), target
         if target != "savedmodel":
             assert result["census"]["flex_ops"] == [], target
+            # Where XNNPACK runs the model: its partitions and the ops left outside.
+            plan = result["xnnpack"]
+            assert plan["partitions"] >= 1 and 0 < plan["delegated_share"] <= 1, target
+            assert plan["delegated_ops"] + sum(plan["builtin"].values()) == plan["ops"]
+            assert plan["delegated_share"] == round(plan["delegated_ops"] / plan["ops"], 4)
+        else:
+            assert "xnnpack" not in result
         # The same file on the builtin kernels (no XNNPACK), recorded beside the gate.
         if target in ("gpu", "int8", "qat", "pruned-qat"):
             builtin = result["builtin_kernels"]
@@ -79,6 +96,16 @@ def test_every_target_is_exported_and_passes_the_gate(exported):
     assert m["targets"]["gpu"]["builtin_kernels"]["agreement_with_default_kernels"] == 1.0
     assert m["targets"]["qat"]["source"] == "finetune"
     assert m["targets"]["pruned-qat"]["source"] == "prune"
+    # The int8 rule's float models: the fine-tuned one for int8 and qat, the pruned one
+    # for pruned-qat, as their own stages measured them.
+    evaluation = manifest(exported, "evaluate")["metrics"]["accuracy"]
+    pruned = manifest(exported, "prune")["metrics"]["evaluation"]["accuracy"]
+    for target, accuracy in (("int8", evaluation), ("qat", evaluation),
+                             ("pruned-qat", pruned)):
+        assert m["targets"][target]["float_accuracy"] == pytest.approx(accuracy, abs=1e-6)
+    assert m["targets"]["qat"]["twin"] == "QAT model of finetune"
+    assert (m["gate"]["max_drop_from_float"], m["gate"]["min_int8_agreement"]) == \
+        (0.01, 0.95)
     # The QAT exports are the quantize stage's files, compared with its QAT models.
     for target, source in (("qat", "finetune"), ("pruned-qat", "prune")):
         assert (export / m["targets"][target]["path"]).read_bytes() == \
@@ -145,6 +172,38 @@ def test_text_tflite_takes_raw_strings(exported):
     np.testing.assert_allclose(cpu.predict_texts(TEXTS), probabilities, atol=1e-4)
 
 
+def test_gate_verdict_by_rule():
+    """int8-activation targets: near their twin, near the float model, above the int8
+    floor of agreement; the others: near their source and 99% agreement."""
+    cfg = ExportConfig()
+    # Within both accuracy bounds at 97% agreement: an int8 model passes ...
+    assert gate_verdict("int8", 0.900, 0.902, 0.905, 0.97, cfg) == {
+        "rule": "int8", "passed": True, "failures": []}
+    # ... a float or dynamic-range one does not (98% agreement).
+    assert gate_verdict("cpu", 0.900, 0.900, None, 0.98, cfg) == {
+        "rule": "agreement", "passed": False,
+        "failures": ["cpu: agreement 0.9800 under 0.99 (export.min_agreement)"]}
+    assert gate_verdict("text", 0.900, 0.903, None, 0.99, cfg)["passed"]
+    assert gate_verdict("qat", 0.900, 0.902, 0.905, 0.93, cfg)["failures"] == [
+        "qat: agreement 0.9300 under the int8 floor 0.95 (export.min_int8_agreement)"]
+    below = gate_verdict("pruned-qat", 0.880, 0.882, 0.895, 0.97, cfg)
+    assert below["failures"] == [
+        "pruned-qat: accuracy 0.8800 is 0.0150 below the float model's 0.8950, more than "
+        "0.01 (export.max_drop_from_float)"]
+    # One-sided from the float model, two-sided from the twin; bounds met exactly pass.
+    assert gate_verdict("qat", 0.920, 0.918, 0.900, 0.97, cfg)["passed"]
+    assert gate_verdict("int8", 190 / 200, 191 / 200, 192 / 200, 190 / 200, cfg)["passed"]
+    twin = gate_verdict("qat", 0.920, 0.910, 0.920, 0.97, cfg)["failures"]
+    assert twin == ["qat: accuracy 0.9200 differs from its twin's 0.9100 by more than "
+                    "0.005 (export.max_accuracy_drop)"]
+    strict = ExportConfig(max_drop_from_float=0.0, min_int8_agreement=0.99)
+    assert len(gate_verdict("int8", 0.900, 0.902, 0.905, 0.97, strict)["failures"]) == 2
+    with pytest.raises(ConfigError, match="'export.min_int8_agreement': expected 0..1"):
+        load_config(None, ["export.min_int8_agreement=1.5"])
+    with pytest.raises(ConfigError, match="'export.max_drop_from_float': expected 0..1"):
+        load_config(None, ["export.max_drop_from_float=-0.01"])
+
+
 def test_gate_failure_fails_the_stage_unless_forced(quantized_run, tmp_path, easy_data,
                                                     capsys):
     """A QAT model that disagrees with its source (the reference predictions flipped, as a
@@ -158,7 +217,8 @@ def test_gate_failure_fails_the_stage_unless_forced(quantized_run, tmp_path, eas
     args = [*easy_data, *TRAINED, *PRUNE, *QUANTIZE, "export.targets=[cpu, qat]"]
     assert run_stage("export", run_dir, *args) == 2
     err = capsys.readouterr().err
-    assert "export verification failed for qat" in err and "--force" in err
+    assert "export verification failed for qat: " in err and "--force" in err
+    assert "under the int8 floor 0.95" in err
     assert not (run_dir / "export").exists()
     assert not list(run_dir.glob(".export*"))
 
@@ -169,6 +229,9 @@ def test_gate_failure_fails_the_stage_unless_forced(quantized_run, tmp_path, eas
     assert m["gate"]["forced"] and not m["gate"]["passed"]
     assert m["targets"]["cpu"]["passed"] and not m["targets"]["qat"]["passed"]
     assert m["targets"]["qat"]["agreement"] <= 0.1
+    assert m["targets"]["qat"]["rule"] == "int8"
+    assert any("under the int8 floor" in f for f in m["targets"]["qat"]["failures"])
+    assert m["gate"]["failures"] == m["targets"]["qat"]["failures"]
 
 
 def test_unblessed_model_is_refused(quantized_run, tmp_path, easy_data, capsys):

@@ -1,11 +1,13 @@
 """The report stage on the tiny exported run: every model a row, every figure measured,
-the Markdown table, the plots, and `slimbert run` ending with the report."""
+the Markdown table with its XNNPACK plans and best-at-accuracy marks, the plots, and
+`slimbert run` ending with the report."""
 
 import json
 
 import pytest
 
 from pipeline.cli import main
+from pipeline.report import best_at_accuracy
 from tests.helpers import PRUNE, QUANTIZE, TINY, TRAINED, copy_run, manifest, run_stage
 
 STAGES = ("prepare", "finetune", "evaluate", "prune", "quantize", "export")
@@ -41,7 +43,12 @@ def test_every_model_is_a_row_with_its_stage_figures(reported):
         assert (row["accuracy"], row["bytes"]) == (v["accuracy"], v["bytes"])
     for target, t in targets.items():
         assert rows[f"export {target}"]["gate_passed"] == t["passed"]
+        assert rows[f"export {target}"]["gate_rule"] == t["rule"]
         assert rows[f"export {target}"]["builtin_kernels"] == t.get("builtin_kernels")
+        assert rows[f"export {target}"]["xnnpack"] == t.get("xnnpack")
+    # A quantize file that export copied shows the export's XNNPACK plan.
+    assert rows["TFLite float cpu"]["xnnpack"] == targets["cpu"]["xnnpack"]
+    assert rows["Keras float"]["xnnpack"] is None
     for row in rows.values():
         assert 0 < row["gzip_bytes"] < row["bytes"] * 1.01
     stage_seconds = {s: manifest(reported, s)["duration_s"] for s in STAGES}
@@ -69,17 +76,44 @@ def test_speed_is_measured_for_every_model_and_thread_count(reported):
     assert len(raw) == 2 * len([r for r in report["models"] if not r.get("same_file_as")])
 
 
+def test_best_at_accuracy_marks():
+    """Fastest (smallest): no other model within half a point or more accurate is
+    faster (smaller)."""
+    rows = [{"name": name, "accuracy": accuracy, "gzip_bytes": size,
+             "latency": {"1": {"median_ms": ms}}}
+            for name, accuracy, ms, size in (("a", 0.900, 10.0, 100), ("b", 0.897, 5.0, 200),
+                                             ("c", 0.850, 1.0, 50), ("d", 0.800, 2.0, 40),
+                                             ("e", 0.700, 3.0, 60))]
+    rows.append({"name": "untimed", "accuracy": 0.99, "gzip_bytes": 300})
+    best_at_accuracy(rows, "1")
+    assert {r["name"]: r["best"] for r in rows} == {
+        "a": ["smallest"], "b": ["fastest"], "c": ["fastest", "smallest"],
+        "d": ["smallest"], "e": [], "untimed": ["smallest"]}
+
+
 def test_markdown_table_and_plots(reported):
     out = reported / "report"
     text = (out / "report.md").read_text()
     report = json.loads((out / "report.json").read_text())
     table = [line for line in text.splitlines() if line.startswith("| ")]
     names = [line.split(" | ")[0][2:] for line in table]
+    head = table[0].split(" | ")
+    assert "XNNPACK partitions" in head and head[-1] == "best at its accuracy |"
     for row in report["models"]:
         assert row["name"] in names
         line = table[names.index(row["name"])]
         assert f"{100 * row['accuracy']:.2f}" in line
         assert f"{row['latency']['1']['median_ms']:.1f}" in line
+        assert line.endswith(f"| {', '.join(row['best'])} |")
+        if row["xnnpack"]:
+            plan = row["xnnpack"]
+            assert f" | {plan['partitions']} | {100 * plan['delegated_share']:.1f}% | " \
+                in line
+    # The fastest and the smallest model overall are always marked.
+    fastest = min(report["models"], key=lambda r: r["latency"]["1"]["median_ms"])
+    smallest = min(report["models"], key=lambda r: r["gzip_bytes"])
+    assert "fastest" in fastest["best"] and "smallest" in smallest["best"]
+    assert "Best at its accuracy: fastest if no other model" in text
     assert "| quantize |" in text and "## Stage wall times" in text
     # The exports also run on the builtin kernels (the fixture's export.compare_kernels).
     kernels = text.split("## TFLite exports on other kernels")[1].split("\n## ")[0]
