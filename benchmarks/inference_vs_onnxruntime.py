@@ -86,6 +86,7 @@ import core  # noqa: F401  (Keras 2 for tf.keras, before TensorFlow is imported)
 from core.files import sha256_file
 from data.features import INPUT_NAMES
 from export.runtime import inputs_by_name, make_interpreter, read_output
+from export.targets import exported_file
 from pipeline.artifacts import library_versions, machine_info
 
 RECIPE = 4  # bump when the ONNX conversion recipe changes (invalidates the cache)
@@ -207,12 +208,11 @@ LIBRARIES = ("tensorflow", "tf-keras", "ai-edge-litert", "onnxruntime", "tf2onnx
 def tflite_files(run_dir: Path) -> dict[str, tuple[Path, str]]:
     """name -> (file, where it comes from) for the three TFLite variants."""
     quantized = run_dir / "quantize" / "finetune"
-    exported = run_dir / "export" / "tflite"
 
     def export_or(target: str) -> tuple[Path, str]:
-        found = sorted(exported.glob(f"*-{target}.tflite"))
-        if found:
-            return found[0], f"export target `{target}`"
+        found = exported_file(run_dir / "export", target)
+        if found and found.is_file():
+            return found, f"export target `{target}`"
         return quantized / f"{target}.tflite", f"quantize `{target}` (not exported)"
 
     return {REFERENCE: (quantized / "float32.tflite", "quantize `float32`"),

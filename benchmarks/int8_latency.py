@@ -56,11 +56,12 @@ MODELS = {  # name -> (export target, quantize stage file)
 
 def find_models(run_dir: Path) -> dict[str, Path]:
     """The run's TFLite file for each of `MODELS` that exists."""
+    from export.targets import exported_file
+
     found = {}
     for name, (target, quantized) in MODELS.items():
-        exported = sorted((run_dir / "export" / "tflite").glob(f"*-{target}.tflite")) \
-            if target else []
-        path = exported[0] if exported else run_dir / "quantize" / quantized
+        exported = exported_file(run_dir / "export", target) if target else None
+        path = exported if exported else run_dir / "quantize" / quantized
         if path.is_file():
             found[name] = path
     return found

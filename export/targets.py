@@ -11,6 +11,9 @@ pruned model's.
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 TFLITE_VARIANTS = {
     "float32": "float32 weights and activations (the reference)",
     "cpu": "dynamic-range int8: int8 weights, float activations",
@@ -38,3 +41,15 @@ def tflite_source(target: str, export_model: str) -> tuple[str, str] | None:
     if target in POST_TRAINING_VARIANTS:
         return export_model, target
     return None
+
+
+def exported_file(export_dir: Path, target: str) -> Path | None:
+    """The file (or folder) of export target `target` in an export stage's output, as
+    its verification.json lists it; None if the stage did not export it. (A file-name
+    pattern cannot tell `<name>-qat.tflite` from `<name>-pruned-qat.tflite`.)"""
+    try:
+        targets = json.loads((Path(export_dir) / "verification.json").read_text())["targets"]
+    except (OSError, ValueError, KeyError):
+        return None
+    entry = targets.get(target)
+    return Path(export_dir) / entry["path"] if entry else None
