@@ -135,6 +135,9 @@ class QuantizeConfig(Section):
         check(self.representative_examples > 0, "representative_examples",
               "must be positive")
         check(self.calibration_batches >= 0, "calibration_batches", "must be >= 0")
+        check(self.calibration_batches > 0 or "int8" not in self.post_training,
+              "calibration_batches", "must be > 0 for the `int8` variant, whose ranges "
+              "come from calibration alone (or drop int8 from quantize.post_training)")
         check(self.outlier_ratio == 0 or self.outlier_ratio > 1, "outlier_ratio",
               f"must be 0 (off) or above 1, found {self.outlier_ratio!r}")
         check(self.outlier_ratio == 0 or self.calibration_batches > 0, "outlier_ratio",

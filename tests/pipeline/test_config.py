@@ -68,6 +68,8 @@ def test_shipped_configs_load(name):
     (['prune.include=["("]'], "'prune.include': '(' is not a regular expression"),
     (["model.checkpoint=random", "model.max_positions=64", "data.max_seq_length=65"],
      "'data.max_seq_length': 65 exceeds model.max_positions 64"),
+    (["quantize.calibration_batches=0", "quantize.outlier_ratio=0"],
+     "'quantize.calibration_batches': must be > 0 for the `int8` variant"),
     (["export.compare_kernels=[savedmodel]"],
      "invalid config value for 'export.compare_kernels': expected TFLite target names"),
 ])
