@@ -95,10 +95,13 @@ def test_sources_decide_the_inputs(trained_run, tmp_path, easy_data, capsys):
     ("quantize.post_training=[dynamic_int8]", "'dynamic_int8' is now called 'cpu'"),
     ("quantize.representative_examples=0", "quantize.representative_examples"),
     ("quantize.outlier_ratio=0.5", "quantize.outlier_ratio"),
-    ("quantize.calibration_batches=0", "needs quantize.calibration_batches > 0"),
+    ("quantize.calibration_batches=0", "must be > 0 for the `int8` variant"),
+    (("quantize.calibration_batches=0", "quantize.post_training=[cpu]"),
+     "needs quantize.calibration_batches > 0"),
     ("quantize.trian.epochs=1", "did you mean 'train'"),
 ])
 def test_config_errors(override, message, capsys, tmp_path):
-    assert run_stage("quantize", tmp_path, override) == 2
+    overrides = override if isinstance(override, tuple) else (override,)
+    assert run_stage("quantize", tmp_path, *overrides) == 2
     assert message in capsys.readouterr().err
     assert not any(tmp_path.iterdir())
