@@ -121,11 +121,19 @@ def split_arrays(artifact_dir: str | Path, split: str, max_seq_length: int
 
 def training_sample(artifact_dir: str | Path, batches: int, batch_size: int, seed: int,
                     pad_to: int | None = None) -> list:
-    """The first `batches` batches (features, label) of the training split shuffled with
-    `seed`: the fixed sample that calibrates quantization ranges."""
+    """`batches` batches (features, label) of training examples drawn with `seed`: the
+    fixed sample that calibrates quantization ranges.
+
+    The draw is numpy's from `seed` alone. A seeded `tf.data` shuffle also depends on
+    TensorFlow's global seed, so the sample (and every range calibrated on it) changed
+    with whatever had run before in the process: `slimbert run` and `slimbert quantize`
+    alone calibrated on different examples."""
     train = read_split(artifact_dir, "train", with_text=False)
-    shuffled = train.shuffle(100_000, seed=seed, reshuffle_each_iteration=False)
-    return list(batch_examples(shuffled, batch_size, pad_to=pad_to).take(batches))
+    rows = list(train.as_numpy_iterator())
+    order = np.random.default_rng(seed).permutation(len(rows))[:batches * batch_size]
+    picked = tf.data.Dataset.from_generator(lambda: (rows[i] for i in order),
+                                            output_signature=train.element_spec)
+    return list(batch_examples(picked, batch_size, pad_to=pad_to).take(batches))
 
 
 def representative_examples(artifact_dir: str | Path, count: int, max_seq_length: int,
