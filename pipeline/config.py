@@ -164,8 +164,9 @@ class ExportConfig(Section):
             of the float and pruned model), `text` (raw-string TFLite with the
             tokenizer as TF Text ops).
         max_accuracy_drop: the gate: an export's test accuracy must be within this of
-            the model it came from (for the int8-activation targets `int8`, `qat`,
-            `pruned-qat`: their Keras twin, the calibrated or QAT model) ...
+            the model it came from (the int8-activation targets `int8`, `qat`,
+            `pruned-qat`: at most this below their Keras twin, the calibrated or QAT
+            model) ...
         min_agreement: ... and a float or dynamic-range target must agree with that
             model's predicted labels on at least this fraction of the examples.
         max_drop_from_float: an int8-activation target's accuracy must also be at most

@@ -7,8 +7,8 @@ first) on the test split, and compares it with a Keras model (`gate_verdict`):
 - float and dynamic-range targets (`savedmodel`, `cpu`, `gpu`, `text`), rule
   `agreement`: accuracy within `export.max_accuracy_drop` of the model they came from,
   and its predicted label on at least `export.min_agreement` of the examples.
-- int8-activation targets (`int8`, `qat`, `pruned-qat`), rule `int8`: accuracy within
-  `export.max_accuracy_drop` of their Keras twin (the QAT model; for `int8` the
+- int8-activation targets (`int8`, `qat`, `pruned-qat`), rule `int8`: accuracy at most
+  `export.max_accuracy_drop` below their Keras twin (the QAT model; for `int8` the
   calibrated quantized model, `quantize/<model>/int8_predictions.npz`), at most
   `export.max_drop_from_float` below the float model they were quantized from
   (`quantize/<source>/source_predictions.npz` when the quantize stage wrote it), and
