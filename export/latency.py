@@ -5,6 +5,7 @@ batch-N throughput (examples/s) of:
 
     keras        a stage's model.keras (tf_keras, a `tf.function` over the model)
     savedmodel   an exported SavedModel, `serving_default` on raw texts
+    savedmodel-ids  the core-ops SavedModel, `token_ids` on token ids
     tflite       a token-id TFLite model in the runtime adapter (ai-edge-litert first)
     tflite-text  the raw-string TFLite model (tokenizer inside, TF Text custom ops)
 
@@ -62,6 +63,11 @@ class _Runner:
 
             self._serve = Predictor(path)._loaded.signatures["serving_default"]
             self.runtime = "tensorflow"
+        elif kind == "savedmodel-ids":
+            from export.predictor import Predictor
+
+            self._serve = Predictor(path)._loaded.signatures["token_ids"]
+            self.runtime = "tensorflow"
         else:
             from export.runtime import inputs_by_name, make_interpreter
 
@@ -89,6 +95,10 @@ class _Runner:
             import tensorflow as tf
 
             self._serve(text=tf.constant([self.data["texts"][i] for i in rows]))
+        elif self.kind == "savedmodel-ids":
+            import tensorflow as tf
+
+            self._serve(**{k: tf.constant(self.data[k][rows]) for k in INPUT_NAMES})
         else:
             self._call_tflite(rows)
 

@@ -3,6 +3,10 @@ the raw-string `text` TFLite model. Used by `slimbert predict`, by the export ga
 fresh process, see `export.verify`) and by the server.
 
     SavedModel        tf.saved_model.load (after `import tensorflow_text`)
+    core-ops SavedModel  (`savedmodel-ids`: its only signature is `token_ids`, as its
+                      saved_model.pb says) tf.saved_model.load without tensorflow_text;
+                      texts are tokenized with the vocabulary in its assets/ (that step
+                      imports tensorflow_text, token ids never do)
     <name>-<t>.tflite the runtime adapter (ai-edge-litert first); texts are tokenized
                       with the vocabulary beside the file (needs TensorFlow)
     <name>-text.tflite the runtime adapter with tensorflow_text's op registerers
@@ -25,12 +29,23 @@ import numpy as np
 from core.errors import ArtifactError
 from data.features import INPUT_NAMES
 
+SAVEDMODEL_FORMATS = ("savedmodel", "savedmodel-ids")
+TOKEN_ID_FORMATS = ("tflite", "savedmodel-ids")  # token ids are what their users send
+
 
 def model_format(path: Path) -> str:
-    """`savedmodel`, `tflite` or `tflite-text`, or ValueError naming what was expected."""
+    """`savedmodel`, `savedmodel-ids` (a SavedModel without `serving_default`, only
+    `token_ids`), `tflite` or `tflite-text`, or ValueError naming what was expected."""
     path = Path(path)
     if path.is_dir() and (path / "saved_model.pb").is_file():
-        return "savedmodel"
+        from export.graph import signature_names
+
+        try:
+            names = signature_names(path)
+        except ArtifactError:
+            return "savedmodel"  # loading it says what is wrong
+        return "savedmodel-ids" if "token_ids" in names and "serving_default" not in names \
+            else "savedmodel"
     if path.is_file() and path.suffix == ".tflite":
         return "tflite-text" if path.stem.endswith("-text") else "tflite"
     raise ValueError(f"{path} is neither a SavedModel folder (with saved_model.pb) nor a "
@@ -91,7 +106,7 @@ class Predictor:
         kernels: TFLite kernels, `default` or `builtin` (see `export.runtime`).
 
     Attributes:
-        format: `savedmodel`, `tflite` or `tflite-text`.
+        format: `savedmodel`, `savedmodel-ids`, `tflite` or `tflite-text`.
         labels: label names, in the order of the probabilities.
         runtime: what runs it (`tensorflow`, `ai_edge_litert`, ...).
         max_seq_length: fixed sequence length of a token-id TFLite model (else None).
@@ -103,10 +118,11 @@ class Predictor:
         self.format = model_format(self.path)
         self.max_seq_length: int | None = None
         self._tokenizer = None
-        if self.format == "savedmodel":
+        if self.format in SAVEDMODEL_FORMATS:
             import tensorflow as tf
-            import tensorflow_text  # noqa: F401  (registers the tokenizer's ops)
 
+            if self.format == "savedmodel":
+                import tensorflow_text  # noqa: F401  (registers the tokenizer's ops)
             try:
                 self._loaded = tf.saved_model.load(str(self.path))
             except (OSError, ValueError, tf.errors.OpError) as err:
@@ -181,8 +197,8 @@ class Predictor:
 
             from data.tokenizer import BertTokenizer
 
-            self._tokenizer = BertTokenizer.load(self.path.parent,
-                                                 max_seq_length=self.max_seq_length)
+            folder = self.path / "assets" if self.path.is_dir() else self.path.parent
+            self._tokenizer = BertTokenizer.load(folder, max_seq_length=self.max_seq_length)
         import tensorflow as tf
 
         return {k: v.numpy() for k, v in self._tokenizer(tf.constant(list(texts))).items()}
@@ -194,7 +210,7 @@ class Predictor:
         """Probabilities float32 [N, C] for int32 [N, L] features (padded with 0)."""
         arrays = {name: np.asarray(features[name], dtype=np.int32) for name in INPUT_NAMES}
         n = arrays["input_ids"].shape[0]
-        if self.format == "savedmodel":
+        if self.format in SAVEDMODEL_FORMATS:
             import tensorflow as tf
 
             serve = self._loaded.signatures["token_ids"]
@@ -208,12 +224,13 @@ class Predictor:
                                                               np.float32)
         if self.format != "tflite":
             raise ValueError(f"{self.path} takes raw text, not token ids")
-        from export.runtime import run_token_ids
+        from export.runtime import returns_logits, run_token_ids
 
         rows = ({name: value[i:i + 1] for name, value in arrays.items()} for i in range(n))
-        logits = run_token_ids(self.interpreter, rows,
-                               on_example=(lambda: on_batch(1)) if on_batch else None)
-        return _softmax(logits)  # token-id models return logits
+        outputs = run_token_ids(self.interpreter, rows,
+                                on_example=(lambda: on_batch(1)) if on_batch else None)
+        return _softmax(outputs) if returns_logits(self.interpreter) else outputs
 
 
-__all__ = ["Predictor", "check_texts", "invalid_unicode", "model_format"]
+__all__ = ["Predictor", "SAVEDMODEL_FORMATS", "TOKEN_ID_FORMATS", "check_texts",
+           "invalid_unicode", "model_format"]

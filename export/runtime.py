@@ -137,9 +137,20 @@ def read_output(interpreter, detail: dict):
     return value.astype(np.float32)
 
 
+def returns_logits(interpreter) -> bool:
+    """Whether a token-id model returns logits (its signature's output is `logits`, as in
+    files exported before the softmax moved into the graph) instead of `probabilities`."""
+    try:
+        signature = next(iter(interpreter.get_signature_list().values()))
+    except (StopIteration, AttributeError, ValueError):
+        return False
+    return list(signature.get("outputs", ())) == ["logits"]
+
+
 def run_token_ids(interpreter, rows: Iterable[dict], on_example: Callable[[], Any] | None
                   = None):
-    """Outputs (float32 [N, C]) of a token-id model, one example at a time.
+    """Outputs (float32 [N, C]: probabilities, or logits if `returns_logits`) of a
+    token-id model, one example at a time.
 
     Args:
         interpreter: an allocated interpreter of a model with inputs `INPUT_NAMES`
@@ -182,8 +193,8 @@ def _rows(batches) -> Iterable[dict]:
 
 def run_tflite(tflite: bytes, batches, *, num_threads: int | None = None,
                on_example: Callable[[], Any] | None = None):
-    """Logits of a TFLite classifier, one example at a time, with the runtime adapter
-    (ai-edge-litert first).
+    """Outputs of a TFLite classifier (probabilities for `export.tflite.to_tflite`'s
+    models), one example at a time, with the runtime adapter (ai-edge-litert first).
 
     Args:
         tflite: bytes. A flatbuffer from `export.tflite.to_tflite`.
@@ -193,11 +204,12 @@ def run_tflite(tflite: bytes, batches, *, num_threads: int | None = None,
         on_example: called after each example (a progress bar's `update`).
 
     Returns:
-        float32 [N, num_classes] (int8 logits are dequantized).
+        float32 [N, num_classes] (int8 outputs are dequantized).
     """
     interpreter, _ = make_interpreter(model_content=tflite, num_threads=num_threads)
     return run_token_ids(interpreter, _rows(batches), on_example)
 
 
 __all__ = ["KERNELS", "RUNTIMES", "INPUT_NAMES", "available_runtimes", "inputs_by_name",
-           "make_interpreter", "read_output", "run_tflite", "run_token_ids"]
+           "make_interpreter", "read_output", "returns_logits", "run_tflite",
+           "run_token_ids"]

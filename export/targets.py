@@ -3,10 +3,10 @@ the export targets, the report and the server's backends.
 
 A TFLite *variant* is how a classifier is converted (`export.tflite.to_tflite`); the
 quantize stage writes `quantize/<source>/<variant>.tflite` for each source model
-(`finetune`, `prune`). An export *target* is a deliverable: `savedmodel`, `text`, or a
-TFLite variant of a source model. `cpu`, `gpu` and `int8` are the variant of the model
-chosen by `export.model`; `qat` is the float model's QAT variant and `pruned-qat` the
-pruned model's.
+(`finetune`, `prune`). An export *target* is a deliverable: a SavedModel
+(`SAVEDMODEL_TARGETS`), `text`, or a TFLite variant of a source model. `cpu`, `gpu` and
+`int8` are the variant of the model chosen by `export.model`; `qat` is the float model's
+QAT variant and `pruned-qat` the pruned model's.
 """
 
 from __future__ import annotations
@@ -24,7 +24,14 @@ TFLITE_VARIANTS = {
 POST_TRAINING_VARIANTS = ("float32", "cpu", "gpu", "int8")  # converted without training
 INT8_ACTIVATION_VARIANTS = ("int8", "qat")
 
-EXPORT_TARGETS = ("savedmodel", "cpu", "gpu", "int8", "qat", "pruned-qat", "text")
+SAVEDMODEL_TARGETS = {
+    "savedmodel": "TF Serving SavedModel: raw strings in (tokenizer as TF Text ops), and "
+                  "token ids",
+    "savedmodel-ids": "TF Serving SavedModel of core TensorFlow ops only: token ids in "
+                      "(clients tokenize with the vocab.txt in its assets)",
+}
+EXPORT_TARGETS = ("savedmodel", "savedmodel-ids", "cpu", "gpu", "int8", "qat",
+                  "pruned-qat", "text")
 QAT_TARGETS = {"qat": "finetune", "pruned-qat": "prune"}  # target -> source model
 
 # The quantize stage's names before the two vocabularies were merged: configs that still
@@ -35,7 +42,7 @@ RENAMED_VARIANTS = {"dynamic_int8": "cpu", "float16": "gpu", "full_int8": "int8"
 
 def tflite_source(target: str, export_model: str) -> tuple[str, str] | None:
     """The (source model, variant) a TFLite export target is made of, or None for the
-    targets that are not a token-id TFLite variant (`savedmodel`, `text`)."""
+    targets that are not a token-id TFLite variant (the SavedModels, `text`)."""
     if target in QAT_TARGETS:
         return QAT_TARGETS[target], "qat"
     if target in POST_TRAINING_VARIANTS:

@@ -72,7 +72,9 @@ def _concrete_function(model: keras.Model, max_seq_length: int,
     def serve(input_ids, input_mask, segment_ids):
         logits = model({"input_ids": input_ids, "input_mask": input_mask,
                         "segment_ids": segment_ids}, training=False)
-        return {"logits": logits}
+        # Probabilities, as the SavedModel returns them and as MediaPipe's text
+        # classifier expects its scores (it applies no softmax of its own).
+        return {"probabilities": tf.nn.softmax(tf.cast(logits, tf.float32), axis=-1)}
 
     return serve.get_concrete_function()
 
@@ -104,7 +106,8 @@ def to_tflite(model: keras.Model, kind: str, *, max_seq_length: int,
 
     Returns:
         The flatbuffer: inputs input_ids/input_mask/segment_ids int32 [1,
-        max_seq_length] (batch resizable unless fixed), output logits [1, num_classes].
+        max_seq_length] (batch resizable unless fixed), output `probabilities` float32 [1,
+        num_classes] (a float SOFTMAX closes every variant's graph).
     """
     if kind not in TFLITE_VARIANTS:
         raise ValueError(f"kind must be one of {tuple(TFLITE_VARIANTS)}, found {kind!r}")

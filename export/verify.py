@@ -3,12 +3,15 @@
     python -m export.verify MODEL DATA.npz OUT.npz [--kernels builtin]
 
 DATA.npz holds the split as `export.verify.write_split` saves it: token ids (int32
-[N, L]) and the texts. A SavedModel and the `text` TFLite model get the raw texts (what
-their users send); token-id TFLite models get the ids. The runtime a user would use loads
-the model: `tf.saved_model.load`, or the TFLite runtime adapter (ai-edge-litert first).
+[N, L]) and the texts. The SavedModel and the `text` TFLite model get the raw texts (what
+their users send); token-id TFLite models and the core-ops SavedModel (`savedmodel-ids`)
+get the ids (the latter in a process that never imports tensorflow_text). The runtime a
+user would use loads the model: `tf.saved_model.load`, or the TFLite runtime adapter
+(ai-edge-litert first).
 `--kernels builtin` runs a TFLite model on the runtime's builtin kernels instead of its
 default delegate (XNNPACK). OUT.npz receives `probabilities` and a JSON `info` (runtime,
-kernels, load and run seconds).
+kernels, load and run seconds, whether tensorflow_text was imported; for `savedmodel-ids`
+also the op types of its graph that this process's TensorFlow does not define).
 """
 
 from __future__ import annotations
@@ -32,12 +35,12 @@ def write_split(path: Path, features: dict[str, np.ndarray], texts: list[str],
 
 def verify(model: Path, data: Path, out: Path, kernels: str = "default") -> dict:
     started = time.perf_counter()
-    from export.predictor import Predictor
+    from export.predictor import TOKEN_ID_FORMATS, Predictor
 
     predictor = Predictor(model, kernels=kernels)
     loaded = time.perf_counter()
     split = np.load(data)
-    if predictor.format == "tflite":
+    if predictor.format in TOKEN_ID_FORMATS:
         probabilities = predictor.predict_ids({k: split[k] for k in
                                                INPUT_NAMES})
         fed = "token_ids"
@@ -48,7 +51,12 @@ def verify(model: Path, data: Path, out: Path, kernels: str = "default") -> dict
             "kernels": predictor.kernels, "input": fed,
             "labels": predictor.labels, "load_seconds": round(loaded - started, 3),
             "run_seconds": round(time.perf_counter() - loaded, 3),
-            "examples": int(probabilities.shape[0])}
+            "examples": int(probabilities.shape[0]),
+            "tensorflow_text": "tensorflow_text" in sys.modules}
+    if predictor.format == "savedmodel-ids":
+        from export.graph import unregistered_ops
+
+        info["non_core_ops"] = unregistered_ops(model)
     np.savez_compressed(out, probabilities=probabilities, info=np.array(json.dumps(info)))
     return info
 

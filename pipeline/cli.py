@@ -153,6 +153,11 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--kernels", choices=KERNELS, default="default",
                          help="TFLite kernels: the runtime's default delegate (XNNPACK) or "
                               "its builtin kernels only (default: %(default)s)")
+    predict.add_argument("--runtime", choices=("auto", "mediapipe"), default="auto",
+                         help="auto: TensorFlow for a SavedModel, else the TFLite adapter "
+                              "(ai-edge-litert first); mediapipe: MediaPipe Tasks' "
+                              "TextClassifier with the TFLite file alone (its metadata), "
+                              "as phones run it (default: %(default)s)")
     predict.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     _serve_parser(sub)
     show = sub.add_parser("config", help="print the resolved config as YAML",
@@ -185,11 +190,13 @@ def _port(text: str) -> int:
 
 def _serve_parser(sub: argparse._SubParsersAction) -> None:
     serve = sub.add_parser(
-        "serve", help="serve an export over TF Serving's REST API",
+        "serve", help="serve an export over TF Serving's REST and gRPC APIs",
         description="Serve one exported model of EXPORT_DIR with TF Serving's REST API: "
                     "GET /v1/models/NAME (status), GET /v1/models/NAME/metadata, POST "
                     "/v1/models/NAME[/versions/V]:predict (`instances` or `inputs`) and "
-                    ":classify, GET /healthz. Concurrent requests are batched. Only "
+                    ":classify, GET /healthz; and its gRPC API on --grpc-port "
+                    "(PredictionService Predict, Classify, GetModelMetadata; ModelService "
+                    "GetModelStatus). Concurrent requests are batched. Only "
                     "targets that passed the export gate are served, unless --force. "
                     "SIGINT/SIGTERM stop it after in-flight requests finish.")
     serve.add_argument("export_dir", type=Path, metavar="EXPORT_DIR",
@@ -201,6 +208,9 @@ def _serve_parser(sub: argparse._SubParsersAction) -> None:
                        help="address to listen on (default: 127.0.0.1, this machine only)")
     serve.add_argument("--port", type=_port, default=8501,
                        help="port (default: 8501, TF Serving's REST port; 0: any free port)")
+    serve.add_argument("--grpc-port", type=_port, default=8500, metavar="PORT",
+                       help="gRPC port on the same --host (default: 8500, TF Serving's gRPC "
+                            "port; 0: no gRPC)")
     serve.add_argument("--model-name", metavar="NAME",
                        help="model name in URLs (default: the export's export.name)")
     serve.add_argument("--max-batch", type=_at_least(1), default=32, metavar="N",
@@ -211,7 +221,8 @@ def _serve_parser(sub: argparse._SubParsersAction) -> None:
                             "(default: 0: batch only what arrives while the model is busy)")
     serve.add_argument("--max-body-bytes", type=_at_least(1), default=1 << 20,
                        metavar="BYTES",
-                       help="larger request bodies get 413 (default: 1048576)")
+                       help="larger request bodies get 413, larger gRPC messages "
+                            "RESOURCE_EXHAUSTED (default: 1048576)")
     serve.add_argument("--max-instances", type=_at_least(1), default=256, metavar="N",
                        help="most instances (texts) per request (default: 256)")
     serve.add_argument("--read-timeout", type=float, default=30.0, metavar="SECONDS",
@@ -333,18 +344,47 @@ def predict_command(args: argparse.Namespace) -> int:
         model_format(args.model)
     except ValueError as err:
         raise SlimbertError(str(err)) from None
-    predictor = Predictor(args.model, num_threads=args.threads, kernels=args.kernels)
-    probabilities = predictor.predict_texts(texts)
+    if args.runtime == "mediapipe":
+        probabilities, labels = _predict_in_mediapipe(args.model, texts)
+    else:
+        predictor = Predictor(args.model, num_threads=args.threads, kernels=args.kernels)
+        probabilities, labels = predictor.predict_texts(texts), predictor.labels
     for text, probs in zip(texts, probabilities):
         best = int(probs.argmax())
         if args.json:
-            print(json.dumps({"text": text, "label": predictor.labels[best],
+            print(json.dumps({"text": text, "label": labels[best],
                               "probabilities": {name: round(float(p), 6) for name, p
-                                                in zip(predictor.labels, probs)}},
+                                                in zip(labels, probs)}},
                              ensure_ascii=False))
         else:
-            print(f"{predictor.labels[best]}\t{probs[best]:.4f}\t{text}")
+            print(f"{labels[best]}\t{probs[best]:.4f}\t{text}")
     return 0
+
+
+def _predict_in_mediapipe(model: Path, texts: list[str]):
+    """Probabilities and label names from MediaPipe's TextClassifier, which needs a TFLite
+    file with model metadata (a SlimbertError naming the file if it has none)."""
+    from export.mediapipe_tasks import MediaPipeUnavailable, classify_texts
+    from export.tflite_metadata import read_metadata
+
+    if model.is_dir() or model.suffix != ".tflite":
+        raise SlimbertError(f"--runtime mediapipe runs a .tflite file, not {model}")
+    try:
+        metadata = read_metadata(model.read_bytes())
+    except Exception as err:  # noqa: BLE001  (the flatbuffer reader's errors are many)
+        raise SlimbertError(f"{model} is not a valid TFLite model ({err})") from None
+    if metadata is None or not metadata["process_units"] or not metadata["files"]:
+        missing = "model metadata" if metadata is None else "a tokenizer and its vocabulary"
+        raise SlimbertError(
+            f"{model} has no {missing} for MediaPipe's TextClassifier, which needs the "
+            "metadata's BERT tokenizer, vocabulary and labels inside the file; give a "
+            "token-id TFLite file exported with export.mediapipe=true (<name>-cpu, -gpu, "
+            "-int8, -qat or -pruned-qat.tflite)")
+    try:
+        probabilities, info = classify_texts(model, texts)
+    except (MediaPipeUnavailable, RuntimeError) as err:
+        raise SlimbertError(str(err)) from None
+    return probabilities, info["labels"]
 
 
 def serve_command(args: argparse.Namespace) -> int:
@@ -358,7 +398,7 @@ def serve_command(args: argparse.Namespace) -> int:
                      max_body_bytes=args.max_body_bytes, max_instances=args.max_instances,
                      force=args.force, threads=args.threads,
                      read_timeout=args.read_timeout)
-    serve(app, args.host, args.port, access_log=args.verbose)
+    serve(app, args.host, args.port, grpc_port=args.grpc_port, access_log=args.verbose)
     return 0
 
 

@@ -31,6 +31,7 @@ from export.targets import (
     POST_TRAINING_VARIANTS,
     QAT_TARGETS,
     RENAMED_VARIANTS,
+    SAVEDMODEL_TARGETS,
 )
 from models.config import ModelConfig
 from models.pruning_config import PRUNE_ALLOCATIONS, PRUNE_SCHEDULES, PruneConfig
@@ -159,10 +160,11 @@ class ExportConfig(Section):
             `<name>-<target>.tflite`).
         version: TF Serving version number.
         targets: what to export: `savedmodel` (raw strings in, TF Serving layout),
-            `cpu` (dynamic-range int8 TFLite), `gpu` (float16 TFLite), `int8` (full
-            integer TFLite), `qat` and `pruned-qat` (the quantize stage's QAT int8 models
-            of the float and pruned model), `text` (raw-string TFLite with the
-            tokenizer as TF Text ops).
+            `savedmodel-ids` (token ids in, core TensorFlow ops only: for TF Serving
+            builds whose TF Text differs from ours), `cpu` (dynamic-range int8
+            TFLite), `gpu` (float16 TFLite), `int8` (full integer TFLite), `qat` and
+            `pruned-qat` (the quantize stage's QAT int8 models of the float and pruned
+            model), `text` (raw-string TFLite with the tokenizer as TF Text ops).
         max_accuracy_drop: the gate: an export's test accuracy must be within this of
             the model it came from (the int8-activation targets `int8`, `qat`,
             `pruned-qat`: at most this below their Keras twin, the calibrated or QAT
@@ -181,6 +183,10 @@ class ExportConfig(Section):
             not part of the gate. The default: the int8-activation targets, whose
             predictions depend on the kernels' rounding (the float and hybrid ones only
             take longer there: 3 min for `cpu` on the default model).
+        mediapipe: write the TFLite model metadata MediaPipe Tasks' TextClassifier
+            needs (tokenizer, vocabulary, labels) into every token-id TFLite target, and
+            verify each file in that TextClassifier on the test split, gated like the
+            runtime adapter (needs `.venv-mediapipe`, which `make setup` creates).
     """
 
     SECTION: ClassVar[str] = "export"
@@ -195,6 +201,7 @@ class ExportConfig(Section):
     min_int8_agreement: float = 0.95
     warmup_requests: bool = True
     compare_kernels: tuple[str, ...] = ("int8", "qat", "pruned-qat")
+    mediapipe: bool = True
 
     def validate(self) -> None:
         check(self.model in EXPORT_MODELS, "model",
@@ -206,7 +213,8 @@ class ExportConfig(Section):
               and all(t in EXPORT_TARGETS for t in self.targets), "targets",
               f"expected distinct names from {', '.join(EXPORT_TARGETS)}, "
               f"found {list(self.targets)}")
-        check(all(t in EXPORT_TARGETS and t != "savedmodel" for t in self.compare_kernels),
+        check(all(t in EXPORT_TARGETS and t not in SAVEDMODEL_TARGETS
+                  for t in self.compare_kernels),
               "compare_kernels", f"expected TFLite target names, found "
               f"{list(self.compare_kernels)}")
         check(0 <= self.max_accuracy_drop <= 1, "max_accuracy_drop", "expected 0..1")

@@ -4,7 +4,7 @@ Writes every target in `export.targets`, then runs each one in a fresh Python pr
 the runtime a user would use (`tf.saved_model.load`; the TFLite adapter, ai-edge-litert
 first) on the test split, and compares it with a Keras model (`gate_verdict`):
 
-- float and dynamic-range targets (`savedmodel`, `cpu`, `gpu`, `text`), rule
+- float and dynamic-range targets (`savedmodel`, `savedmodel-ids`, `cpu`, `gpu`, `text`), rule
   `agreement`: accuracy within `export.max_accuracy_drop` of the model they came from,
   and its predicted label on at least `export.min_agreement` of the examples.
 - int8-activation targets (`int8`, `qat`, `pruned-qat`), rule `int8`: accuracy at most
@@ -25,6 +25,10 @@ builtin kernels by type; `export.op_profile.execution_plan`) is recorded too.
     <run-dir>/export/
         saved_model/<name>/<version>/   saved_model.pb, variables/, assets/ (vocab.txt,
                                         labels.txt), assets.extra/tf_serving_warmup_requests
+        saved_model/<name>-ids/<version>/  the same layout, core TF ops only: `token_ids`
+                                        alone (warm-up requests of token ids); verified in
+                                        a process without tensorflow_text, which the gate
+                                        checks, with the graph's op types
         tflite/<name>-cpu.tflite        dynamic-range int8 (CPU)
         tflite/<name>-gpu.tflite        float16 weights, builtin ops (GPU delegate)
         tflite/<name>-int8.tflite       int8 matmuls, calibrated ranges, no training
@@ -34,16 +38,24 @@ builtin kernels by type; `export.op_profile.execution_plan`) is recorded too.
         tflite/labels.txt, vocab.txt, tokenizer.json   travel with the TFLite models
         verification.json               per target: accuracy, agreement, gate rule and
                                         verdict, runtime, XNNPACK plan (and with
-                                        export.compare_kernels: on builtin kernels)
+                                        export.compare_kernels: on builtin kernels;
+                                        with export.mediapipe: in MediaPipe)
         config.yaml, manifest.json
 
 Token-id TFLite models take `input_ids`, `input_mask`, `segment_ids` (int32 [1,
-max_seq_length], from the tokenizer described by tokenizer.json) and return logits (int8
-with its scale for `int8`). Loading the SavedModel needs `import tensorflow_text`.
+max_seq_length], from the tokenizer described by tokenizer.json) and return
+`probabilities`. With `export.mediapipe` (the default) each also carries the TFLite model
+metadata of MediaPipe Tasks' TextClassifier, with vocab.txt and labels.txt packed in
+(`export.tflite_metadata`): the file alone classifies raw text on a phone. Each is then
+also run by that TextClassifier (`export.mediapipe_tasks`, raw texts in) and gated by
+its target's rule; its agreement with the runtime adapter on the same file is recorded.
+Loading the SavedModel needs `import tensorflow_text`;
+loading `<name>-ids` needs TensorFlow alone.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import shutil
@@ -159,9 +171,11 @@ def run(config: PipelineConfig, inputs: dict[str, Path], out_dir: Path, work_dir
     from data.tokenizer import BertTokenizer
     from export.flatbuffer import census_summary, op_census
     from export.savedmodel import save_serving_model
+    from export.targets import SAVEDMODEL_TARGETS
     from export.tflite import text_tflite, to_tflite
+    from export.tflite_metadata import with_metadata
     from export.verify import verify_in_fresh_process, write_split
-    from models.artifact import TOKENIZER_FILES, load_model
+    from models.artifact import TOKENIZER_FILES, VOCAB_FILE, load_model
     from models.evaluation import classification_metrics, predict_keras
 
     cfg = config.export
@@ -211,8 +225,19 @@ def run(config: PipelineConfig, inputs: dict[str, Path], out_dir: Path, work_dir
         made["savedmodel"] = {"path": version_dir, "source": cfg.model,
                               "reference": source_probs, "twin": f"{cfg.model} model",
                               **saved}
+    if "savedmodel-ids" in cfg.targets:  # core TF ops only: no tokenizer inside
+        version_dir = out_dir / "saved_model" / f"{cfg.name}-ids" / str(cfg.version)
+        log.info("savedmodel-ids: writing %s", version_dir)
+        saved = save_serving_model(
+            model, None, labels, version_dir, [source_dir / n for n in TOKENIZER_FILES],
+            f"{cfg.name}-ids", warmup_ids={k: v[:16] for k, v in features.items()}
+            if cfg.warmup_requests else None)
+        made["savedmodel-ids"] = {"path": version_dir, "source": cfg.model,
+                                  "reference": source_probs, "twin": f"{cfg.model} model",
+                                  **saved}
     tflite_dir = out_dir / "tflite"
-    tflite_targets = [t for t in cfg.targets if t != "savedmodel"]
+    tflite_targets = [t for t in cfg.targets if t not in SAVEDMODEL_TARGETS]
+    with_mediapipe = _mediapipe_targets(cfg, tokenizer.lower_case)
     if tflite_targets:
         tflite_dir.mkdir()
         for name in TOKENIZER_FILES:
@@ -262,6 +287,15 @@ def run(config: PipelineConfig, inputs: dict[str, Path], out_dir: Path, work_dir
         made[target]["float_ops"] = sorted({key.split(" ")[0] for key in census["ops"]
                                             if "float32" in key})
         made[target]["xnnpack"] = xnnpack_plan(path, custom_ops=target == "text")
+        if target in with_mediapipe:
+            # The model as converted (the quantize stage's file for a copied target),
+            # before the metadata makes the bytes differ: the report times it once.
+            made[target]["model_sha256"] = hashlib.sha256(path.read_bytes()).hexdigest()
+            path.write_bytes(with_metadata(
+                path.read_bytes(), vocab=source_dir / VOCAB_FILE, labels=labels,
+                name=cfg.name, version=str(cfg.version),
+                description=f"BERT text classifier ({target}) of slimbert: "
+                            f"{', '.join(labels)}"))
     del model
 
     # --- the gate: every deliverable in a fresh process ---
@@ -285,6 +319,12 @@ def run(config: PipelineConfig, inputs: dict[str, Path], out_dir: Path, work_dir
         if run_info["labels"] != labels:
             verdict["failures"].append(f"{target}: labels {run_info['labels']} instead "
                                        f"of {labels}")
+        if target == "savedmodel-ids" and (run_info["tensorflow_text"]
+                                           or run_info["non_core_ops"]):
+            verdict["failures"].append(
+                f"{target}: needs more than core TensorFlow (ops "
+                f"{run_info['non_core_ops']}, tensorflow_text imported: "
+                f"{run_info['tensorflow_text']})")
         passed = not verdict["failures"]
         results[target] = {
             "path": str(item["path"].relative_to(out_dir)), "source": item["source"],
@@ -298,13 +338,19 @@ def run(config: PipelineConfig, inputs: dict[str, Path], out_dir: Path, work_dir
             results[target]["drop_from_float"] = round(item["float_accuracy"] - accuracy, 6)
         results[target].update({
             "passed": passed, "failures": verdict["failures"], "verified_with": run_info,
-            **{k: item[k] for k in ("census", "float_ops", "xnnpack", "warmup_requests")
-               if k in item}})
+            **{k: item[k] for k in ("census", "float_ops", "xnnpack", "warmup_requests",
+                                    "model_sha256") if k in item}})
         log.info("%s: accuracy %.4f (%s %.4f), agreement %.4f, %s, %.2f MB -> %s",
                  target, accuracy, item["twin"], source_accuracy, agreement,
                  run_info["runtime"], results[target]["bytes"] / 1e6,
                  "passed" if passed else "FAILED")
         failures += verdict["failures"]
+        if target in with_mediapipe:
+            results[target]["mediapipe"] = _verify_in_mediapipe(
+                target, item, texts, y_true, probabilities, labels, cfg)
+            failures += results[target]["mediapipe"]["failures"]
+            results[target]["passed"] = not (verdict["failures"]
+                                             or results[target]["mediapipe"]["failures"])
         if target in cfg.compare_kernels:
             builtin = results[target]["builtin_kernels"] = _builtin_kernels(
                 item["path"], data_path, work_dir / f"{target}-builtin.npz", y_true,
@@ -325,6 +371,67 @@ def run(config: PipelineConfig, inputs: dict[str, Path], out_dir: Path, work_dir
     (out_dir / "verification.json").write_text(
         json.dumps({"gate": gate, "targets": results}, indent=2) + "\n")
     return {"gate": gate, "targets": results, "blessing": blessing["blessed"]}
+
+
+def _mediapipe_targets(cfg, lower_case: bool) -> list[str]:
+    """The targets that get MediaPipe's metadata and verification: the token-id TFLite
+    ones, with `export.mediapipe`, for an uncased checkpoint (MediaPipe lower-cases every
+    text it tokenizes, so a cased model would see other ids there than in training).
+    SlimbertError if MediaPipe is needed and missing."""
+    from export.mediapipe_tasks import MediaPipeUnavailable, mediapipe_python
+
+    targets = [t for t in cfg.targets if tflite_source(t, cfg.model)]
+    if not cfg.mediapipe or not targets:
+        return []
+    if not lower_case:
+        log.warning("mediapipe: no metadata for a cased checkpoint: MediaPipe's BERT "
+                    "tokenizer lower-cases all input")
+        return []
+    try:
+        mediapipe_python()
+    except MediaPipeUnavailable as err:
+        raise SlimbertError(f"{err}; or set export.mediapipe=false") from None
+    return targets
+
+
+def _verify_in_mediapipe(target: str, item: dict[str, Any], texts: list[str],
+                         y_true: np.ndarray, runtime_probabilities: np.ndarray,
+                         labels: list[str], cfg) -> dict[str, Any]:
+    """Run one TFLite file in MediaPipe's TextClassifier (raw texts in, fresh process)
+    and gate it by its target's rule, against the same twin as the runtime adapter."""
+    from export.mediapipe_tasks import classify_texts
+
+    try:
+        scores, info = classify_texts(item["path"], texts)
+    except RuntimeError as err:
+        return {"passed": False, "failures": [f"{target} in MediaPipe: {err}"]}
+    predicted, reference = scores.argmax(-1), item["reference"].argmax(-1)
+    accuracy = float(np.mean(predicted == y_true))
+    agreement = float(np.mean(predicted == reference))
+    verdict = gate_verdict(target, accuracy, float(np.mean(reference == y_true)),
+                           item.get("float_accuracy"), agreement, cfg)
+    failures = [f"{failure} (in MediaPipe)" for failure in verdict["failures"]]
+    if info["labels"] != labels:
+        failures.append(f"{target} in MediaPipe: labels {info['labels']} instead of "
+                        f"{labels}")
+    runtime_predicted = runtime_probabilities.argmax(-1)
+    differs = np.abs(scores - runtime_probabilities).max(-1) > 1e-4
+    result = {
+        "accuracy": round(accuracy, 6), "agreement": round(agreement, 6),
+        "agreement_with_runtime": round(float(np.mean(predicted == runtime_predicted)), 6),
+        "accuracy_minus_runtime": round(accuracy - float(np.mean(runtime_predicted == y_true)),
+                                        6),
+        "max_score_difference": round(float(np.abs(scores - runtime_probabilities).max()),
+                                      6),
+        "examples_scored_differently": int(differs.sum()),
+        # The texts MediaPipe tokenizes differently (docs/deployment.md, "MediaPipe's tokenizer").
+        "differing_texts": [texts[i][:200] for i in np.flatnonzero(differs)[:5]],
+        "passed": not failures, "failures": failures, "verified_with": info}
+    log.info("%s in MediaPipe: accuracy %.4f, agreement with the runtime adapter %.4f, "
+             "%d of %d examples scored differently", target, accuracy,
+             result["agreement_with_runtime"], result["examples_scored_differently"],
+             len(texts))
+    return result
 
 
 def _saved_probabilities(path: Path, y_true: np.ndarray) -> np.ndarray:

@@ -77,10 +77,10 @@ def _evaluate_tflite(flat: bytes, batches: list, y_true: np.ndarray, labels: lis
 
     bar = progress(total=len(y_true), desc=desc, unit="ex")
     try:
-        logits = run_tflite(flat, batches, on_example=bar.update)
+        outputs = run_tflite(flat, batches, on_example=bar.update)
     finally:
         bar.close()
-    predicted = logits.argmax(-1)
+    predicted = outputs.argmax(-1)
     metrics = classification_metrics(y_true, predicted, labels)
     metrics["agreement_with_source"] = round(float(np.mean(predicted == reference)), 6)
     if twin is not None:

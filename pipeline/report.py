@@ -67,8 +67,9 @@ def collect_models(inputs: dict[str, Path]) -> list[dict[str, Any]]:
                      "accuracy": metrics["accuracy"], "macro_f1": metrics["macro_f1"],
                      "sparsity": sparsity_of[stage], "measured_in": "tf_keras (evaluate)"})
 
-    # The producing stages' manifests hold every file's sha256: identical TFLite files
-    # (e.g. an export target copied from the quantize stage) are timed once.
+    # The producing stages' manifests hold every file's sha256: identical TFLite models
+    # (e.g. an export target copied from the quantize stage, compared without the
+    # metadata the export adds) are timed once.
     digests = {stage: {rel: info["sha256"] for rel, info in
                        _manifest(inputs[stage])["files"].items()}
                for stage in ("quantize", "export")}
@@ -88,12 +89,14 @@ def collect_models(inputs: dict[str, Path]) -> list[dict[str, Any]]:
     verification = json.loads((inputs["export"] / "verification.json").read_text())
     for target, t in verification["targets"].items():
         path = inputs["export"] / t["path"]
-        kind = "savedmodel" if target == "savedmodel" else \
+        kind = target if target in ("savedmodel", "savedmodel-ids") else \
             "tflite-text" if target == "text" else "tflite"
         rows.append({"name": f"export {target}", "stage": "export", "kind": kind,
-                     "format": "savedmodel" if kind == "savedmodel" else "tflite",
+                     "format": "tflite" if kind.startswith("tflite") else "savedmodel",
                      "path": str(path), "file": str(path),
-                     "sha256": digests["export"].get(t["path"]), "bytes": t["bytes"],
+                     # The model without its MediaPipe metadata, if the export added it.
+                     "sha256": t.get("model_sha256") or digests["export"].get(t["path"]),
+                     "bytes": t["bytes"],
                      "gzip_bytes": t["gzip_bytes"], "accuracy": t["accuracy"],
                      "macro_f1": t["macro_f1"], "sparsity": sparsity_of.get(t["source"]),
                      "gate_passed": t["passed"], "gate_rule": t.get("rule"),

@@ -9,6 +9,9 @@ version; the model name in a URL is only compared with it, never used as a path)
     POST /v1/models/<name>[/versions/<v>]:classify
     GET  /healthz                                      200 serving, 503 shutting down
 
+`serve` also runs TF Serving's gRPC API (serve.grpc_api) on `grpc_port`, in the same
+event loop over the same batchers; it starts once they run and stops before they close.
+
 Errors are `{"error": message}`: 400 bad request, 404 unknown model, version or path, 405
 wrong method, 408 body not all received `read_timeout` seconds after the headers (the
 connection is then closed), 413 body over `max_body_bytes` (refused from its
@@ -16,7 +19,8 @@ Content-Length, or as soon as a chunked body passes it), 500 a bug, 503 shutting
 
 Example:
     >>> app = create_app("runs/default/export", backend="cpu")
-    >>> serve(app, "127.0.0.1", 8501)   # until SIGINT/SIGTERM; in-flight requests finish
+    >>> serve(app, "127.0.0.1", 8501, grpc_port=8500)  # until SIGINT/SIGTERM; in-flight
+    ...                                                 # requests and calls finish
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 from types import FrameType
+from typing import TYPE_CHECKING
 
 import numpy as np
 import uvicorn
@@ -56,6 +61,9 @@ from serve.rest import (
     parse_predict,
     predict_response,
 )
+
+if TYPE_CHECKING:
+    from serve.grpc_api import GrpcServer
 
 log = logging.getLogger(__name__)
 
@@ -88,6 +96,7 @@ class ModelApi:
                              model.vocab_size)
         self.closing = False  # set when a signal starts the shutdown
         self.batchers: dict[str, Batcher] = {}
+        self.grpc: GrpcServer | None = None  # bound by `serve` when it runs gRPC too
 
     @asynccontextmanager
     async def lifespan(self, app: Starlette) -> AsyncIterator[None]:
@@ -100,8 +109,12 @@ class ModelApi:
                 for signature in self.model.signatures}
             for batcher in self.batchers.values():
                 batcher.start()
+            if self.grpc is not None:
+                await self.grpc.start()
             yield
             self.closing = True
+            if self.grpc is not None:  # its in-flight calls still need the batchers
+                await self.grpc.stop(GRACEFUL_SHUTDOWN_SECONDS)
             await asyncio.gather(*(b.close() for b in self.batchers.values()))
 
     # --- endpoints ---
@@ -310,30 +323,42 @@ def create_app(export_dir: str | Path, backend: str = "savedmodel", name: str | 
                     exception_handlers={ApiError: _api_error, HTTPException: _http_error,
                                         Exception: _internal_error})
     app.state.api = api
+    app.state.max_body_bytes = max_body_bytes
     return app
 
 
 # --- running it ---
 
 class _Server(uvicorn.Server):
-    """uvicorn's server, telling the API when a signal starts the graceful shutdown."""
+    """uvicorn's server, telling the API when a signal starts the graceful shutdown, and
+    binding the gRPC port in its event loop before the app starts."""
 
     def __init__(self, config: uvicorn.Config, api: ModelApi) -> None:
         super().__init__(config)
         self.api = api
+
+    async def serve(self, sockets: list[socket.socket] | None = None) -> None:
+        if self.api.grpc is not None:
+            self.api.grpc.bind()  # a port in use fails here, before the model is served
+        await super().serve(sockets)
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         if not self.api.closing:
             log.info("%s: finishing in-flight requests, then stopping",
                      signal.Signals(sig).name)
         self.api.closing = True
+        if self.api.grpc is not None:  # no new calls from now on, as no new connections
+            self.api.grpc.stop_soon(GRACEFUL_SHUTDOWN_SECONDS)
         super().handle_exit(sig, frame)
 
 
 def _listen(host: str, port: int) -> socket.socket:
     try:
         family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
-        sock = socket.socket(family, socket.SOCK_STREAM)
+        # IPPROTO_TCP, not the default 0: asyncio sets TCP_NODELAY only on connections of
+        # a socket that says it is TCP; without it, Nagle's algorithm holds the body that
+        # h11 writes after the headers until the client's delayed ACK.
+        sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind((host, port))
     except OSError as err:
@@ -355,16 +380,21 @@ def _signals_handled() -> Iterator[None]:
             signal.signal(sig, handler)
 
 
-def serve(app: Starlette, host: str = "127.0.0.1", port: int = 8501,
+def serve(app: Starlette, host: str = "127.0.0.1", port: int = 8501, grpc_port: int = 0,
           access_log: bool = False) -> None:
-    """Serve `app` on host:port until SIGINT or SIGTERM, then stop taking connections,
-    let in-flight requests finish (at most `GRACEFUL_SHUTDOWN_SECONDS`) and return.
+    """Serve `app` on host:port, and TF Serving's gRPC API on host:grpc_port (0: none),
+    until SIGINT or SIGTERM, then stop taking connections and calls, let in-flight
+    requests and calls finish (at most `GRACEFUL_SHUTDOWN_SECONDS`) and return.
 
     Raises:
-        SlimbertError: the address cannot be bound.
+        SlimbertError: an address cannot be bound.
     """
     api: ModelApi = app.state.api
     sock = _listen(host, port)
+    if grpc_port:
+        from serve.grpc_api import GrpcServer
+
+        api.grpc = GrpcServer(api, host, grpc_port, app.state.max_body_bytes)
     config = uvicorn.Config(app, host=host, port=sock.getsockname()[1], log_config=None,
                             access_log=access_log, lifespan="on",
                             timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS)

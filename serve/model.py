@@ -5,7 +5,8 @@ and refuses a target that is missing or failed the export gate (unless forced), 
 loading anything. `ServedModel.load` then loads it with `export.predictor.Predictor` and
 gives every backend the SavedModel's interface: the `serving_default` signature (raw
 texts) and, except for the raw-string `text` TFLite model, `token_ids`; both return
-`probabilities`, `label`, `label_id` and `classes`.
+`probabilities`, `label`, `label_id` and `classes`. The core-ops SavedModel
+(`savedmodel-ids`) has `token_ids` only: its clients tokenize, as with TF Serving.
 
 Example:
     >>> model = ServedModel.load(Path("runs/default/export"), "cpu")
@@ -43,7 +44,8 @@ class ExportTarget:
 
     Attributes:
         name, version: the model's name and version (`export.name`, `export.version`).
-        target: `savedmodel` or a TFLite target (`cpu`, `gpu`, ..., `text`).
+        target: `savedmodel`, `savedmodel-ids` or a TFLite target (`cpu`, `gpu`, ...,
+            `text`).
         path: the SavedModel version folder or the .tflite file.
         passed: whether it passed the export gate.
         max_seq_length: the tokenizer's sequence length (from its `tokenizer.json`).
@@ -135,8 +137,9 @@ class ServedModel:
         self.target = target
         self.predictor = predictor
         self.labels = predictor.labels
-        self.signatures = (TEXT_SIGNATURE,) if predictor.format == "tflite-text" \
-            else (TEXT_SIGNATURE, IDS_SIGNATURE)
+        self.signatures = {"tflite-text": (TEXT_SIGNATURE,),
+                           "savedmodel-ids": (IDS_SIGNATURE,)}.get(
+            predictor.format, (TEXT_SIGNATURE, IDS_SIGNATURE))
         self.vocab_size = target.vocab_size
 
     @classmethod
@@ -161,7 +164,8 @@ class ServedModel:
 
     def warm_up(self) -> None:
         """Run each signature once, so the first request does not pay for tracing."""
-        self.run(TEXT_SIGNATURE, ["warm up"])
+        if TEXT_SIGNATURE in self.signatures:
+            self.run(TEXT_SIGNATURE, ["warm up"])
         if IDS_SIGNATURE in self.signatures:
             self.run(IDS_SIGNATURE, [([0], [1], [0])])
 

@@ -21,9 +21,10 @@ Classify (`POST /v1/models/<name>:classify`), raw text only:
 
 Anything else is an `ApiError` (status 400) saying what is wrong and where, found while
 parsing, before any instance reaches the model: among them a text holding a lone
-surrogate (`"\\ud800"` is valid JSON but not Unicode). Texts longer than the model's
-sequence length are truncated by the tokenizer, as in training; token ids longer than it
-are an error (cutting them would drop `[SEP]`).
+surrogate (`"\\ud800"` is valid JSON but not Unicode). The checks of signatures, counts,
+texts and token ids are `serve.validation`'s, which the gRPC API shares. Texts longer
+than the model's sequence length are truncated by the tokenizer, as in training; token
+ids longer than it are an error (cutting them would drop `[SEP]`).
 """
 
 from __future__ import annotations
@@ -35,39 +36,18 @@ from typing import Any
 import numpy as np
 
 from data.features import INPUT_NAMES
-from export.predictor import invalid_unicode
 from serve.model import TEXT_SIGNATURE, TokenIds
+from serve.validation import (
+    ApiError,
+    Limits,
+    check_count,
+    check_signature,
+    check_text,
+    check_token_ids,
+)
 
 PREDICT_KEYS = ("signature_name", "instances", "inputs")
 CLASSIFY_KEYS = ("signature_name", "examples", "context")
-
-
-class ApiError(Exception):
-    """A request the server refuses: HTTP `status` and the message for `{"error": ...}`."""
-
-    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None
-                 ) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
-        self.headers = headers
-
-
-@dataclass(frozen=True)
-class Limits:
-    """What a request may hold.
-
-    Attributes:
-        signatures: the signature names served.
-        max_instances: most instances (examples) per request.
-        max_seq_length: longest token-id instance.
-        vocab_size: `input_ids` must be below it.
-    """
-
-    signatures: tuple[str, ...]
-    max_instances: int
-    max_seq_length: int
-    vocab_size: int
 
 
 @dataclass(frozen=True)
@@ -104,30 +84,14 @@ def _signature(payload: dict[str, Any], limits: Limits) -> str:
     name = payload.get("signature_name") or TEXT_SIGNATURE
     if not isinstance(name, str):
         raise ApiError(400, f"'signature_name' must be a string, found {_kind(name)}")
-    if name not in limits.signatures:
-        raise ApiError(400, f'Serving signature name: "{name}" not found in signature def '
-                            f"(this model has {', '.join(limits.signatures)})")
-    return name
+    return check_signature(name, limits)
 
 
 def _batch(value: Any, where: str, limits: Limits) -> list:
     if not isinstance(value, list):
         raise ApiError(400, f"{where!r} must be a list, found {_kind(value)}")
-    if not value:
-        raise ApiError(400, f"{where!r} is empty: nothing to predict")
-    if len(value) > limits.max_instances:
-        raise ApiError(400, f"{len(value)} {where} in one request; at most "
-                            f"{limits.max_instances} (the server's --max-instances)")
+    check_count(len(value), repr(where), limits)
     return value
-
-
-def _unicode(text: str, where: str) -> str:
-    """`text`, unless it holds a lone surrogate: then its request gets a 400 here rather
-    than failing in the model, with the other requests of its batch (replacing the
-    surrogate instead would classify a text the client did not send)."""
-    if problem := invalid_unicode(text):
-        raise ApiError(400, f"{where}: text is not valid Unicode ({problem})")
-    return text
 
 
 def _text(value: Any, where: str) -> str:
@@ -136,7 +100,7 @@ def _text(value: Any, where: str) -> str:
     if not isinstance(value, str):
         raise ApiError(400, f'{where}: expected a string or {{"text": string}}, found '
                             f"{_kind(value)}")
-    return _unicode(value, where)
+    return check_text(value, where)
 
 
 def _token_ids(value: Any, where: str, limits: Limits) -> TokenIds:
@@ -144,23 +108,7 @@ def _token_ids(value: Any, where: str, limits: Limits) -> TokenIds:
         found = sorted(value) if isinstance(value, dict) else _kind(value)
         raise ApiError(400, f"{where}: expected an object with {', '.join(INPUT_NAMES)}, "
                             f"found {found}")
-    rows = []  # ids below the vocabulary size, mask 0 or 1, segment 0 or 1 (BERT's two)
-    for name, upper in zip(INPUT_NAMES, (limits.vocab_size, 2, 2)):
-        row = value[name]
-        if not isinstance(row, list) or not all(
-                isinstance(v, int) and not isinstance(v, bool) and 0 <= v < upper
-                for v in row):
-            raise ApiError(400, f"{where}.{name}: expected a list of integers in "
-                                f"[0, {upper})")
-        if not 1 <= len(row) <= limits.max_seq_length:
-            raise ApiError(400, f"{where}.{name}: {len(row)} ids; expected 1 to "
-                                f"{limits.max_seq_length} (the model's sequence length)")
-        rows.append(row)
-    if len({len(row) for row in rows}) > 1:
-        raise ApiError(400, f"{where}: input_ids, input_mask and segment_ids differ in length")
-    if not any(rows[1]):
-        raise ApiError(400, f"{where}.input_mask: no token is marked 1")
-    return rows[0], rows[1], rows[2]
+    return check_token_ids(value, where, limits)
 
 
 def _columns(inputs: Any, signature: str) -> list:
@@ -222,7 +170,7 @@ def parse_classify(payload: dict[str, Any], limits: Limits) -> list[str]:
         if sorted(features) != ["text"] or not isinstance(value, str):
             raise ApiError(400, f'examples[{i}]: expected {{"text": string}}, found features '
                                 f"{sorted(features)}")
-        texts.append(_unicode(value, f"examples[{i}]"))
+        texts.append(check_text(value, f"examples[{i}]"))
     return texts
 
 

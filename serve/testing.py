@@ -3,6 +3,7 @@
     >>> server = ServerProcess(export_dir, "--backend", "cpu", log_dir=tmp).ready()
     >>> httpx.get(server.url + "/healthz").json()["model"]
     'slimbert'
+    >>> grpc.insecure_channel(server.grpc_target)  # TF Serving's gRPC API, same model
     >>> server.stop()
     0
 """
@@ -32,17 +33,24 @@ def free_port() -> int:
 
 
 class ServerProcess:
-    """`python -m pipeline.cli serve EXPORT_DIR --port P ARGS`, stderr to a log file.
+    """`python -m pipeline.cli serve EXPORT_DIR --port P --grpc-port G ARGS`, stderr to a
+    log file.
 
     Args:
         export_dir: Path. The export artifact to serve.
-        *args: str. More `slimbert serve` arguments.
+        *args: str. More `slimbert serve` arguments; without `--grpc-port`, gRPC gets
+            another free port (`grpc_target`; None with `--grpc-port 0`).
         log_dir: Path. Where `serve-<port>.log` is written.
     """
 
     def __init__(self, export_dir: Path, *args: str, log_dir: Path) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
+        if "--grpc-port" not in args:
+            args = (*args, "--grpc-port", str(next(
+                port for port in iter(free_port, None) if port != self.port)))
+        self.grpc_port = int(args[args.index("--grpc-port") + 1])
+        self.grpc_target = f"127.0.0.1:{self.grpc_port}" if self.grpc_port else None
         self.log = Path(log_dir) / f"serve-{self.port}.log"
         with self.log.open("w") as log:
             self.process = subprocess.Popen(

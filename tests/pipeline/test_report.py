@@ -58,7 +58,8 @@ def test_every_model_is_a_row_with_its_stage_figures(reported):
 def test_speed_is_measured_for_every_model_and_thread_count(reported):
     report = json.loads((reported / "report" / "report.json").read_text())
     assert report["thread_labels"] == ["1", "all"]
-    runtimes = {"keras": "tf_keras", "savedmodel": "tensorflow"}
+    runtimes = {"keras": "tf_keras", "savedmodel": "tensorflow",
+                "savedmodel-ids": "tensorflow"}
     for row in report["models"]:
         assert row["runtime"] == runtimes.get(row["kind"], "ai_edge_litert"), row["name"]
         for label in ("1", "all"):
