@@ -69,7 +69,8 @@ def classify_texts(model: Path, texts: Sequence[str], timeout: float = 3600
     with tempfile.TemporaryDirectory(prefix="slimbert-mediapipe-") as folder:
         texts_path, out = Path(folder) / "texts.json", Path(folder) / "out.npz"
         texts_path.write_text(json.dumps(list(texts), ensure_ascii=False), encoding="utf-8")
-        result = subprocess.run([python, "-I", str(Path(__file__).resolve()), str(model),
+        result = subprocess.run([python, "-I", str(Path(__file__).resolve()),
+                                 str(Path(model).resolve()),
                                  str(texts_path), str(out)], capture_output=True,
                                 text=True, timeout=timeout)
         if result.returncode != 0:

@@ -64,6 +64,8 @@ def verify(model: Path, data: Path, out: Path, kernels: str = "default") -> dict
 def verify_in_fresh_process(model: Path, data: Path, out: Path, timeout: float = 3600,
                             kernels: str = "default") -> tuple[np.ndarray, dict]:
     """Run `verify` in a new Python process; returns (probabilities, info)."""
+    # Absolute paths: the process runs from the repository root, not the caller's folder.
+    model, data, out = (Path(p).resolve() for p in (model, data, out))
     result = subprocess.run([sys.executable, "-m", "export.verify", str(model), str(data),
                              str(out), "--kernels", kernels], capture_output=True, text=True,
                             timeout=timeout, cwd=Path(__file__).resolve().parents[1])

@@ -398,7 +398,9 @@ def _verify_in_mediapipe(target: str, item: dict[str, Any], texts: list[str],
                          y_true: np.ndarray, runtime_probabilities: np.ndarray,
                          labels: list[str], cfg) -> dict[str, Any]:
     """Run one TFLite file in MediaPipe's TextClassifier (raw texts in, fresh process)
-    and gate it by its target's rule, against the same twin as the runtime adapter."""
+    and gate it by its target's rule, against the same twin as the runtime adapter, and
+    by its accuracy: within `export.max_accuracy_drop` of the adapter's on the same file
+    (MediaPipe tokenizes non-ASCII text differently, see docs/deployment.md)."""
     from export.mediapipe_tasks import classify_texts
 
     try:
@@ -415,12 +417,16 @@ def _verify_in_mediapipe(target: str, item: dict[str, Any], texts: list[str],
         failures.append(f"{target} in MediaPipe: labels {info['labels']} instead of "
                         f"{labels}")
     runtime_predicted = runtime_probabilities.argmax(-1)
+    runtime_accuracy = float(np.mean(runtime_predicted == y_true))
+    if abs(accuracy - runtime_accuracy) > cfg.max_accuracy_drop + _TOLERANCE:
+        failures.append(f"{target} in MediaPipe: accuracy {accuracy:.4f} differs from the "
+                        f"runtime adapter's {runtime_accuracy:.4f} on the same file by more "
+                        f"than {cfg.max_accuracy_drop:g} (export.max_accuracy_drop)")
     differs = np.abs(scores - runtime_probabilities).max(-1) > 1e-4
     result = {
         "accuracy": round(accuracy, 6), "agreement": round(agreement, 6),
         "agreement_with_runtime": round(float(np.mean(predicted == runtime_predicted)), 6),
-        "accuracy_minus_runtime": round(accuracy - float(np.mean(runtime_predicted == y_true)),
-                                        6),
+        "accuracy_minus_runtime": round(accuracy - runtime_accuracy, 6),
         "max_score_difference": round(float(np.abs(scores - runtime_probabilities).max()),
                                       6),
         "examples_scored_differently": int(differs.sum()),
