@@ -202,8 +202,9 @@ def _serve_parser(sub: argparse._SubParsersAction) -> None:
     serve.add_argument("export_dir", type=Path, metavar="EXPORT_DIR",
                        help="the export folder of a run, e.g. runs/default/export")
     serve.add_argument("--backend", choices=EXPORT_TARGETS, default="savedmodel",
-                       help="which exported target runs the requests: the SavedModel or a "
-                            "TFLite target (default: savedmodel)")
+                       help="which exported target runs the requests: a SavedModel "
+                            "(`savedmodel-ids` takes token ids only) or a TFLite target "
+                            "(default: savedmodel)")
     serve.add_argument("--host", default="127.0.0.1",
                        help="address to listen on (default: 127.0.0.1, this machine only)")
     serve.add_argument("--port", type=_port, default=8501,
