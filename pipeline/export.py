@@ -422,13 +422,13 @@ def _verify_in_mediapipe(target: str, item: dict[str, Any], texts: list[str],
         failures.append(f"{target} in MediaPipe: accuracy {accuracy:.4f} differs from the "
                         f"runtime adapter's {runtime_accuracy:.4f} on the same file by more "
                         f"than {cfg.max_accuracy_drop:g} (export.max_accuracy_drop)")
-    differs = np.abs(scores - runtime_probabilities).max(-1) > 1e-4
+    difference = np.abs(scores - runtime_probabilities).max(-1)  # per example
+    differs = difference > 1e-4
     result = {
         "accuracy": round(accuracy, 6), "agreement": round(agreement, 6),
         "agreement_with_runtime": round(float(np.mean(predicted == runtime_predicted)), 6),
         "accuracy_minus_runtime": round(accuracy - runtime_accuracy, 6),
-        "max_score_difference": round(float(np.abs(scores - runtime_probabilities).max()),
-                                      6),
+        "max_score_difference": round(float(difference.max(initial=0.0)), 6),
         "examples_scored_differently": int(differs.sum()),
         # The texts MediaPipe tokenizes differently (docs/deployment.md, "MediaPipe's tokenizer").
         "differing_texts": [texts[i][:200] for i in np.flatnonzero(differs)[:5]],
