@@ -133,7 +133,7 @@ class Predictor:
             self.kernels = None
             self.labels = _read_labels(self.path / "assets" / "labels.txt")
             return
-        from export.runtime import inputs_by_name, make_interpreter
+        from export.runtime import inputs_by_name, make_interpreter, returns_logits
 
         self.kernels = kernels
         try:
@@ -148,6 +148,8 @@ class Predictor:
         self._inputs = inputs_by_name(
             self.interpreter, ("text",) if self.format == "tflite-text" else INPUT_NAMES)
         self._output = self.interpreter.get_output_details()[0]
+        # Files exported before the softmax moved into the graph return logits.
+        self._returns_logits = returns_logits(self.interpreter)
         if self.format == "tflite":
             self.max_seq_length = int(self._inputs["input_ids"]["shape"][1])
 
@@ -224,12 +226,12 @@ class Predictor:
                                                               np.float32)
         if self.format != "tflite":
             raise ValueError(f"{self.path} takes raw text, not token ids")
-        from export.runtime import returns_logits, run_token_ids
+        from export.runtime import run_token_ids
 
         rows = ({name: value[i:i + 1] for name, value in arrays.items()} for i in range(n))
         outputs = run_token_ids(self.interpreter, rows,
                                 on_example=(lambda: on_batch(1)) if on_batch else None)
-        return _softmax(outputs) if returns_logits(self.interpreter) else outputs
+        return _softmax(outputs) if self._returns_logits else outputs
 
 
 __all__ = ["Predictor", "SAVEDMODEL_FORMATS", "TOKEN_ID_FORMATS", "check_texts",
