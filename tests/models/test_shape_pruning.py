@@ -181,13 +181,14 @@ def test_importance_ranks_what_pruning_costs(teacher, batches):
         return abs(loss(prune_shape(teacher, TEACHER, **kwargs), batches) - base)
 
     # One head removed from every layer: the least important vs the most important.
+    # (Measured: 1.1e-4 vs 6.7e-4 for heads, 2.8e-5 vs 1.0e-4 for neurons.)
     least = change(heads_per_layer=3, head_scores=heads)
     most = change(heads_per_layer=3, head_scores=-heads)
-    assert least < most, (least, most)
+    assert 2 * least < most, (least, most)
     # A quarter of the FFN neurons removed.
     least = change(intermediate_size=48, neuron_scores=neurons)
     most = change(intermediate_size=48, neuron_scores=-neurons)
-    assert least < most, (least, most)
+    assert 2 * least < most, (least, most)
 
 
 def test_importance_needs_labelled_batches(teacher, batches):
@@ -199,6 +200,7 @@ def test_importance_needs_labelled_batches(teacher, batches):
 
 
 def test_student_saves_loads_and_converts_to_tflite(teacher, tmp_path):
+    from export.flatbuffer import op_census
     from export.runtime import run_tflite
     from export.tflite import to_tflite
     from models.artifact import load_model, save_model
@@ -223,6 +225,10 @@ def test_student_saves_loads_and_converts_to_tflite(teacher, tmp_path):
     np.testing.assert_array_equal(run(loaded, features), expected)
 
     flat = to_tflite(student, "cpu", max_seq_length=16)
+    census = op_census(flat)
+    assert census["flex_ops"] == [] and census["custom_ops"] == []
+    assert "GATHER int32,int32->int32" in census["ops"]  # the remap (shapes use it too)
+    assert (features["input_ids"] >= 70).any()  # removed ids go through the remap
     probabilities = run_tflite(flat, [features])
+    assert probabilities.shape == (4, 2)
     np.testing.assert_allclose(probabilities, tf.nn.softmax(expected).numpy(), atol=0.01)
-    assert b"GATHER" not in b"" and probabilities.shape == (4, 2)
