@@ -135,10 +135,11 @@ def prune_shape(model: keras.Model, arch: BertArchitecture, *,
     """
     _check_teacher(model, arch)
     layers = list(range(arch.num_layers)) if keep_layers is None else list(keep_layers)
-    if not layers or len(set(layers)) != len(layers) or \
-            not all(isinstance(i, int) and 0 <= i < arch.num_layers for i in layers):
+    if not layers or len(set(layers)) != len(layers) or not all(
+            isinstance(i, (int, np.integer)) and 0 <= i < arch.num_layers for i in layers):
         raise ValueError(f"keep_layers must be distinct layer indices in "
                          f"[0, {arch.num_layers}), found {keep_layers!r}")
+    layers = [int(i) for i in layers]
     heads = _kept_units(head_scores, heads_per_layer, arch.num_heads, arch.num_layers,
                         "heads_per_layer", "head_scores")
     neurons = _kept_units(neuron_scores, intermediate_size, arch.intermediate_size,
