@@ -20,8 +20,9 @@ Inputs are three int32 tensors of shape [batch, seq] with a dynamic `seq` (batch
 padded to their longest example): `input_ids`, `input_mask` (1 = real token, 0 = padding)
 and `segment_ids`. Layer names (used by pruning/quantization configs to select layers):
 
-    embeddings_word, embeddings_position, embeddings_type, embeddings_add,
-    embeddings_norm, embeddings_dropout, attention_mask,
+    [embeddings_remap (with `input_vocab_size` only)], embeddings_word,
+    embeddings_position, embeddings_type, embeddings_add, embeddings_norm,
+    embeddings_dropout, attention_mask,
     layer_{i}_attention, layer_{i}_attention_dropout, layer_{i}_attention_add,
     layer_{i}_attention_norm, layer_{i}_ffn_in, layer_{i}_ffn_out, layer_{i}_ffn_dropout,
     layer_{i}_ffn_add, layer_{i}_ffn_norm,
@@ -49,6 +50,7 @@ import tensorflow as tf
 import tf_keras as keras
 
 from data.features import INPUT_NAMES
+from models.id_remap import IdRemap
 
 PACKAGE = "slimbert"
 POOLINGS = ("cls", "mean")
@@ -79,6 +81,18 @@ class BertArchitecture:
         hidden_act: str. `gelu` (exact erf GELU, Hugging Face's "gelu") or
             `gelu_approximate` (tanh approximation: original TF BERT, keras-hub,
             Hugging Face's "gelu_new").
+        head_size: int | None. Width of one attention head; None (every checkpoint)
+            derives it as `hidden_size // num_heads`, and then `num_heads` must divide
+            `hidden_size`. A student with fewer heads than its teacher keeps the
+            teacher's head size (`models.shape_pruning`), so `num_heads * head_size`
+            may be smaller than `hidden_size`. After construction it is always the
+            int in use; `dataclasses.replace` carries it over, so pass `head_size=None`
+            when changing `hidden_size` or `num_heads` of a model that should derive it.
+        input_vocab_size: int | None. Size of the vocabulary the `input_ids` come
+            from, when it differs from the embedding table: the model then maps each
+            id to a row of its `vocab_size`-row table through an `IdRemap` layer
+            (`embeddings_remap`; a vocabulary-pruned student keeps its teacher's
+            tokenizer). None: ids index the table directly.
     """
 
     vocab_size: int
@@ -91,17 +105,24 @@ class BertArchitecture:
     layer_norm_eps: float = 1e-12
     dropout: float = 0.1
     hidden_act: str = "gelu"
+    head_size: int | None = None
+    input_vocab_size: int | None = None
 
     def __post_init__(self) -> None:
+        optional = [key for key in ("head_size", "input_vocab_size")
+                    if getattr(self, key) is not None]
         for key in ("vocab_size", "hidden_size", "num_layers", "num_heads",
-                    "intermediate_size", "max_positions", "type_vocab_size"):
+                    "intermediate_size", "max_positions", "type_vocab_size", *optional):
             value = getattr(self, key)
             if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
                 raise ValueError(f"BertArchitecture.{key} must be a positive int, "
                                  f"found {value!r}")
-        if self.hidden_size % self.num_heads:
-            raise ValueError(f"BertArchitecture: hidden_size {self.hidden_size} is not "
-                             f"divisible by num_heads {self.num_heads}")
+        if self.head_size is None:
+            if self.hidden_size % self.num_heads:
+                raise ValueError(f"BertArchitecture: hidden_size {self.hidden_size} is not "
+                                 f"divisible by num_heads {self.num_heads} (or give "
+                                 "head_size)")
+            object.__setattr__(self, "head_size", self.hidden_size // self.num_heads)
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"BertArchitecture.dropout must be in [0, 1), "
                              f"found {self.dropout!r}")
@@ -111,11 +132,6 @@ class BertArchitecture:
         if self.hidden_act not in ACTIVATIONS:
             raise ValueError(f"BertArchitecture.hidden_act must be one of {ACTIVATIONS}, "
                              f"found {self.hidden_act!r}")
-
-    @property
-    def head_size(self) -> int:
-        """Width of one attention head."""
-        return self.hidden_size // self.num_heads
 
 
 def _initializer() -> keras.initializers.Initializer:
@@ -339,9 +355,12 @@ def _inputs() -> dict[str, keras.KerasTensor]:
 
 def _encoder_graph(arch: BertArchitecture, inputs: dict, mask_value: float) -> tf.Tensor:
     """Embeddings + transformer layers on `inputs`; returns the sequence output."""
+    ids = inputs["input_ids"]
+    if arch.input_vocab_size is not None:
+        ids = IdRemap(arch.input_vocab_size, name="embeddings_remap")(ids)
     word = keras.layers.Embedding(arch.vocab_size, arch.hidden_size,
                                   embeddings_initializer=_initializer(),
-                                  name="embeddings_word")(inputs["input_ids"])
+                                  name="embeddings_word")(ids)
     position = PositionEmbedding(arch.max_positions, arch.hidden_size,
                                  initializer=_initializer(), name="embeddings_position")(word)
     segment = keras.layers.Embedding(arch.type_vocab_size, arch.hidden_size,
