@@ -222,9 +222,11 @@ class Trainer:
         if self.arch.max_positions < self.max_seq_length:
             raise ConfigError(f"data.max_seq_length {self.max_seq_length} exceeds the "
                               f"checkpoint's {self.arch.max_positions} positions")
-        if self.arch.vocab_size != info["vocab_size"]:
+        # A vocabulary-pruned student reads the teacher's ids (input_vocab_size).
+        model_vocab = self.arch.input_vocab_size or self.arch.vocab_size
+        if model_vocab != info["vocab_size"]:
             raise ConfigError(f"the prepared data uses a {info['vocab_size']}-token vocabulary "
-                              f"but the model has {self.arch.vocab_size}; rerun prepare with "
+                              f"but the model has {model_vocab}; rerun prepare with "
                               "the same model.checkpoint")
 
         self.strategy = make_strategy(ft.strategy, ft.tpu)
