@@ -6,7 +6,8 @@ quantize stage writes `quantize/<source>/<variant>.tflite` for each source model
 (`finetune`, `prune`). An export *target* is a deliverable: a SavedModel
 (`SAVEDMODEL_TARGETS`), `text`, or a TFLite variant of a source model. `cpu`, `gpu` and
 `int8` are the variant of the model chosen by `export.model`; `qat` is the float model's
-QAT variant and `pruned-qat` the pruned model's.
+QAT variant and `pruned-qat` the pruned model's. The `student-*` targets are the variants
+of the distilled student (`distill`), whatever `export.model` is.
 """
 
 from __future__ import annotations
@@ -31,8 +32,12 @@ SAVEDMODEL_TARGETS = {
                       "(clients tokenize with the vocab.txt in its assets)",
 }
 EXPORT_TARGETS = ("savedmodel", "savedmodel-ids", "cpu", "gpu", "int8", "qat",
-                  "pruned-qat", "text")
-QAT_TARGETS = {"qat": "finetune", "pruned-qat": "prune"}  # target -> source model
+                  "pruned-qat", "student-cpu", "student-gpu", "student-int8", "student-qat",
+                  "text")
+QAT_TARGETS = {"qat": "finetune", "pruned-qat": "prune",
+               "student-qat": "distill"}  # target -> source model
+STUDENT_TARGETS = {"student-cpu": "cpu", "student-gpu": "gpu",
+                   "student-int8": "int8"}  # post-training variants of the student
 
 # The quantize stage's names before the two vocabularies were merged: configs that still
 # use them get an error naming the new one.
@@ -45,6 +50,8 @@ def tflite_source(target: str, export_model: str) -> tuple[str, str] | None:
     targets that are not a token-id TFLite variant (the SavedModels, `text`)."""
     if target in QAT_TARGETS:
         return QAT_TARGETS[target], "qat"
+    if target in STUDENT_TARGETS:
+        return "distill", STUDENT_TARGETS[target]
     if target in POST_TRAINING_VARIANTS:
         return export_model, target
     return None

@@ -230,4 +230,83 @@ def student_architecture(student: keras.Model, arch: BertArchitecture) -> BertAr
                           if "embeddings_remap" in names else None))
 
 
-__all__ = ["prune_shape", "student_architecture"]
+def evenly_spaced_layers(total: int, keep: int) -> list[int]:
+    """`keep` of `total` layer indices, evenly spaced and ending with the last layer
+    (6 -> 3: [1, 3, 5]; 6 -> 2: [2, 5]); the default choice of the distill stage.
+
+    Example:
+        >>> evenly_spaced_layers(6, 4)
+        [0, 2, 3, 5]
+    """
+    if not 0 < keep <= total:
+        raise ValueError(f"cannot keep {keep} of {total} layers")
+    return [(i + 1) * total // keep - 1 for i in range(keep)]
+
+
+def kept_vocabulary(counts: np.ndarray, special_ids, *, min_count: int = 1,
+                    extra: int = 0) -> np.ndarray:
+    """The token ids a vocabulary-pruned student keeps a row for, sorted.
+
+    Args:
+        counts: int [vocab_size]: occurrences of every id in the training split.
+        special_ids: ids kept whatever their count ([PAD], [UNK], [CLS], [SEP], [MASK]).
+        min_count: occurrences an id needs to be kept.
+        extra: also keep this many of the lowest ids not kept otherwise.
+
+    Example:
+        >>> kept_vocabulary(np.array([0, 3, 0, 1, 0]), [0], extra=1).tolist()
+        [0, 1, 2, 3]
+    """
+    counts = np.asarray(counts)
+    keep = np.zeros(len(counts), bool)
+    keep[counts >= min_count] = True
+    keep[np.asarray(list(special_ids), dtype=np.int64)] = True
+    if extra:
+        keep[np.flatnonzero(~keep)[:extra]] = True
+    return np.flatnonzero(keep)
+
+
+def parameter_breakdown(model: keras.Model) -> dict[str, int]:
+    """Parameters of a `models.bert` classifier by part: word embeddings (the table),
+    other embeddings (positions, segments, LayerNorm), encoder layers, head (pooler and
+    classifier) and the total. The id remap table holds no trainable weights and is
+    not counted."""
+    parts = {"word_embeddings": 0, "other_embeddings": 0, "encoder": 0, "head": 0}
+    for layer in model.layers:
+        count = sum(int(np.prod(w.shape)) for w in layer.trainable_weights)
+        if layer.name == "embeddings_word":
+            parts["word_embeddings"] += count
+        elif layer.name.startswith("embeddings"):
+            parts["other_embeddings"] += count
+        elif _LAYER.fullmatch(layer.name):
+            parts["encoder"] += count
+        else:
+            parts["head"] += count
+    return {**parts, "total": sum(parts.values())}
+
+
+def flops_per_example(arch: BertArchitecture, seq_length: int, num_classes: int,
+                      pooler: bool = False) -> int:
+    """Floating-point operations (2 per multiply-add) of one example of `seq_length`
+    tokens through the matmuls of the encoder and head: query/key/value and output
+    projections, attention scores and context, both FFN matmuls, pooler, classifier.
+    Embedding lookups, LayerNorm, softmax and activations (a few percent) are left out.
+
+    Example:
+        >>> arch = BertArchitecture(vocab_size=100, hidden_size=8, num_layers=1,
+        ...                         num_heads=2, intermediate_size=16, max_positions=8,
+        ...                         type_vocab_size=2)
+        >>> flops_per_example(arch, 4, 2)
+        4640
+    """
+    length, hidden = seq_length, arch.hidden_size
+    width = arch.num_heads * arch.head_size
+    per_layer = (2 * length * hidden * width * 4        # q, k, v and output projections
+                 + 2 * 2 * length * length * width      # scores and context
+                 + 2 * 2 * length * hidden * arch.intermediate_size)  # FFN in and out
+    head = 2 * hidden * num_classes + (2 * hidden * hidden if pooler else 0)
+    return arch.num_layers * per_layer + head
+
+
+__all__ = ["evenly_spaced_layers", "flops_per_example", "kept_vocabulary",
+           "parameter_breakdown", "prune_shape", "student_architecture"]

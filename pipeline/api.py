@@ -20,7 +20,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from pipeline.artifacts import read_manifest
-from pipeline.cli import available_stages, execute
+from pipeline.cli import available_stages, execute, pipeline_stages
 from pipeline.config import PipelineConfig, load_config
 
 __all__ = ["load_config", "read_manifest", "run", "run_stage"]
@@ -31,8 +31,8 @@ def run_stage(stage: str, config: PipelineConfig, run_dir: str | Path,
     """Runs one stage into `<run_dir>/<stage>/` (unless up to date); returns that folder.
 
     Args:
-        stage: a stage name (`prepare`, `finetune`, `evaluate`, `prune`, `quantize`,
-            `export`, `report`); its upstream artifacts must be in `run_dir`.
+        stage: a stage name (`prepare`, `finetune`, `evaluate`, `prune`, `distill`,
+            `quantize`, `export`, `report`); its upstream artifacts must be in `run_dir`.
         config: the pipeline config (`load_config`).
         run_dir: the run folder.
         force: rerun even if up to date (for export: keep exports that fail the gate).
@@ -45,7 +45,7 @@ def run_stage(stage: str, config: PipelineConfig, run_dir: str | Path,
 
 def run(config: PipelineConfig, run_dir: str | Path, stages: Sequence[str] | None = None,
         force: bool = False) -> dict[str, Path]:
-    """Runs `stages` (default: all, in pipeline order) into `run_dir`; returns each
-    stage's artifact folder by name."""
+    """Runs `stages` (default: all that `config` does not switch off, in pipeline
+    order) into `run_dir`; returns each stage's artifact folder by name."""
     return {stage: run_stage(stage, config, run_dir, force=force)
-            for stage in (stages or available_stages())}
+            for stage in (stages or pipeline_stages(config))}

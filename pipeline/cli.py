@@ -39,12 +39,20 @@ from pipeline.config import EXPORT_TARGETS, PipelineConfig, SlimbertError, load_
 
 log = logging.getLogger("slimbert")
 
-STAGE_ORDER = ("prepare", "finetune", "evaluate", "prune", "quantize", "export", "report")
+STAGE_ORDER = ("prepare", "finetune", "evaluate", "prune", "distill", "quantize", "export",
+               "report")
 
 
 def available_stages() -> list[str]:
     """Stages in pipeline order whose module exists in this version."""
     return [s for s in STAGE_ORDER if importlib.util.find_spec(f"pipeline.{s}") is not None]
+
+
+def pipeline_stages(config: PipelineConfig) -> list[str]:
+    """The stages `slimbert run` runs: the available ones a config does not switch off
+    (a stage module may define `enabled(config)`, e.g. `distill.enabled`)."""
+    return [name for name in available_stages()
+            if getattr(stage_module(name), "enabled", lambda _: True)(config)]
 
 
 def stage_module(name: str) -> ModuleType:
@@ -281,14 +289,17 @@ def main(argv: list[str] | None = None) -> int:
             print(config.to_yaml(), end="")
             return 0
         run_dir = args.run_dir or default_run_dir(args.config)
-        names = available_stages() if args.command == "run" else [args.command]
+        names = pipeline_stages(config) if args.command == "run" else [args.command]
         timings = []
         for name in names:
             started = time.time()
             execute(name, config, run_dir, force=args.force)
             timings.append((name, time.time() - started))
         if args.command == "run":
-            missing = [s for s in STAGE_ORDER if s not in names]
+            skipped = [s for s in available_stages() if s not in names]
+            if skipped:
+                log.info("switched off in the config: %s", ", ".join(skipped))
+            missing = [s for s in STAGE_ORDER if s not in available_stages()]
             if missing:
                 log.info("not in this version yet: %s", ", ".join(missing))
             for name, seconds in timings:

@@ -34,6 +34,7 @@ from export.targets import (
     SAVEDMODEL_TARGETS,
 )
 from models.config import ModelConfig
+from models.distill_config import VOCABULARIES, DistillConfig
 from models.pruning_config import PRUNE_ALLOCATIONS, PRUNE_SCHEDULES, PruneConfig
 from models.training_config import PRECISIONS, STRATEGIES, TrainConfig
 
@@ -41,7 +42,7 @@ __all__ = [  # defined in the libraries, composed here
     "ArtifactError", "ConfigError", "ConfigValueError", "SlimbertError", "Section", "check",
     "config_hash", "plain", "DATA_SOURCES", "FILE_FORMATS", "SPLITS", "DataConfig",
     "EXPORT_TARGETS", "ModelConfig", "PRUNE_ALLOCATIONS", "PRUNE_SCHEDULES", "PruneConfig",
-    "PRECISIONS", "STRATEGIES", "TrainConfig",
+    "PRECISIONS", "STRATEGIES", "TrainConfig", "DistillConfig", "VOCABULARIES",
 ]
 
 
@@ -73,7 +74,7 @@ class EvaluateConfig(Section):
             check(0 <= getattr(self, key) <= 1, key, "expected 0..1")
 
 
-QUANTIZE_SOURCES = ("finetune", "prune")
+QUANTIZE_SOURCES = ("finetune", "prune", "distill")
 
 
 @dataclass(frozen=True)
@@ -81,8 +82,9 @@ class QuantizeConfig(Section):
     """Quantization (stage `quantize`): QAT with tfmot and post-training TFLite variants.
 
     Attributes:
-        sources: the artifacts to quantize: `finetune` (the float model) and/or `prune`
-            (the sparse model; its QAT keeps every pruned zero).
+        sources: the artifacts to quantize: `finetune` (the float model), `prune`
+            (the sparse model; its QAT keeps every pruned zero) and/or `distill` (the
+            student).
         post_training: TFLite variants converted from each source without training,
             named like the export targets they become: `float32` (reference), `cpu`
             (dynamic-range: int8 weights, float activations), `gpu` (float16 weights),
@@ -146,7 +148,7 @@ class QuantizeConfig(Section):
               "(or set quantize.outlier_ratio: 0)")
 
 
-EXPORT_MODELS = ("finetune", "prune")
+EXPORT_MODELS = ("finetune", "prune", "distill")
 
 
 @dataclass(frozen=True)
@@ -155,7 +157,8 @@ class ExportConfig(Section):
 
     Attributes:
         model: the Keras model behind the SavedModel and the `cpu`, `gpu`, `int8` and
-            `text` TFLite models: `finetune` (float) or `prune` (sparse).
+            `text` TFLite models: `finetune` (float), `prune` (sparse) or `distill`
+            (the student).
         name: model name (TF Serving folder `saved_model/<name>/<version>`, TFLite files
             `<name>-<target>.tflite`).
         version: TF Serving version number.
@@ -164,7 +167,9 @@ class ExportConfig(Section):
             builds whose TF Text differs from ours), `cpu` (dynamic-range int8
             TFLite), `gpu` (float16 TFLite), `int8` (full integer TFLite), `qat` and
             `pruned-qat` (the quantize stage's QAT int8 models of the float and pruned
-            model), `text` (raw-string TFLite with the tokenizer as TF Text ops).
+            model), `student-cpu`, `student-gpu`, `student-int8`, `student-qat` (the
+            distilled student's TFLite variants from the quantize stage), `text`
+            (raw-string TFLite with the tokenizer as TF Text ops).
         max_accuracy_drop: the gate: an export's test accuracy must be within this of
             the model it came from (the int8-activation targets `int8`, `qat`,
             `pruned-qat`: at most this below their Keras twin, the calibrated or QAT
@@ -265,6 +270,7 @@ class PipelineConfig:
     finetune: TrainConfig = field(default_factory=TrainConfig)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
     prune: PruneConfig = field(default_factory=PruneConfig)
+    distill: DistillConfig = field(default_factory=DistillConfig)
     quantize: QuantizeConfig = field(default_factory=QuantizeConfig)
     export: ExportConfig = field(default_factory=ExportConfig)
     report: ReportConfig = field(default_factory=ReportConfig)
@@ -282,6 +288,18 @@ class PipelineConfig:
                 f"invalid config value for 'data.max_seq_length': "
                 f"{self.data.max_seq_length} exceeds model.max_positions "
                 f"{self.model.max_positions}")
+        if not self.distill.enabled:  # the knob that skips the stage drops its student
+            object.__setattr__(self, "quantize", dataclasses.replace(
+                self.quantize, sources=tuple(s for s in self.quantize.sources
+                                             if s != "distill") or ("finetune",)))
+            object.__setattr__(self, "export", dataclasses.replace(
+                self.export, targets=tuple(t for t in self.export.targets
+                                           if not t.startswith("student-"))
+                or ("savedmodel",)))
+            for key, value in (("export.model", self.export.model),):
+                if value == "distill":
+                    raise ConfigError(f"invalid config value for '{key}': 'distill' needs "
+                                      "distill.enabled true")
         for target, source in QAT_TARGETS.items():
             if target in self.export.targets and not (
                     self.quantize.qat and source in self.quantize.sources):

@@ -143,9 +143,10 @@ def input_names(config: PipelineConfig) -> tuple[str, ...]:
         names.append("evaluate")  # the blessing
     if any(tflite_source(target, cfg.model) for target in cfg.targets):
         names.append("quantize")
-    # The float sources of the QAT targets (read when the quantize stage did not save
-    # their predictions).
-    names += [QAT_TARGETS[target] for target in cfg.targets if target in QAT_TARGETS]
+    # The float sources of the QAT and student targets (read when the quantize stage did
+    # not save their predictions).
+    names += [made_of[0] for target in cfg.targets
+              if (made_of := tflite_source(target, cfg.model))]
     return tuple(dict.fromkeys(names))
 
 
@@ -200,8 +201,9 @@ def run(config: PipelineConfig, inputs: dict[str, Path], out_dir: Path, work_dir
     quantize_dir = inputs.get("quantize", Path("-"))
     float_probs: dict[str, np.ndarray] = {}  # float source model -> test probabilities
 
-    def float_accuracy(name: str) -> float:
-        """Test accuracy of the float model `name` (finetune or prune) in Keras."""
+    def float_probabilities(name: str) -> np.ndarray:
+        """Test probabilities of the float model `name` (finetune, prune, distill) in
+        Keras."""
         if name not in float_probs:
             saved = quantize_dir / name / "source_predictions.npz"
             if saved.is_file():
@@ -212,7 +214,10 @@ def run(config: PipelineConfig, inputs: dict[str, Path], out_dir: Path, work_dir
                 other, _ = load_model(inputs[name])
                 float_probs[name] = predict_keras(other, prep_dir, split, batch_size)[1]
                 del other
-        return float(np.mean(float_probs[name].argmax(-1) == y_true))
+        return float_probs[name]
+
+    def float_accuracy(name: str) -> float:
+        return float(np.mean(float_probabilities(name).argmax(-1) == y_true))
 
     # --- write the deliverables ---
     made: dict[str, dict[str, Any]] = {}  # target -> {path, reference probabilities, ...}
@@ -253,27 +258,34 @@ def run(config: PipelineConfig, inputs: dict[str, Path], out_dir: Path, work_dir
             reference = _saved_probabilities(folder / "qat_predictions.npz", y_true)
             twin = f"QAT model of {source}"
         elif made_of:
-            variant = made_of[1]
-            quantized = quantize_dir / cfg.model / f"{variant}.tflite"
-            saved = quantize_dir / cfg.model / "int8_predictions.npz"
+            source, variant = made_of
+            if source != cfg.model:  # a student target: its own float model is the source
+                reference, twin = float_probabilities(source), f"{source} model"
+            quantized = quantize_dir / source / f"{variant}.tflite"
+            saved = quantize_dir / source / "int8_predictions.npz"
             if quantized.is_file():
                 shutil.copyfile(quantized, path)
                 log.info("%s: from the quantize stage", target)
                 if variant == "int8" and saved.is_file():
                     reference = _saved_probabilities(saved, y_true)
-                    twin = f"int8 model of {cfg.model}"
+                    twin = f"int8 model of {source}"
                 elif variant == "int8":
-                    log.warning("int8: the quantize stage saved no int8_predictions.npz; "
-                                "compared with the %s model instead", cfg.model)
-            elif variant == "int8":
-                log.info("int8: calibrating and converting")
-                flat, reference = _int8_conversion(model, meta, config, prep_dir,
-                                                   max_seq_length, split)
-                path.write_bytes(flat)
-                twin = f"int8 model of {cfg.model}"
+                    log.warning("%s: the quantize stage saved no int8_predictions.npz; "
+                                "compared with the %s model instead", target, source)
             else:
-                log.info("%s: converting", target)
-                path.write_bytes(to_tflite(model, variant, max_seq_length=max_seq_length))
+                keras_model, keras_meta = (model, meta) if source == cfg.model \
+                    else load_model(inputs[source])
+                if variant == "int8":
+                    log.info("%s: calibrating and converting", target)
+                    flat, reference = _int8_conversion(keras_model, keras_meta, config,
+                                                       prep_dir, max_seq_length, split)
+                    path.write_bytes(flat)
+                    twin = f"int8 model of {source}"
+                else:
+                    log.info("%s: converting", target)
+                    path.write_bytes(to_tflite(keras_model, variant,
+                                               max_seq_length=max_seq_length))
+                del keras_model
         elif target == "text":
             log.info("text: converting tokenizer + %s model (dynamic-range int8)", cfg.model)
             path.write_bytes(text_tflite(model, tokenizer))

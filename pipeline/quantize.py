@@ -41,7 +41,7 @@ from pipeline.config import PipelineConfig
 
 log = logging.getLogger(__name__)
 
-SOURCE_LABELS = {"finetune": "float", "prune": "pruned"}
+SOURCE_LABELS = {"finetune": "float", "prune": "pruned", "distill": "student"}
 
 
 def input_names(config: PipelineConfig) -> tuple[str, ...]:

@@ -1,7 +1,9 @@
 """Report: one table of every model the run made, with accuracy, size and speed.
 
-Rows: the Keras float and pruned models, every TFLite model of the quantize stage
-(post-training variants and QAT), and every export (SavedModel and TFLite targets).
+Rows: the Keras float, pruned and distilled (student) models, every TFLite model of the
+quantize stage (post-training variants and QAT), and every export (SavedModel and TFLite
+targets). With a student, "where the compute goes" sets its parameters, FLOPs per
+example and TFLite latencies beside the teacher's.
 Accuracy and macro-F1 are the test-split figures the stages measured in the model's own
 runtime (evaluate, prune, quantize in ai-edge-litert, export's fresh-process gate); sizes
 are the files' bytes and their gzip -9 bytes; sparsity is the measured zero fraction of
@@ -35,10 +37,15 @@ from pipeline.config import PipelineConfig
 log = logging.getLogger(__name__)
 
 INPUTS = ("prepare", "finetune", "evaluate", "prune", "quantize", "export")
-PIPELINE_STAGES = INPUTS
 MB = 1e6
 # "At its accuracy": another model counts as at least as accurate within half a point.
 ACCURACY_TOLERANCE = 0.005
+
+
+def input_names(config: PipelineConfig) -> tuple[str, ...]:
+    """The stages it reports on, in pipeline order; the student's with distill on."""
+    return ("prepare", "finetune", "evaluate", "prune",
+            *(("distill",) if config.distill.enabled else ()), "quantize", "export")
 
 
 def fingerprint_config(config: PipelineConfig) -> dict[str, Any]:
@@ -55,12 +62,16 @@ def collect_models(inputs: dict[str, Path]) -> list[dict[str, Any]]:
 
     prune_metrics = _manifest(inputs["prune"])["metrics"]
     pruned_sparsity = prune_metrics["sparsity"]["overall"]
-    sparsity_of = {"finetune": 0.0, "prune": pruned_sparsity}
+    sparsity_of = {"finetune": 0.0, "prune": pruned_sparsity, "distill": 0.0}
     rows = []
 
     evaluation = _manifest(inputs["evaluate"])["metrics"]
-    for stage, name, metrics in (("finetune", "Keras float", evaluation),
-                                 ("prune", "Keras pruned", prune_metrics["evaluation"])):
+    keras_models = [("finetune", "Keras float", evaluation),
+                    ("prune", "Keras pruned", prune_metrics["evaluation"])]
+    if "distill" in inputs:
+        keras_models.append(("distill", "Keras student",
+                             _manifest(inputs["distill"])["metrics"]["evaluation"]))
+    for stage, name, metrics in keras_models:
         rows.append({"name": name, "stage": stage, "kind": "keras", "format": "keras",
                      "path": str(inputs[stage]), "file": str(inputs[stage] / "model.keras"),
                      **gzip_size(inputs[stage] / "model.keras"),
@@ -273,6 +284,8 @@ def markdown(report: dict[str, Any]) -> str:
     same = [f"{r['name']} = {r['same_file_as']}" for r in rows if r.get("same_file_as")]
     if same:
         out += ["Identical files, timed once: " + "; ".join(same) + ".", ""]
+    if report.get("compute"):
+        out += _compute_markdown(report["compute"])
     out += ["## Stage wall times", "", "| stage | seconds |", "|---|---|"]
     out += [f"| {s} | {t:.1f} |" for s, t in report["stage_seconds"].items()]
     out += [f"| total (before report) | {sum(report['stage_seconds'].values()):.1f} |", "",
@@ -332,9 +345,61 @@ def plots(report: dict[str, Any], out_dir: Path, histories: dict[str, list]) -> 
     return [*files, "training_curves.png"]
 
 
+def compute_table(rows: list[dict[str, Any]], distill_metrics: dict[str, Any],
+                  thread_label: str) -> dict[str, Any]:
+    """Where the compute goes: the teacher's and the student's parameters, FLOPs per
+    example (the distill stage's counts) and the batch-1 latency of their TFLite exports
+    on `thread_label` threads, with the teacher / student ratios."""
+    def latency(target):
+        row = next((r for r in rows if r["name"] == f"export {target}"), None)
+        return None if row is None else row.get("latency", {}).get(
+            thread_label, {}).get("median_ms")
+
+    params, flops = distill_metrics["parameters"], distill_metrics["flops_per_example"]
+    table = {"threads": thread_label, "seq_length": flops["seq_length"],
+             "parameters": {"teacher": params["teacher"], "student": params["student"],
+                            "ratio": params["ratio"]},
+             "flops": {"teacher": flops["teacher"], "student": flops["student"],
+                       "ratio": flops["ratio"]},
+             "latency_ms": {}}
+    for teacher, student in (("cpu", "student-cpu"), ("int8", "student-int8"),
+                             ("qat", "student-qat"), ("gpu", "student-gpu")):
+        t, st = latency(teacher), latency(student)
+        if t is not None or st is not None:
+            table["latency_ms"][student.removeprefix("student-")] = {
+                "teacher": t, "student": st,
+                "ratio": round(t / st, 3) if t and st else None}
+    return table
+
+
+def _compute_markdown(table: dict[str, Any]) -> list[str]:
+    p, f = table["parameters"], table["flops"]
+    what = "1 thread" if table["threads"] == "1" else f"{table['threads']} threads"
+    lines = ["## Where the compute goes (teacher and student)", "",
+             "| | teacher | student | teacher / student |", "|---|---|---|---|",
+             f"| parameters | {p['teacher']['total'] / 1e6:.2f} M | "
+             f"{p['student']['total'] / 1e6:.2f} M | {p['ratio']:.2f}x |"]
+    for part in ("word_embeddings", "other_embeddings", "encoder", "head"):
+        a, b = p["teacher"][part], p["student"][part]
+        lines.append(f"| - {part.replace('_', ' ')} | {a / 1e6:.2f} M | {b / 1e6:.2f} M | "
+                     f"{_fmt(a / b if b else None, '.2f')}x |")
+    lines.append(f"| FLOPs per example ({table['seq_length']} tokens) | "
+                 f"{f['teacher'] / 1e6:.1f} M | {f['student'] / 1e6:.1f} M | "
+                 f"{f['ratio']:.2f}x |")
+    for variant, lat in table["latency_ms"].items():
+        lines.append(f"| `{variant}` TFLite, batch 1, {what} (ms) | "
+                     f"{_fmt(lat['teacher'], '.2f')} | {_fmt(lat['student'], '.2f')} | "
+                     f"{_fmt(lat['ratio'], '.2f')}{'x' if lat['ratio'] else ''} |")
+    return [*lines, "", "FLOPs: the matmuls of encoder and head (2 per multiply-add) at "
+            "the exported sequence length; latencies from the table above (teacher: "
+            "`export <variant>`, student: `export student-<variant>`).", ""]
+
+
 def _histories(inputs: dict[str, Path]) -> dict[str, list]:
     found = {"fine-tune": inputs["finetune"] / "history.json",
              "prune": inputs["prune"] / "history.json"}
+    if "distill" in inputs:
+        found["distill"] = inputs["distill"] / "history.json"
     for path in sorted((inputs["quantize"]).glob("*/qat_history.json")):
         found[f"QAT of {path.parent.name}"] = path
     return {name: json.loads(p.read_text()) for name, p in found.items() if p.is_file()}
@@ -352,6 +417,8 @@ def run(config: PipelineConfig, inputs: dict[str, Path], out_dir: Path,
     measurements = measure_speed(rows, config, inputs["prepare"], work_dir)
     thread_labels = ["all" if t == 0 else str(t) for t in config.report.threads]
     best_at_accuracy(rows, thread_labels[0])
+    compute = compute_table(rows, _manifest(inputs["distill"])["metrics"],
+                            thread_labels[0]) if "distill" in inputs else None
     tokenizer = read_tokenizer_config(inputs["prepare"])
     examples = _manifest(inputs["evaluate"])["metrics"]["examples"]
     report = {
@@ -365,8 +432,9 @@ def run(config: PipelineConfig, inputs: dict[str, Path], out_dir: Path,
                      ("latency_runs", "warmup", "threads", "throughput_batch",
                       "throughput_runs", "examples")},
         "thread_labels": thread_labels,
-        "stage_seconds": {s: _manifest(inputs[s])["duration_s"] for s in PIPELINE_STAGES},
+        "stage_seconds": {s: _manifest(inputs[s])["duration_s"] for s in inputs},
         "models": rows,
+        "compute": compute,
     }
     report["plots"] = plots(report, out_dir, _histories(inputs))
     report["settings"]["threads"] = list(report["settings"]["threads"])
@@ -375,7 +443,7 @@ def run(config: PipelineConfig, inputs: dict[str, Path], out_dir: Path,
     (out_dir / "latency.json").write_text(json.dumps(measurements, indent=1) + "\n")
     log.info("report: %s", out_dir.parent / "report" / "report.md")
     return {"models": len(rows), "report": "report.md",
-            "stage_seconds": report["stage_seconds"]}
+            "stage_seconds": report["stage_seconds"], "compute": compute}
 
 
 if __name__ == "__main__":
