@@ -1,4 +1,4 @@
-"""Batch-1 CPU latency of the int8 exports against dynamic-range `cpu` and float32.
+"""Batch-1 CPU latency of the int8 and student exports against dynamic-range `cpu`.
 
 The token-id TFLite models of one run (`--run-dir`) run in ai-edge-litert with its
 default XNNPACK delegate, at batch 1, on one thread and on all cores:
@@ -8,6 +8,10 @@ default XNNPACK delegate, at batch 1, on one thread and on all cores:
     int8        int8 matmuls, ranges calibrated, no training
     qat         int8 matmuls from quantization-aware training of the float model
     pruned-qat  the same for the pruned model
+    student-cpu, student-int8, student-qat
+                the distilled student's dynamic-range, calibrated int8 and QAT int8
+                models (distill stage), against the teacher's `cpu`: the speed-up
+                `cpu / student-cpu` is the distill issue's figure
 
 Each is taken from `export/tflite/` when the run exported it, else from the quantize
 stage's folder. `--before NAME=PATH` adds any other file (e.g. an older `qat` export) to
@@ -51,6 +55,9 @@ MODELS = {  # name -> (export target, quantize stage file)
     "int8": ("int8", "finetune/int8.tflite"),
     "qat": ("qat", "finetune/qat.tflite"),
     "pruned-qat": ("pruned-qat", "prune/qat.tflite"),
+    "student-cpu": ("student-cpu", "distill/cpu.tflite"),
+    "student-int8": ("student-int8", "distill/int8.tflite"),
+    "student-qat": ("student-qat", "distill/qat.tflite"),
 }
 
 
@@ -130,6 +137,8 @@ def measure(paths: dict[str, Path], rows: list, threads: int, rounds: int, calls
         if BASELINE in models:
             entry[f"ratio_to_{BASELINE}"] = round(statistics.median(
                 r[name] / r[BASELINE] for r in per_round), 3)
+            entry["speedup"] = round(statistics.median(
+                r[BASELINE] / r[name] for r in per_round), 3)
         result["models"][name] = entry
     return result
 
@@ -171,7 +180,8 @@ def main(argv: list[str] | None = None) -> int:
               f"({result['runtime']}):")
         for name, entry in result["models"].items():
             print(f"  {name:<14} {entry['median_ms']:8.3f} ms   "
-                  f"{entry.get(f'ratio_to_{BASELINE}', float('nan')):.3f} x {BASELINE}")
+                  f"{entry.get(f'ratio_to_{BASELINE}', float('nan')):.3f} x {BASELINE}   "
+                  f"speed-up {entry.get('speedup', float('nan')):.2f}x")
     results["load_average_after"] = [round(x, 2) for x in os.getloadavg()]
     if args.json:
         args.json.write_text(json.dumps(results, indent=1) + "\n")

@@ -37,7 +37,9 @@ class DistillConfig(Section):
         importance_batches: training batches the head and neuron scores are summed over.
         train: the distillation fine-tune (same keys as `finetune`); `distill_weight`
             is the share of the loss from the teacher's soft labels, `augment_fraction`
-            adds perturbed copies learned from the teacher alone.
+            adds perturbed copies learned from the teacher alone, `distill_hidden_weight`
+            matches every student layer's hidden state with the teacher layer it was
+            cut from.
     """
 
     SECTION: ClassVar[str] = "distill"
@@ -68,6 +70,3 @@ class DistillConfig(Section):
         check(self.importance_batches > 0, "importance_batches", "must be positive")
         check(self.train.distills, "train.distill_weight",
               "the student learns from the teacher: set distill_weight > 0")
-        check(self.train.distill_hidden_weight == 0, "train.distill_hidden_weight",
-              "hidden-state matching is not supported for students (their layers differ "
-              "from the teacher's); use 0")

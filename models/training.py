@@ -66,14 +66,15 @@ log = logging.getLogger(__name__)
 def make_train_step(strategy, model, optimizer, loss_fn, metrics=(), xla: bool = False,
                     teacher=None, distill_weight: float = 0.0,
                     distill_temperature: float = 2.0, distill_hidden_weight: float = 0.0,
-                    input_signature=None):
+                    teacher_layers: Sequence[int] | None = None, input_signature=None):
     """`train_step(features, labels)`: one optimizer step on a distributed batch.
 
     The loss is averaged over the global batch; `metrics` are (mean loss, accuracy)
     metrics updated with the per-example loss and the logits. With `xla`, the replica
     step is compiled with XLA. With a `teacher` model and `distill_weight` w > 0 the
     per-example loss is (1 - w) * loss_fn + w * `distillation_loss`; with
-    `distill_hidden_weight` h > 0, h * `hidden_distillation_loss` is added. An example
+    `distill_hidden_weight` h > 0, h * `hidden_distillation_loss` is added, student layer
+    i matched with teacher layer `teacher_layers[i]` (None: layer i). An example
     labelled -1 (a perturbed copy, `data.input.perturb_examples`) has no cross-entropy
     term: its loss is `distillation_loss` alone (plus the hidden term), and the accuracy
     metric skips it.
@@ -100,8 +101,11 @@ def make_train_step(strategy, model, optimizer, loss_fn, metrics=(), xla: bool =
                 per_example = tf.where(
                     known, (1 - distill_weight) * per_example + distill_weight * soft, soft)
             if hidden:
+                teacher_states = teacher_outputs[1:]
+                if teacher_layers is not None:
+                    teacher_states = [teacher_states[i] for i in teacher_layers]
                 per_example += distill_hidden_weight * hidden_distillation_loss(
-                    outputs[1:], teacher_outputs[1:], features["input_mask"])
+                    outputs[1:], teacher_states, features["input_mask"])
             loss = tf.nn.compute_average_loss(per_example)
             if scaled:
                 loss = optimizer.get_scaled_loss(loss)
@@ -195,6 +199,8 @@ class Trainer:
         build_teacher: `build_teacher() -> model`, the model to distill from when
             `train_cfg.distill_weight` or `distill_hidden_weight` > 0; called inside the
             strategy scope before `build_model` (None: no teacher; then those must be 0).
+        teacher_layers: for `distill_hidden_weight`, the teacher layer each student layer
+            is matched with (a student with fewer layers); None: the same index.
         hooks: objects with any of `on_train_begin`, `on_step_begin`, `on_epoch_end` and
             `on_weights_changed` (after the averaged weights were swapped in), each
             called with the trainer (whose `model` and `optimizer` they may use).
@@ -208,6 +214,7 @@ class Trainer:
     def __init__(self, train_cfg: TrainConfig, *, seed: int, prep_dir: Path, work_dir: Path,
                  arch: BertArchitecture, build_model: Callable[[int], tuple[Any, dict]],
                  build_teacher: Callable[[], Any] | None = None,
+                 teacher_layers: Sequence[int] | None = None,
                  hooks: Sequence[object] = (), name: str = "finetune") -> None:
         ft = train_cfg
         if ft.distills and build_teacher is None:
@@ -216,6 +223,7 @@ class Trainer:
                               "fine-tuned model")
         self.train_cfg, self.prep_dir = ft, prep_dir
         self.hooks, self.name = list(hooks), name
+        self.teacher_layers = None if teacher_layers is None else list(teacher_layers)
         info = read_tokenizer_config(prep_dir)
         self.max_seq_length = info["max_seq_length"]
         self.arch = arch
@@ -321,7 +329,7 @@ class Trainer:
             (self.train_loss, self.train_accuracy), xla=ft.xla, teacher=self.teacher,
             distill_weight=ft.distill_weight, distill_temperature=ft.distill_temperature,
             distill_hidden_weight=ft.distill_hidden_weight,
-            input_signature=[features, labels])
+            teacher_layers=self.teacher_layers, input_signature=[features, labels])
 
         @tf.function(reduce_retracing=True)
         def predict_step(features):

@@ -391,7 +391,7 @@ def _predict_in_mediapipe(model: Path, texts: list[str]):
             f"{model} has no {missing} for MediaPipe's TextClassifier, which needs the "
             "metadata's BERT tokenizer, vocabulary and labels inside the file; give a "
             "token-id TFLite file exported with export.mediapipe=true (<name>-cpu, -gpu, "
-            "-int8, -qat or -pruned-qat.tflite)")
+            "-int8, -qat, -pruned-qat or -student-*.tflite)")
     try:
         probabilities, info = classify_texts(model, texts)
     except (MediaPipeUnavailable, RuntimeError) as err:

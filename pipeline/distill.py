@@ -156,7 +156,8 @@ def run(config: PipelineConfig, inputs: dict[str, Path], out_dir: Path,
 
     trainer = Trainer(cfg.train, seed=config.seed, prep_dir=prep_dir, work_dir=work_dir,
                       arch=student_arch, build_model=build_model,
-                      build_teacher=build_teacher, name="distill")
+                      build_teacher=build_teacher, teacher_layers=plan["keep_layers"],
+                      name="distill")
     training = trainer.fit()
     student = trainer.model
 

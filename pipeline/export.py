@@ -4,10 +4,12 @@ Writes every target in `export.targets`, then runs each one in a fresh Python pr
 the runtime a user would use (`tf.saved_model.load`; the TFLite adapter, ai-edge-litert
 first) on the test split, and compares it with a Keras model (`gate_verdict`):
 
-- float and dynamic-range targets (`savedmodel`, `savedmodel-ids`, `cpu`, `gpu`, `text`), rule
-  `agreement`: accuracy within `export.max_accuracy_drop` of the model they came from,
-  and its predicted label on at least `export.min_agreement` of the examples.
-- int8-activation targets (`int8`, `qat`, `pruned-qat`), rule `int8`: accuracy at most
+- float and dynamic-range targets (`savedmodel`, `savedmodel-ids`, `cpu`, `gpu`, `text`,
+  `student-cpu`, `student-gpu`), rule `agreement`: accuracy within
+  `export.max_accuracy_drop` of the model they came from (the student's: the distilled
+  student), and its predicted label on at least `export.min_agreement` of the examples.
+- int8-activation targets (`int8`, `qat`, `pruned-qat`, `student-int8`, `student-qat`),
+  rule `int8`: accuracy at most
   `export.max_accuracy_drop` below their Keras twin (the QAT model; for `int8` the
   calibrated quantized model, `quantize/<model>/int8_predictions.npz`), at most
   `export.max_drop_from_float` below the float model they were quantized from
@@ -34,6 +36,8 @@ builtin kernels by type; `export.op_profile.execution_plan`) is recorded too.
         tflite/<name>-int8.tflite       int8 matmuls, calibrated ranges, no training
         tflite/<name>-qat.tflite        QAT int8 of the float model (quantize stage)
         tflite/<name>-pruned-qat.tflite prune-preserving QAT int8 of the pruned model
+        tflite/<name>-student-*.tflite  the distilled student's cpu, gpu, int8 and QAT
+                                        int8 models (same inputs and tokenizer)
         tflite/<name>-text.tflite       raw string in: tokenizer (TF Text ops) + `cpu` model
         tflite/labels.txt, vocab.txt, tokenizer.json   travel with the TFLite models
         verification.json               per target: accuracy, agreement, gate rule and

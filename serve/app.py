@@ -293,8 +293,9 @@ def create_app(export_dir: str | Path, backend: str = "savedmodel", name: str | 
 
     Args:
         export_dir: `<run-dir>/export`.
-        backend: `savedmodel` or a TFLite target (`cpu`, `gpu`, `int8`, `qat`,
-            `pruned-qat`, `text`).
+        backend: `savedmodel`, `savedmodel-ids` or a TFLite target (`cpu`, `gpu`, `int8`,
+            `qat`, `pruned-qat`, `student-cpu`, `student-gpu`, `student-int8`,
+            `student-qat`, `text`).
         name: the model name in URLs (default: the export's `export.name`).
         max_batch: most instances per model batch (1: no batching).
         batch_wait_ms: how long a request waits for others to batch with (0: batches

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -11,7 +13,14 @@ import tf_keras as keras
 from models.bert import BertArchitecture, build_classifier
 from models.id_remap import IdRemap
 from models.shape_importance import head_importance, neuron_importance
-from models.shape_pruning import prune_shape, student_architecture
+from models.shape_pruning import (
+    evenly_spaced_layers,
+    flops_per_example,
+    kept_vocabulary,
+    parameter_breakdown,
+    prune_shape,
+    student_architecture,
+)
 
 TEACHER = BertArchitecture(vocab_size=100, hidden_size=32, num_layers=3, num_heads=4,
                            intermediate_size=64, max_positions=64, type_vocab_size=2,
@@ -245,3 +254,82 @@ def test_student_takes_quantization_aware_training(teacher):
                                   student.get_layer("embeddings_remap").table.numpy())
     # Measured 0.003 on a random-init student.
     np.testing.assert_allclose(run(qat, features), run(student, features), atol=0.02)
+
+
+# === What the distill stage plans and reports ===
+
+
+def test_evenly_spaced_layers_end_with_the_last():
+    assert evenly_spaced_layers(6, 3) == [1, 3, 5]
+    assert evenly_spaced_layers(6, 2) == [2, 5]
+    assert evenly_spaced_layers(6, 6) == list(range(6))
+    assert evenly_spaced_layers(12, 4) == [2, 5, 8, 11]
+    for total, keep in ((6, 0), (6, 7)):
+        with pytest.raises(ValueError, match="cannot keep"):
+            evenly_spaced_layers(total, keep)
+
+
+def test_kept_vocabulary_counts_specials_and_extras():
+    counts = np.array([0, 0, 5, 1, 0, 2, 0, 0])
+    assert kept_vocabulary(counts, [0]).tolist() == [0, 2, 3, 5]
+    assert kept_vocabulary(counts, [0], min_count=2).tolist() == [0, 2, 5]
+    # extra: the lowest ids not kept otherwise
+    assert kept_vocabulary(counts, [0], min_count=2, extra=2).tolist() == [0, 1, 2, 3, 5]
+    assert kept_vocabulary(counts, [7, 6], extra=0).tolist() == [2, 3, 5, 6, 7]
+
+
+def test_parameter_breakdown_adds_up(teacher):
+    student = prune_shape(teacher, TEACHER, keep_layers=[1], heads_per_layer=2,
+                          intermediate_size=16, keep_tokens=np.arange(40), unk_id=UNK,
+                          head_scores=np.ones((3, 4)), neuron_scores=np.ones((3, 64)))
+    parts = parameter_breakdown(student)
+    assert parts["word_embeddings"] == 40 * 32
+    assert parts["other_embeddings"] == (64 + 2) * 32 + 2 * 32
+    assert parts["head"] == 32 * 2 + 2
+    assert parts["total"] == sum(v for k, v in parts.items() if k != "total")
+    # count_params also counts the remap table (non-trainable ints), one per input id
+    assert parts["total"] == student.count_params() - 100
+    assert parameter_breakdown(teacher)["total"] == teacher.count_params()
+
+
+def test_flops_follow_the_shapes():
+    one = dataclasses.replace(TEACHER, num_layers=1)
+    length, hidden, width, ffn = 10, 32, 32, 64
+    per_layer = (2 * length * hidden * width * 4 + 4 * length * length * width
+                 + 4 * length * hidden * ffn)
+    assert flops_per_example(one, length, 2) == per_layer + 2 * hidden * 2
+    assert flops_per_example(TEACHER, length, 2) == 3 * per_layer + 2 * hidden * 2
+    assert flops_per_example(TEACHER, length, 2, pooler=True) == \
+        3 * per_layer + 2 * hidden * 2 + 2 * hidden * hidden
+    # half the heads (same head size) and half the FFN: every layer term halves
+    half = dataclasses.replace(TEACHER, num_heads=2, intermediate_size=32)
+    assert flops_per_example(half, length, 2) - 2 * hidden * 2 == \
+        (flops_per_example(TEACHER, length, 2) - 2 * hidden * 2) // 2
+
+
+def test_hidden_distillation_matches_the_layers_a_student_was_cut_from(teacher, batches):
+    """A student of teacher layers [0, 2] (nothing else removed): matched with those
+    layers, the hidden term is the error of skipping layer 1 only at the second layer;
+    matched by index ([0, 1]) it differs; a student of all layers matched with them
+    has no loss at all."""
+    from models.training import make_train_step
+
+    features, labels = batches[0]
+    strategy = tf.distribute.get_strategy()
+
+    def mean_loss(student, teacher_layers):
+        mean = keras.metrics.Mean()
+        step = make_train_step(strategy, student, keras.optimizers.SGD(0.0),
+                               keras.losses.SparseCategoricalCrossentropy(
+                                   from_logits=True, reduction="none"),
+                               (mean, keras.metrics.SparseCategoricalAccuracy()),
+                               teacher=teacher, distill_weight=1.0,
+                               distill_hidden_weight=1.0, teacher_layers=teacher_layers)
+        step(features, labels)
+        return float(mean.result())
+
+    whole = prune_shape(teacher, TEACHER)
+    assert mean_loss(whole, [0, 1, 2]) == pytest.approx(0.0, abs=1e-6)
+    cut = prune_shape(teacher, TEACHER, keep_layers=[0, 2])
+    matched, by_index = mean_loss(cut, [0, 2]), mean_loss(cut, [0, 1])
+    assert matched > 1e-4 and by_index > 1e-4 and abs(matched - by_index) > 1e-4
