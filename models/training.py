@@ -547,7 +547,9 @@ class Trainer:
                 "examples_per_second": round(trained_steps * self.mean_batch
                                              / max(train_seconds, 1e-9), 2),
                 "replicas": self.strategy.num_replicas_in_sync,
-                "parameters": int(self.model.count_params()),
+                # trainable weights: a student's id remap table is not a parameter
+                "parameters": int(sum(np.prod(w.shape) for w in
+                                      self.model.trainable_weights)),
                 "weight_average": None if self.average is None else {
                     "decay": ft.ema_decay, "from_step": keep_from,
                     "updates": int(self.average.updates.numpy())}}

@@ -289,17 +289,19 @@ class PipelineConfig:
                 f"{self.data.max_seq_length} exceeds model.max_positions "
                 f"{self.model.max_positions}")
         if not self.distill.enabled:  # the knob that skips the stage drops its student
-            object.__setattr__(self, "quantize", dataclasses.replace(
-                self.quantize, sources=tuple(s for s in self.quantize.sources
-                                             if s != "distill") or ("finetune",)))
-            object.__setattr__(self, "export", dataclasses.replace(
-                self.export, targets=tuple(t for t in self.export.targets
-                                           if not t.startswith("student-"))
-                or ("savedmodel",)))
-            for key, value in (("export.model", self.export.model),):
-                if value == "distill":
-                    raise ConfigError(f"invalid config value for '{key}': 'distill' needs "
-                                      "distill.enabled true")
+            sources = tuple(s for s in self.quantize.sources if s != "distill")
+            targets = tuple(t for t in self.export.targets if not t.startswith("student-"))
+            for key, left in (("quantize.sources", sources), ("export.targets", targets)):
+                if not left:
+                    raise ConfigError(f"invalid config value for '{key}': only the "
+                                      "student's, and distill.enabled is false")
+            if self.export.model == "distill":
+                raise ConfigError("invalid config value for 'export.model': 'distill' "
+                                  "needs distill.enabled true")
+            object.__setattr__(self, "quantize",
+                               dataclasses.replace(self.quantize, sources=sources))
+            object.__setattr__(self, "export",
+                               dataclasses.replace(self.export, targets=targets))
         for target, source in QAT_TARGETS.items():
             if target in self.export.targets and not (
                     self.quantize.qat and source in self.quantize.sources):

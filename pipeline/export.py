@@ -186,9 +186,16 @@ def run(config: PipelineConfig, inputs: dict[str, Path], out_dir: Path, work_dir
     cfg = config.export
     prep_dir, source_dir = inputs["prepare"], inputs[cfg.model]
     blessing = _blessing(source_dir, inputs.get("evaluate"))
-    if not blessing["blessed"] and not force:
-        raise ExportGateError(f"the {cfg.model} model is not blessed by evaluation "
-                              f"({blessing['checks']}); lower evaluate.min_* or pass --force")
+    # Every model a requested target is made of must be blessed (a student target is
+    # the student's, whatever export.model is).
+    for name in dict.fromkeys([cfg.model, *(made_of[0] for t in cfg.targets
+                                            if (made_of := tflite_source(t, cfg.model)))]):
+        checked = blessing if name == cfg.model else _blessing(
+            inputs[name], inputs.get("evaluate") if name == "finetune" else None)
+        if not checked["blessed"] and not force:
+            raise ExportGateError(f"the {name} model is not blessed by evaluation "
+                                  f"({checked['checks']}); lower evaluate.min_* or pass "
+                                  "--force")
     model, meta = load_model(source_dir)
     labels = meta["labels"]
     tokenizer = BertTokenizer.load(source_dir)

@@ -381,8 +381,9 @@ def _compute_markdown(table: dict[str, Any]) -> list[str]:
              f"{p['student']['total'] / 1e6:.2f} M | {p['ratio']:.2f}x |"]
     for part in ("word_embeddings", "other_embeddings", "encoder", "head"):
         a, b = p["teacher"][part], p["student"][part]
+        ratio = f"{a / b:.2f}x" if b else "-"
         lines.append(f"| - {part.replace('_', ' ')} | {a / 1e6:.2f} M | {b / 1e6:.2f} M | "
-                     f"{_fmt(a / b if b else None, '.2f')}x |")
+                     f"{ratio} |")
     lines.append(f"| FLOPs per example ({table['seq_length']} tokens) | "
                  f"{f['teacher'] / 1e6:.1f} M | {f['student'] / 1e6:.1f} M | "
                  f"{f['ratio']:.2f}x |")

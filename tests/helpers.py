@@ -23,7 +23,8 @@ def manifest(run_dir, stage):
     return json.loads((Path(run_dir) / stage / "manifest.json").read_text())
 
 
-def copy_run(source, target, stages=("prepare", "finetune", "evaluate", "prune", "quantize")):
+def copy_run(source, target,
+             stages=("prepare", "finetune", "evaluate", "prune", "distill", "quantize")):
     """Copy the named stage artifacts of a run into `target` (returned)."""
     for stage in stages:
         shutil.copytree(Path(source) / stage, Path(target) / stage)
@@ -37,3 +38,6 @@ PRUNE = ["prune.final_sparsity=0.75", "prune.frequency=1", "prune.train.epochs=2
          "prune.train.batch_size=16", "prune.train.learning_rate=0.001"]
 QUANTIZE = ["quantize.post_training=[cpu, int8]",
             "quantize.train.learning_rate=0.0002"]
+# The exported_run fixture's export: the float-arithmetic gpu target also on the builtin
+# kernels (a `slimbert run` over its copy must pass it too, or the export reruns).
+EXPORT = ["export.compare_kernels=[gpu, int8, qat, pruned-qat]"]

@@ -129,3 +129,39 @@ def test_config_is_frozen():
     cfg = PipelineConfig()
     with pytest.raises(AttributeError):
         cfg.seed = 1
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["distill.keep_layers=[1, 1]"],
+     "'distill.keep_layers': expected distinct layer indices >= 0, found [1, 1]"),
+    (["distill.keep_layers=[-1]"], "'distill.keep_layers': expected distinct layer"),
+    (["distill.num_heads=-1"], "'distill.num_heads': must be >= 0 (0 = keep all)"),
+    (["distill.extra_tokens=-1"], "'distill.extra_tokens': must be >= 0"),
+    (["distill.min_token_count=0"], "'distill.min_token_count': must be positive"),
+    (["distill.importance_batches=0"], "'distill.importance_batches': must be positive"),
+    (["distill.enabled=maybe"], "'distill.enabled' expects bool, found 'maybe'"),
+    (["export.targets=[student-qat]", "quantize.sources=[finetune]"],
+     "'export.targets': 'student-qat' needs quantize.qat true and 'distill' in "
+     "quantize.sources"),
+    (["export.model=student"], "'export.model': expected one of finetune, prune, distill"),
+])
+def test_distill_config_errors_name_the_key(overrides, message):
+    with pytest.raises(ConfigError) as err:
+        load_config(REPO / "configs" / "tiny.yaml", overrides)
+    assert message in str(err.value)
+
+
+def test_distill_defaults_and_the_tiny_student():
+    """By default the student is quantized and exported; tiny.yaml's is 1 layer, 1 head,
+    32 FFN neurons; `export.model: distill` puts the student behind cpu/gpu/int8."""
+    default = PipelineConfig()
+    assert default.distill.enabled and default.distill.num_layers == 3
+    assert "distill" in default.quantize.sources
+    assert {"student-cpu", "student-gpu", "student-int8", "student-qat"} <= \
+        set(default.export.targets)
+    assert default.distill.train.distill_weight > 0
+    tiny = load_config(REPO / "configs" / "tiny.yaml")
+    assert (tiny.distill.num_layers, tiny.distill.num_heads,
+            tiny.distill.intermediate_size, tiny.distill.vocabulary) == (1, 1, 32, "train")
+    assert load_config(REPO / "configs" / "tiny.yaml",
+                       ["export.model=distill"]).export.model == "distill"

@@ -21,7 +21,9 @@ from pipeline.config import ConfigError, ExportConfig, load_config
 from pipeline.export import gate_verdict
 from tests.helpers import PRUNE, QUANTIZE, REPO, TRAINED, copy_run, manifest, run_stage
 
-TARGETS = ("savedmodel", "savedmodel-ids", "cpu", "gpu", "int8", "qat", "pruned-qat", "text")
+TARGETS = ("savedmodel", "savedmodel-ids", "cpu", "gpu", "int8", "qat", "pruned-qat",
+           "student-cpu", "student-gpu", "student-int8", "student-qat", "text")
+INT8_TARGETS = ("int8", "qat", "pruned-qat", "student-int8", "student-qat")
 TEXTS = ["a moving, beautifully acted film", "dull, tedious and far too long", "",
          "Ünïcödé and emoji 🎬 are fine"]
 
@@ -64,7 +66,7 @@ def test_every_target_is_exported_and_passes_the_gate(exported):
         assert result["passed"] and result["failures"] == [], target
         assert result["accuracy"] >= 0.85, target
         assert abs(result["accuracy_difference"]) <= 0.005
-        if target in ("int8", "qat", "pruned-qat"):
+        if target in INT8_TARGETS:
             assert result["rule"] == "int8" and result["agreement"] >= 0.95, target
             assert result["drop_from_float"] == pytest.approx(
                 result["float_accuracy"] - result["accuracy"], abs=1e-6)
@@ -102,15 +104,18 @@ def test_every_target_is_exported_and_passes_the_gate(exported):
     # for pruned-qat, as their own stages measured them.
     evaluation = manifest(exported, "evaluate")["metrics"]["accuracy"]
     pruned = manifest(exported, "prune")["metrics"]["evaluation"]["accuracy"]
+    student = manifest(exported, "distill")["metrics"]["evaluation"]["accuracy"]
     for target, accuracy in (("int8", evaluation), ("qat", evaluation),
-                             ("pruned-qat", pruned)):
+                             ("pruned-qat", pruned), ("student-int8", student),
+                             ("student-qat", student)):
         assert m["targets"][target]["float_accuracy"] == pytest.approx(accuracy, abs=1e-6)
     assert m["targets"]["qat"]["twin"] == "QAT model of finetune"
     assert (m["gate"]["max_drop_from_float"], m["gate"]["min_int8_agreement"]) == \
         (0.01, 0.95)
     # The QAT exports are the quantize stage's files (plus MediaPipe's metadata),
     # compared with its QAT models.
-    for target, source in (("qat", "finetune"), ("pruned-qat", "prune")):
+    for target, source in (("qat", "finetune"), ("pruned-qat", "prune"),
+                           ("student-qat", "distill")):
         converted = (exported / "quantize" / source / "qat.tflite").read_bytes()
         assert m["targets"][target]["model_sha256"] == hashlib.sha256(converted).hexdigest()
         assert m["targets"][target]["census"] == census_summary(op_census(converted))
@@ -123,6 +128,48 @@ def test_every_target_is_exported_and_passes_the_gate(exported):
     assert m["targets"]["savedmodel"]["warmup_requests"] == 3
     # The core-ops SavedModel (tests/export/test_savedmodel_ids.py): the same accuracy.
     assert m["targets"]["savedmodel-ids"]["accuracy"] == m["targets"]["savedmodel"]["accuracy"]
+
+
+def test_student_targets_are_the_distilled_models_variants(exported):
+    """student-*: the quantize stage's files of the distilled student (student-gpu, a
+    variant the fixture's quantize.post_training leaves out, converted by the export),
+    gated against the student; one layer's matmuls, a fraction of the teacher's bytes,
+    and on raw texts the Keras student's answers."""
+    import tensorflow as tf
+
+    from data.tokenizer import BertTokenizer
+
+    targets = manifest(exported, "export")["metrics"]["targets"]
+    qat = manifest(exported, "quantize")["metrics"]["qat"]["distill"]
+    student_accuracy = manifest(exported, "distill")["metrics"]["evaluation"]["accuracy"]
+    twins = {"cpu": "distill model", "gpu": "distill model",
+             "int8": "int8 model of distill", "qat": "QAT model of distill"}
+    for variant, twin in twins.items():
+        target, teacher = targets[f"student-{variant}"], targets[variant]
+        assert target["source"] == "distill" and target["twin"] == twin, variant
+        assert target["passed"] and target["mediapipe"]["passed"], variant
+        if variant in ("cpu", "gpu"):  # their twin is the Keras student itself
+            assert target["source_accuracy"] == pytest.approx(student_accuracy, abs=1e-6)
+        # 8 matmuls in the student's one layer + the classifier (+ QAT's outlier splits).
+        splits = len(qat["outlier_channels"]) if variant == "qat" else 0
+        assert target["census"]["matmuls"] == 9 + splits, variant
+        assert teacher["census"]["matmuls"] == 17 + splits, variant
+        assert target["bytes"] < teacher["bytes"] / 2, variant
+        copied = exported / "quantize" / "distill" / f"{variant}.tflite"
+        if variant == "gpu":
+            assert not copied.exists()
+        else:
+            assert target["model_sha256"] == hashlib.sha256(copied.read_bytes()).hexdigest()
+    assert targets["student-int8"]["census"]["int8_matmuls"] == 9
+
+    student, _ = load_model(exported / "distill")
+    tokenizer = BertTokenizer.load(exported / "distill")
+    expected = tf.nn.softmax(student(tokenizer(tf.constant(TEXTS)))).numpy()
+    for variant in ("cpu", "gpu"):
+        path = exported / "export" / "tflite" / f"slimbert-student-{variant}.tflite"
+        probabilities = Predictor(path).predict_texts(TEXTS)
+        np.testing.assert_allclose(probabilities, expected, atol=0.02)
+        assert (probabilities.argmax(-1) == expected.argmax(-1)).all(), variant
 
 
 def test_savedmodel_in_a_fresh_process(exported):

@@ -15,10 +15,15 @@ from tests.helpers import TRAINED, manifest, run_stage
 
 def test_every_variant_is_written_evaluated_and_integer(quantized_run):
     m = manifest(quantized_run, "quantize")
-    assert sorted(m["inputs"]) == ["finetune", "prepare", "prune"]
+    assert sorted(m["inputs"]) == ["distill", "finetune", "prepare", "prune"]
     variants = json.loads((quantized_run / "quantize" / "variants.json").read_text())
-    assert sorted(variants) == [f"{s}/{k}" for s in ("finetune", "prune")
+    assert sorted(variants) == [f"{s}/{k}" for s in ("distill", "finetune", "prune")
                                 for k in ("cpu", "int8", "qat")]
+    layers = {"finetune": 2, "prune": 2, "distill": 1}  # the student keeps 1 of 2
+    # Dynamic-range int8 only takes kernels of >= 1024 weights (the converter's
+    # threshold): all 6 per teacher layer; of the student's (32x16 q/k/v, 16x32 output,
+    # 32x32 FFN in and out) the 2 FFN kernels.
+    hybrid = {"finetune": 12, "prune": 12, "distill": 2}
     test_size = sum(1 for _ in read_split(quantized_run / "prepare", "test", with_text=False))
     for name, v in variants.items():
         path = quantized_run / "quantize" / v["file"]
@@ -28,16 +33,22 @@ def test_every_variant_is_written_evaluated_and_integer(quantized_run):
         assert v["accuracy"] >= 0.85, name
         assert v["agreement_with_source"] >= 0.9, name
         census = v["census"]
-        # 8 per layer x 2 + classifier, + one per FFN output with outlier channels.
+        # 8 per layer + classifier, + one per FFN output with outlier channels.
         splits = len(m["metrics"]["qat"][v["source"]]["outlier_channels"]) \
             if v["variant"] == "qat" else 0
-        assert census["matmuls"] == 17 + splits
+        matmuls = 8 * layers[v["source"]] + 1 + splits
+        assert census["matmuls"] == matmuls, name
         if v["variant"] in ("int8", "qat"):
-            assert census["int8_matmuls"] == 17 + splits, name
+            assert census["int8_matmuls"] == matmuls, name
             assert census["float_matmuls"] == 0, name
-            assert v["ops"]["BATCH_MATMUL int8,int8->int8"] == 4
+            assert v["ops"]["BATCH_MATMUL int8,int8->int8"] == 2 * layers[v["source"]]
         else:
-            assert census["hybrid_matmuls"] == 12, name
+            assert census["hybrid_matmuls"] == hybrid[v["source"]], name
+    # The student's first op maps the teacher's token ids to its rows (int32 GATHER).
+    for variant in ("cpu", "int8", "qat"):
+        assert variants[f"distill/{variant}"]["ops"]["GATHER int32,int32->int32"] >= 1
+        assert variants[f"distill/{variant}"]["bytes"] < \
+            variants[f"finetune/{variant}"]["bytes"] / 4
     # Files are what the manifest says: reload one and recompute its accuracy.
     flat = (quantized_run / "quantize" / "finetune" / "qat.tflite").read_bytes()
     assert op_census(flat)["int8_matmuls"] == \

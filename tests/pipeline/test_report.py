@@ -7,10 +7,19 @@ import json
 import pytest
 
 from pipeline.cli import main
-from pipeline.report import best_at_accuracy
-from tests.helpers import PRUNE, QUANTIZE, TINY, TRAINED, copy_run, manifest, run_stage
+from pipeline.report import best_at_accuracy, compute_table
+from tests.helpers import (
+    EXPORT,
+    PRUNE,
+    QUANTIZE,
+    TINY,
+    TRAINED,
+    copy_run,
+    manifest,
+    run_stage,
+)
 
-STAGES = ("prepare", "finetune", "evaluate", "prune", "quantize", "export")
+STAGES = ("prepare", "finetune", "evaluate", "prune", "distill", "quantize", "export")
 REPORT = ["report.latency_runs=4", "report.warmup=1", "report.throughput_runs=1",
           "report.throughput_batch=8", "report.examples=8"]
 
@@ -28,7 +37,7 @@ def test_every_model_is_a_row_with_its_stage_figures(reported):
     rows = {r["name"]: r for r in report["models"]}
     variants = json.loads((reported / "quantize" / "variants.json").read_text())
     targets = manifest(reported, "export")["metrics"]["targets"]
-    expected = {"Keras float", "Keras pruned",
+    expected = {"Keras float", "Keras pruned", "Keras student",
                 *(f"TFLite {v['description']}" for v in variants.values()),
                 *(f"export {t}" for t in targets)}
     assert set(rows) == expected
@@ -38,6 +47,10 @@ def test_every_model_is_a_row_with_its_stage_figures(reported):
     pruned = manifest(reported, "prune")["metrics"]
     assert rows["Keras pruned"]["accuracy"] == pruned["evaluation"]["accuracy"]
     assert rows["Keras pruned"]["sparsity"] == pruned["sparsity"]["overall"] >= 0.74
+    student = manifest(reported, "distill")["metrics"]["evaluation"]
+    assert rows["Keras student"]["accuracy"] == student["accuracy"]
+    assert rows["Keras student"]["sparsity"] == 0.0
+    assert rows["Keras student"]["file"] == str(reported / "distill" / "model.keras")
     for v in variants.values():
         row = rows[f"TFLite {v['description']}"]
         assert (row["accuracy"], row["bytes"]) == (v["accuracy"], v["bytes"])
@@ -130,13 +143,70 @@ def test_markdown_table_and_plots(reported):
         assert f"]({name})" in text
 
 
+def test_compute_table_sets_the_student_against_the_teacher(reported):
+    """'Where the compute goes': the distill stage's parameter and FLOP counts, and the
+    batch-1 latencies of each teacher export and its student-* twin from the model
+    rows, with the teacher / student ratios; in report.json, the manifest and the
+    Markdown."""
+    report = json.loads((reported / "report" / "report.json").read_text())
+    rows = {r["name"]: r for r in report["models"]}
+    distill = manifest(reported, "distill")["metrics"]
+    compute = report["compute"]
+    assert manifest(reported, "report")["metrics"]["compute"] == compute
+    assert compute["threads"] == "1" and compute["seq_length"] == 32
+    assert compute["parameters"] == {"teacher": distill["parameters"]["teacher"],
+                                     "student": distill["parameters"]["student"],
+                                     "ratio": distill["parameters"]["ratio"]}
+    assert compute["flops"] == {k: distill["flops_per_example"][k]
+                                for k in ("teacher", "student", "ratio")}
+    assert sorted(compute["latency_ms"]) == ["cpu", "gpu", "int8", "qat"]
+    for variant, lat in compute["latency_ms"].items():
+        teacher = rows[f"export {variant}"]["latency"]["1"]["median_ms"]
+        student = rows[f"export student-{variant}"]["latency"]["1"]["median_ms"]
+        assert (lat["teacher"], lat["student"]) == (teacher, student) and student > 0
+        assert lat["ratio"] == round(teacher / student, 3)
+
+    text = (reported / "report" / "report.md").read_text()
+    section = text.split("## Where the compute goes (teacher and student)")[1]
+    section = section.split("\n## ")[0]
+    p = compute["parameters"]
+    assert f"| parameters | {p['teacher']['total'] / 1e6:.2f} M | " \
+        f"{p['student']['total'] / 1e6:.2f} M | {p['ratio']:.2f}x |" in section
+    f = compute["flops"]
+    assert f"| FLOPs per example (32 tokens) | {f['teacher'] / 1e6:.1f} M | " \
+        f"{f['student'] / 1e6:.1f} M | {f['ratio']:.2f}x |" in section
+    lat = compute["latency_ms"]["int8"]
+    assert f"| `int8` TFLite, batch 1, 1 thread (ms) | {lat['teacher']:.2f} | " \
+        f"{lat['student']:.2f} | {lat['ratio']:.2f}x |" in section
+
+
+def test_compute_table_without_a_student_export():
+    """A variant exported for only one side is listed with the other's latency and the
+    ratio missing; one exported for neither is left out."""
+    rows = [{"name": "export cpu", "latency": {"1": {"median_ms": 4.0}}},
+            {"name": "export student-cpu", "latency": {"1": {"median_ms": 1.0}}},
+            {"name": "export int8", "latency": {"1": {"median_ms": 3.0}}},
+            {"name": "export student-gpu", "latency": {"all": {"median_ms": 2.0}}}]
+    counts = {"parameters": {"teacher": {"total": 10}, "student": {"total": 5}, "ratio": 2.0},
+              "flops_per_example": {"seq_length": 8, "teacher": 40, "student": 10,
+                                    "ratio": 4.0}}
+    table = compute_table(rows, counts, "1")
+    assert table["latency_ms"] == {
+        "cpu": {"teacher": 4.0, "student": 1.0, "ratio": 4.0},
+        "int8": {"teacher": 3.0, "student": None, "ratio": None}}
+    assert table["flops"] == {"teacher": 40, "student": 10, "ratio": 4.0}
+    assert table["seq_length"] == 8 and table["threads"] == "1"
+
+
 def test_run_ends_with_the_report_and_stage_times(exported_run, tmp_path, easy_data,
                                                   capsys):
     run_dir = copy_run(exported_run, tmp_path, STAGES)
     args = ["run", "--config", TINY, "--run-dir", str(run_dir)]
-    for item in (*easy_data, *TRAINED, *PRUNE, *QUANTIZE, *REPORT):
+    for item in (*easy_data, *TRAINED, *PRUNE, *QUANTIZE, *EXPORT, *REPORT):
         args += ["--set", item]
     assert main(args) == 0  # the earlier stages are up to date: only the report runs
+    for stage in STAGES:
+        assert manifest(run_dir, stage) == manifest(exported_run, stage), stage
     out = capsys.readouterr().out
     for stage in (*STAGES, "report", "total"):
         assert any(line.split()[0] == stage for line in out.splitlines() if line.strip())
