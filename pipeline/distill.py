@@ -106,7 +106,7 @@ def run(config: PipelineConfig, inputs: dict[str, Path], out_dir: Path,
         work_dir: Path) -> dict[str, Any]:
     from data.input import training_sample
     from data.tokenizer import read_tokenizer_config
-    from models.artifact import load_model, read_meta, save_model
+    from models.artifact import load_model, save_model
     from models.bert import BertArchitecture
     from models.evaluation import evaluate_model
     from models.shape_importance import head_importance, neuron_importance

@@ -68,7 +68,7 @@ from typing import Any
 
 import numpy as np
 
-from export.targets import INT8_ACTIVATION_VARIANTS, QAT_TARGETS, tflite_source
+from export.targets import INT8_ACTIVATION_VARIANTS, tflite_source
 from pipeline.cli import stage_main
 from pipeline.config import PipelineConfig, SlimbertError
 
