@@ -155,7 +155,7 @@ def test_distill_defaults_and_the_tiny_student():
     """By default the student is quantized and exported; tiny.yaml's is 1 layer, 1 head,
     32 FFN neurons; `export.model: distill` puts the student behind cpu/gpu/int8."""
     default = PipelineConfig()
-    assert default.distill.enabled and default.distill.num_layers == 3
+    assert default.distill.enabled and default.distill.num_layers == 0
     assert "distill" in default.quantize.sources
     assert {"student-cpu", "student-gpu", "student-int8", "student-qat"} <= \
         set(default.export.targets)
