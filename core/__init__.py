@@ -10,6 +10,7 @@ entry point, a stage, the CLI or a notebook's `import models.bert`, passes throu
     core.files    file hashing and gzip size
     core.assets   locating files inside the offline asset packages
     core.progress progress bars (tqdm on a terminal, log lines otherwise)
+    core.timing   seconds per phase of a stage run (train, evaluate, convert, ...)
 """
 
 import os

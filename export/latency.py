@@ -33,6 +33,7 @@ from typing import Any
 
 import numpy as np
 
+from core.timing import phase
 from data.features import INPUT_NAMES
 
 
@@ -191,6 +192,7 @@ def load_data(path: Path) -> dict[str, Any]:
     return data
 
 
+@phase("latency")
 def measure_in_fresh_process(spec: dict[str, Any], data: Path, work_dir: Path,
                              timeout: float = 3600) -> list[dict[str, Any]]:
     """Run `measure_models` in a new Python process (its own thread pools)."""

@@ -65,14 +65,17 @@ def classify_texts(model: Path, texts: Sequence[str], timeout: float = 3600
     `texts` with the TFLite file `model`, in a fresh process; and {"labels" (from the
     file's metadata), "runtime", "load_seconds", "run_seconds"}. RuntimeError with
     MediaPipe's message if it refuses the model."""
+    from core.timing import phase  # here: this file is also MediaPipe's script, without core
+
     python = mediapipe_python()
     with tempfile.TemporaryDirectory(prefix="slimbert-mediapipe-") as folder:
         texts_path, out = Path(folder) / "texts.json", Path(folder) / "out.npz"
         texts_path.write_text(json.dumps(list(texts), ensure_ascii=False), encoding="utf-8")
-        result = subprocess.run([python, "-I", str(Path(__file__).resolve()),
-                                 str(Path(model).resolve()),
-                                 str(texts_path), str(out)], capture_output=True,
-                                text=True, timeout=timeout)
+        with phase("verify"):
+            result = subprocess.run([python, "-I", str(Path(__file__).resolve()),
+                                     str(Path(model).resolve()),
+                                     str(texts_path), str(out)], capture_output=True,
+                                    text=True, timeout=timeout)
         if result.returncode != 0:
             lines = [line for line in result.stderr.strip().splitlines()
                      if line.strip() and not line.startswith(("W0000", "I0000", "INFO:"))]

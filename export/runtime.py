@@ -32,6 +32,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from core.native_logs import quiet_native_stderr
+from core.timing import phase
 from data.features import INPUT_NAMES
 
 RUNTIMES = ("ai_edge_litert", "tflite_runtime", "tensorflow")
@@ -191,6 +192,7 @@ def _rows(batches) -> Iterable[dict]:
             yield {name: value[i:i + 1].astype(np.int32) for name, value in arrays.items()}
 
 
+@phase("evaluate")
 def run_tflite(tflite: bytes, batches, *, num_threads: int | None = None,
                on_example: Callable[[], Any] | None = None):
     """Outputs of a TFLite classifier (probabilities for `export.tflite.to_tflite`'s

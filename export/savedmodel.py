@@ -40,6 +40,7 @@ from pathlib import Path
 import numpy as np
 import tensorflow as tf
 
+from core.timing import phase
 from data.features import INPUT_NAMES
 from data.tokenizer import BertTokenizer
 
@@ -141,6 +142,7 @@ def read_warmup(path: Path) -> list[list[str] | dict[str, np.ndarray]]:
     return out
 
 
+@phase("convert")
 def save_serving_model(model, tokenizer: BertTokenizer | None, labels: Sequence[str],
                        version_dir: Path, asset_files: Sequence[Path],
                        model_name: str, warmup_texts: Sequence[str] = (),

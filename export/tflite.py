@@ -37,6 +37,7 @@ import numpy as np
 import tensorflow as tf
 import tf_keras as keras
 
+from core.timing import phase
 from data.features import INPUT_NAMES
 from data.tokenizer import BertTokenizer
 from export.flatbuffer import op_census
@@ -79,6 +80,7 @@ def _concrete_function(model: keras.Model, max_seq_length: int,
     return serve.get_concrete_function()
 
 
+@phase("convert")
 def to_tflite(model: keras.Model, kind: str, *, max_seq_length: int,
               representative: Callable[[], Iterable[dict]] | None = None,
               float_ops: Iterable[str] = QAT_FLOAT_OPS,
@@ -167,6 +169,7 @@ class _TextClassifier(tf.Module):
         return {"probabilities": tf.nn.softmax(tf.cast(logits, tf.float32), axis=-1)}
 
 
+@phase("convert")
 def text_tflite(model, tokenizer: BertTokenizer, *, dynamic_int8: bool = True) -> bytes:
     """Convert tokenizer + classifier into a raw-string TFLite model (see module doc)."""
     module = _TextClassifier(model, tokenizer)

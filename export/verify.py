@@ -24,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
+from core.timing import phase
 from data.features import INPUT_NAMES
 
 
@@ -61,6 +62,7 @@ def verify(model: Path, data: Path, out: Path, kernels: str = "default") -> dict
     return info
 
 
+@phase("verify")
 def verify_in_fresh_process(model: Path, data: Path, out: Path, timeout: float = 3600,
                             kernels: str = "default") -> tuple[np.ndarray, dict]:
     """Run `verify` in a new Python process; returns (probabilities, info)."""

@@ -22,6 +22,7 @@ import tf_keras as keras
 import models.bert  # noqa: F401  (registers the custom layers for loading)
 import models.optimization  # noqa: F401
 from core.errors import ArtifactError
+from core.timing import phase
 from data.tokenizer import TOKENIZER_FILE, VOCAB_FILE
 
 MODEL_FILE = "model.keras"
@@ -30,6 +31,7 @@ META_FILE = "model.json"
 TOKENIZER_FILES = ("labels.txt", VOCAB_FILE, TOKENIZER_FILE)
 
 
+@phase("io")
 def save_model(model: keras.Model, out_dir: Path, meta: dict[str, Any],
                tokenizer_from: Path) -> None:
     """Write the model (without optimizer state), its description and tokenizer files."""
@@ -39,6 +41,7 @@ def save_model(model: keras.Model, out_dir: Path, meta: dict[str, Any],
         shutil.copyfile(Path(tokenizer_from) / name, out_dir / name)
 
 
+@phase("io")
 def load_model(artifact_dir: Path, custom_objects: dict | None = None
                ) -> tuple[keras.Model, dict[str, Any]]:
     artifact_dir = Path(artifact_dir)

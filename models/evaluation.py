@@ -18,6 +18,8 @@ from typing import Any
 
 import numpy as np
 
+from core.timing import phase
+
 log = logging.getLogger(__name__)
 
 
@@ -55,6 +57,7 @@ def bless(metrics: dict[str, Any], *, min_accuracy: float = 0.0,
     return {"blessed": all(c["passed"] for c in checks.values()), "checks": checks}
 
 
+@phase("evaluate")
 def predict_keras(model, prep_dir: Path, split: str, batch_size: int
                   ) -> tuple[np.ndarray, np.ndarray]:
     """Labels and softmax probabilities of a Keras classifier on one prepared split."""
@@ -74,6 +77,7 @@ def predict_keras(model, prep_dir: Path, split: str, batch_size: int
     return np.concatenate(labels), np.concatenate(probs)
 
 
+@phase("evaluate")
 def evaluate_model(model, labels: list[str], prep_dir: Path, *, split: str,
                    batch_size: int, min_accuracy: float = 0.0, min_macro_f1: float = 0.0,
                    out_dir: Path | None = None) -> dict[str, Any]:

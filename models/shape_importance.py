@@ -30,9 +30,11 @@ import numpy as np
 import tensorflow as tf
 import tf_keras as keras
 
+from core.timing import phase
 from models.bert import num_transformer_layers
 
 
+@phase("calibrate")
 def _gate_gradients(model: keras.Model, batches: Iterable, kernels: list,
                     gate_axes: tuple[int, ...]) -> np.ndarray:
     """sum over batches of |sum over `gate_axes` of (kernel * dL/dkernel)| per kernel.

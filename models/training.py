@@ -43,6 +43,7 @@ import tf_keras as keras
 
 from core.errors import ConfigError
 from core.progress import progress
+from core.timing import phase
 from data.input import (
     batch_examples,
     bucket_examples,
@@ -358,6 +359,7 @@ class Trainer:
 
         return self.strategy.distribute_datasets_from_function(dataset_fn)
 
+    @phase("evaluate")
     def validate(self) -> dict[str, float]:
         data = batch_examples(read_split(self.prep_dir, "validation", with_text=False),
                               self.train_cfg.eval_batch_size)
@@ -401,6 +403,7 @@ class Trainer:
                  if isinstance(v, tf.Variable)}
         return list(found.values())
 
+    @phase("io")
     def _resume(self) -> tuple[int, list[dict[str, Any]]]:
         """Restore the newest checkpoint that can be read and restored; returns its step
         and history ((0, []) when there is none: a fresh start).
@@ -468,7 +471,7 @@ class Trainer:
         # The first step whose epoch may be kept as best, and where the average starts.
         keep_from = min(best_from_step, self.total_steps)
         train_writer, val_writer = self._summaries()
-        train_seconds, trained_steps = 0.0, 0
+        train_seconds, trained_steps, first_step_seconds = 0.0, 0, None
         bar = progress(total=self.total_steps, initial=step, desc=self.name, unit="step",
                        items_per_unit=self.mean_batch)
         log.info("training %d steps (%d epochs of %d batches, batch %d, buckets %s) on %d "
@@ -481,29 +484,34 @@ class Trainer:
                 self.train_loss.reset_state()
                 self.train_accuracy.reset_state()
             started = time.perf_counter()
-            for features, labels in self.epoch_batches(epoch, in_epoch):
-                self._call_hooks("on_step_begin")
-                self.train_step(features, labels)
-                step += 1
-                if self.average is not None and step >= keep_from:
-                    self.average.update()
-                bar.update(1)
-                if step % 20 == 0 or step == self.total_steps:
-                    loss = float(self.train_loss.result())
-                    bar.set_postfix(loss=f"{loss:.4f}", epoch=epoch + 1)
-                    with train_writer.as_default(step=step):
-                        tf.summary.scalar("loss", loss)
-                        tf.summary.scalar("accuracy", self.train_accuracy.result())
-                        tf.summary.scalar("learning_rate",
-                                          self.optimizer.learning_rate(step)
-                                          if callable(self.optimizer.learning_rate)
-                                          else self.optimizer.learning_rate)
-                # An epoch's last step is saved after validation, below.
-                if step % ft.checkpoint_every == 0 and step % self.steps_per_epoch \
-                        and step < self.total_steps:
-                    self.manager.save(checkpoint_number=step)
-                if step >= self.total_steps or step % self.steps_per_epoch == 0:
-                    break
+            with phase("train"):
+                for features, labels in self.epoch_batches(epoch, in_epoch):
+                    self._call_hooks("on_step_begin")
+                    step_started = time.perf_counter()
+                    self.train_step(features, labels)
+                    if first_step_seconds is None:  # tracing (and XLA compilation) included
+                        first_step_seconds = round(time.perf_counter() - step_started, 2)
+                    step += 1
+                    if self.average is not None and step >= keep_from:
+                        self.average.update()
+                    bar.update(1)
+                    if step % 20 == 0 or step == self.total_steps:
+                        loss = float(self.train_loss.result())
+                        bar.set_postfix(loss=f"{loss:.4f}", epoch=epoch + 1)
+                        with train_writer.as_default(step=step):
+                            tf.summary.scalar("loss", loss)
+                            tf.summary.scalar("accuracy", self.train_accuracy.result())
+                            tf.summary.scalar("learning_rate",
+                                              self.optimizer.learning_rate(step)
+                                              if callable(self.optimizer.learning_rate)
+                                              else self.optimizer.learning_rate)
+                    # An epoch's last step is saved after validation, below.
+                    if step % ft.checkpoint_every == 0 and step % self.steps_per_epoch \
+                            and step < self.total_steps:
+                        with phase("io"):
+                            self.manager.save(checkpoint_number=step)
+                    if step >= self.total_steps or step % self.steps_per_epoch == 0:
+                        break
             self._call_hooks("on_epoch_end")
             seconds = time.perf_counter() - started
             train_seconds += seconds
@@ -525,7 +533,8 @@ class Trainer:
             # average); compared in the float32 the best value is checkpointed in.
             if eligible and np.float32(record["val_accuracy"]) >= self.best.numpy():
                 self.best.assign(record["val_accuracy"])
-                self.best_ckpt.write(self.best_path)
+                with phase("io"):
+                    self.best_ckpt.write(self.best_path)
                 record["best"] = True
             if averaged:
                 self.average.swap()
@@ -534,7 +543,8 @@ class Trainer:
                      "(%.0f s)", epoch + 1, record["train_loss"], record["train_accuracy"],
                      record["val_loss"], record["val_accuracy"], seconds)
             self.history.assign(json.dumps(history))
-            self.manager.save(checkpoint_number=step)
+            with phase("io"):
+                self.manager.save(checkpoint_number=step)
         bar.close()
         self.best_ckpt.read(self.best_path).assert_existing_objects_matched()
         best = next(h for h in history if h.get("best") and h["step"] == max(
@@ -544,6 +554,7 @@ class Trainer:
                 "steps_per_epoch": self.steps_per_epoch, "epochs": self.epochs,
                 "resumed_from_step": resumed_from,
                 "train_seconds": round(train_seconds, 2),
+                "first_step_seconds": first_step_seconds,
                 "examples_per_second": round(trained_steps * self.mean_batch
                                              / max(train_seconds, 1e-9), 2),
                 "replicas": self.strategy.num_replicas_in_sync,

@@ -11,7 +11,8 @@ Manifest fields: `stage`, `fingerprint` (hash of the stage's config and input ma
 path and manifest sha256), `external_inputs` (what the stage read from outside the
 run, e.g. each user data file's path, size and sha256), `files` (relative path ->
 sha256 and size), `metrics`, `versions` (Python and library versions), `git_commit`,
-`created_at`, `duration_s`.
+`created_at`, `duration_s`, `timings` (seconds per phase of the run, `core.timing`;
+like `duration_s`, never part of the fingerprint).
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from typing import Any
 from core.config import config_hash
 from core.errors import ArtifactError
 from core.files import sha256_file
+from core.timing import Timings, phase
 from pipeline.config import PipelineConfig
 
 __all__ = ["ArtifactError"]  # raised by the artifact checks here; defined in core.errors
@@ -177,9 +179,13 @@ def atomic_dir(final: Path) -> Iterator[Path]:
 
 def write_manifest(out_dir: Path, *, stage: str, config: PipelineConfig, fingerprint: str,
                    inputs: dict[str, Path], metrics: dict[str, Any], started: float,
-                   external_inputs: dict[str, Any] | None = None) -> dict:
-    """Write config.yaml and manifest.json into a finished (temporary) artifact folder."""
+                   external_inputs: dict[str, Any] | None = None,
+                   timings: Timings | None = None) -> dict:
+    """Write config.yaml and manifest.json into a finished (temporary) artifact folder
+    (`timings`: the run's phases, recorded as `timings` beside `duration_s`)."""
     (out_dir / CONFIG_FILE).write_text(config.to_yaml(), encoding="utf-8")
+    with phase("io"):
+        files = hash_files(out_dir)
     manifest = {
         "stage": stage,
         "fingerprint": fingerprint,
@@ -189,13 +195,15 @@ def write_manifest(out_dir: Path, *, stage: str, config: PipelineConfig, fingerp
                           "manifest_sha256": sha256_file(Path(path) / MANIFEST)}
                    for name, path in inputs.items()},
         "external_inputs": external_inputs or {},
-        "files": hash_files(out_dir),
+        "files": files,
         "metrics": metrics,
         "versions": library_versions(),
         "git_commit": git_commit(),
         "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "duration_s": round(time.time() - started, 3),
     }
+    if timings is not None:
+        manifest["timings"] = timings.as_dict(manifest["duration_s"])
     text = json.dumps(manifest, indent=2, sort_keys=False, default=str)
     (out_dir / MANIFEST).write_text(text + "\n", encoding="utf-8")
     return manifest

@@ -33,6 +33,7 @@ from pathlib import Path
 from types import ModuleType
 
 import pipeline
+from core import timing
 from core.native_logs import quiet_native_startup
 from pipeline import artifacts
 from pipeline.config import EXPORT_TARGETS, PipelineConfig, SlimbertError, load_config
@@ -84,19 +85,20 @@ def execute(name: str, config: PipelineConfig, run_dir: Path, force: bool = Fals
     work_dir = work_root / f"{name}-{fingerprint[:12]}"
     work_dir.mkdir(parents=True, exist_ok=True)
     try:
-        with artifacts.atomic_dir(out_dir) as tmp:
+        with artifacts.atomic_dir(out_dir) as tmp, timing.recording() as timings:
             extra = {"force": force} if "force" in inspect.signature(module.run).parameters \
                 else {}
             metrics = module.run(config, inputs, tmp, work_dir, **extra)
-            artifacts.write_manifest(tmp, stage=name, config=config, fingerprint=fingerprint,
-                                     inputs=inputs, external_inputs=external,
-                                     metrics=metrics, started=started)
+            manifest = artifacts.write_manifest(
+                tmp, stage=name, config=config, fingerprint=fingerprint, inputs=inputs,
+                external_inputs=external, metrics=metrics, started=started, timings=timings)
         _remove_work(work_root, name)
     finally:  # keep scratch only where it holds something to resume from
         for folder in (work_dir, work_root, *([run_dir] if new_run_dir else [])):
             if folder.is_dir() and not any(folder.iterdir()):
                 folder.rmdir()
-    log.info("%s: done in %.1f s", name, time.time() - started)
+    log.info("%s: done in %.1f s (%s)", name, time.time() - started,
+             ", ".join(f"{p} {t['seconds']:.1f} s" for p, t in manifest["timings"].items()))
     return out_dir
 
 

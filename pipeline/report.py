@@ -14,7 +14,7 @@ show the export's XNNPACK plan (partitions, delegated share of the ops). Each ro
 no model at least as accurate beats on latency or gzip size is marked (`best_at_accuracy`).
 
     <run-dir>/report/
-        report.md      the table, stage wall times, plots, how each figure was measured
+        report.md      the table, stage time profile, plots, how each figure was measured
         report.json    the same data
         accuracy_vs_size.png, accuracy_vs_latency.png, training_curves.png
         latency.json   the raw latency measurements
@@ -31,6 +31,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from core.timing import PHASES
 from pipeline.cli import stage_main
 from pipeline.config import PipelineConfig
 
@@ -286,12 +287,34 @@ def markdown(report: dict[str, Any]) -> str:
         out += ["Identical files, timed once: " + "; ".join(same) + ".", ""]
     if report.get("compute"):
         out += _compute_markdown(report["compute"])
-    out += ["## Stage wall times", "", "| stage | seconds |", "|---|---|"]
-    out += [f"| {s} | {t:.1f} |" for s, t in report["stage_seconds"].items()]
-    out += [f"| total (before report) | {sum(report['stage_seconds'].values()):.1f} |", "",
-            "## Plots", ""]
+    out += _profile_markdown(report["stage_seconds"], report.get("stage_timings", {}))
+    out += ["## Plots", ""]
     out += [f"![{p}]({p})" for p in report["plots"]]
     return "\n".join(out) + "\n"
+
+
+def _profile_markdown(seconds: dict[str, float], timings: dict[str, dict | None]
+                      ) -> list[str]:
+    """The stage time profile: each stage's wall seconds split by phase (its manifest's
+    `timings`; `-` for a manifest written before they were recorded)."""
+    found = {p for t in timings.values() if t for p in t if p != "other"}
+    phases = [p for p in PHASES if p in found] + sorted(found - set(PHASES)) + ["other"]
+    out = ["## Stage time profile", "",
+           "Wall seconds of each stage by phase (`timings` in its manifest.json): a phase "
+           "inside another counts only for itself, e.g. validation during training is "
+           "evaluate; other is the rest.", "",
+           "| stage | " + " | ".join(phases) + " | total |", "|---" * (len(phases) + 2) + "|"]
+    totals = dict.fromkeys(phases, 0.0)
+    for stage, total in seconds.items():
+        t = timings.get(stage)
+        cells = ["-"] * len(phases) if not t else [
+            f"{t[p]['seconds']:.1f}" if p in t else "" for p in phases]
+        for p in phases:
+            totals[p] += t[p]["seconds"] if t and p in t else 0.0
+        out.append(f"| {stage} | " + " | ".join(cells) + f" | {total:.1f} |")
+    out += ["| total (before report) | " + " | ".join(f"{totals[p]:.1f}" for p in phases)
+            + f" | {sum(seconds.values()):.1f} |", ""]
+    return out
 
 
 def plots(report: dict[str, Any], out_dir: Path, histories: dict[str, list]) -> list[str]:
@@ -434,6 +457,7 @@ def run(config: PipelineConfig, inputs: dict[str, Path], out_dir: Path,
                       "throughput_runs", "examples")},
         "thread_labels": thread_labels,
         "stage_seconds": {s: _manifest(inputs[s])["duration_s"] for s in inputs},
+        "stage_timings": {s: _manifest(inputs[s]).get("timings") for s in inputs},
         "models": rows,
         "compute": compute,
     }

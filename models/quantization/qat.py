@@ -70,6 +70,7 @@ import tensorflow as tf
 import tensorflow_model_optimization as tfmot
 import tf_keras as keras
 
+from core.timing import phase
 from models.bert import BertSelfAttention, ClsToken, PositionEmbedding, QuantPoints
 from models.quantization.calibration import (
     batch_features,
@@ -256,6 +257,7 @@ def quantize_for_training(model: keras.Model, *, preserve_sparsity: bool = False
     return qat_model
 
 
+@phase("calibrate")
 def calibrated_copy(model: keras.Model, prep_dir, *, calibration_batches: int,
                     batch_size: int, seed: int, preserve_sparsity: bool = False,
                     per_channel: bool = False, split_outliers: float = 0.0) -> keras.Model:

@@ -34,6 +34,21 @@ def test_tiny_model_learns_and_is_blessed(trained_run):
     assert ev["blessing"]["blessed"] is True
     assert sum(map(sum, ev["confusion_matrix"])) == ev["examples"]
     assert (trained / "finetune" / "logs" / "train").is_dir()
+    assert 0 < ft["first_step_seconds"] < ft["train_seconds"]
+
+
+def test_manifest_records_where_the_time_went(trained_run):
+    run = manifest(trained_run, "finetune")
+    timings = run["timings"]
+    assert timings["train"]["count"] == run["metrics"]["epochs"]  # one per epoch's steps
+    assert timings["train"]["seconds"] > 0 and timings["evaluate"]["count"] >= 4
+    assert timings["io"]["count"] >= 1  # checkpoints, model.keras, file hashes
+    phases = sum(t["seconds"] for name, t in timings.items() if name != "other")
+    assert phases <= run["duration_s"] + 0.01
+    assert phases + timings["other"]["seconds"] == pytest.approx(run["duration_s"], abs=0.01)
+    # Validation inside training counts as evaluate: train is below the epochs' seconds.
+    assert timings["train"]["seconds"] <= run["metrics"]["train_seconds"] + 0.01
+    assert set(manifest(trained_run, "evaluate")["timings"]) >= {"evaluate", "io", "other"}
 
 
 def test_saved_model_reproduces_evaluation(trained_run):

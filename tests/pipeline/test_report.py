@@ -128,7 +128,19 @@ def test_markdown_table_and_plots(reported):
     smallest = min(report["models"], key=lambda r: r["gzip_bytes"])
     assert "fastest" in fastest["best"] and "smallest" in smallest["best"]
     assert "Best at its accuracy: fastest if no other model" in text
-    assert "| quantize |" in text and "## Stage wall times" in text
+    profile = text.split("## Stage time profile")[1].split("\n## ")[0]
+    header = next(line for line in profile.splitlines() if line.startswith("| stage |"))
+    assert header.startswith("| stage | train | evaluate |")
+    assert header.endswith("| other | total |")
+    rows = {line.split(" | ")[0][2:]: line for line in profile.splitlines()
+            if line.startswith("| ") and line != header}
+    for stage in STAGES:
+        timings = manifest(reported, stage)["timings"]
+        assert report["stage_timings"][stage] == timings
+        assert rows[stage].endswith(
+            f" | {timings['other']['seconds']:.1f} | {report['stage_seconds'][stage]:.1f} |")
+    assert "convert" in report["stage_timings"]["quantize"]
+    assert "latency" in manifest(reported, "report")["timings"]
     # The exports also run on the builtin kernels (the fixture's export.compare_kernels).
     kernels = text.split("## TFLite exports on other kernels")[1].split("\n## ")[0]
     targets = manifest(reported, "export")["metrics"]["targets"]
