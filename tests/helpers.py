@@ -19,6 +19,34 @@ def run_stage(stage, run_dir, *overrides, config=TINY):
     return main(args)
 
 
+def kill_after_first_checkpoint(stage, run_dir, *overrides, config=TINY, timeout=240):
+    """Run `python -m pipeline.<stage>` in a fresh process and kill -9 it as soon as it
+    has written its first resumable checkpoint; asserts that no artifact was left."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    args = [sys.executable, "-m", f"pipeline.{stage}", "--config", config, "--run-dir",
+            str(run_dir)]
+    for item in overrides:
+        args += ["--set", item]
+    proc = subprocess.Popen(args, cwd=REPO, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + timeout
+        while not any(Path(run_dir).glob(f".work/{stage}-*/ckpt/ckpt-*.index")):
+            assert time.time() < deadline, f"{stage} wrote no checkpoint in {timeout} s"
+            assert proc.poll() is None, f"{stage} ended before its first checkpoint"
+            time.sleep(0.02)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert not (Path(run_dir) / stage).exists()  # no half artifact
+
+
 def manifest(run_dir, stage):
     return json.loads((Path(run_dir) / stage / "manifest.json").read_text())
 

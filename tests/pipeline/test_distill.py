@@ -4,10 +4,6 @@ config errors before any artifact, `distill.enabled`, and resume after a kill.""
 
 import json
 import shutil
-import signal
-import subprocess
-import sys
-import time
 
 import numpy as np
 import pytest
@@ -21,7 +17,7 @@ from models.evaluation import predict_keras
 from models.shape_pruning import flops_per_example, parameter_breakdown
 from pipeline.cli import main, pipeline_stages
 from pipeline.config import ConfigError, load_config
-from tests.helpers import REPO, TINY, TRAINED, manifest, run_stage
+from tests.helpers import TINY, TRAINED, kill_after_first_checkpoint, manifest, run_stage
 
 SPECIALS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
 
@@ -226,15 +222,6 @@ def test_enabled_false_leaves_the_student_out(tmp_path, capsys):
     assert "student-" not in text and "- distill" not in text
 
 
-def _wait_for(predicate, timeout):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.02)
-    return False
-
-
 @pytest.mark.slow  # ~30 s on 2 busy cores: a fresh process to kill, then the rerun
 def test_killed_distill_resumes_to_the_same_student(distilled_run, tmp_path, easy_data):
     """kill -9 after the first checkpoint (tiny.yaml: every 4 steps); the rerun resumes
@@ -242,22 +229,7 @@ def test_killed_distill_resumes_to_the_same_student(distilled_run, tmp_path, eas
     config and inputs), bit for bit."""
     run_dir = fresh_run(distilled_run, tmp_path)
     overrides = [*easy_data, *TRAINED]
-    args = [sys.executable, "-m", "pipeline.distill", "--config", TINY, "--run-dir",
-            str(run_dir)]
-    for item in overrides:
-        args += ["--set", item]
-    proc = subprocess.Popen(args, cwd=REPO, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
-    try:
-        found = _wait_for(lambda: any(run_dir.glob(".work/distill-*/ckpt/ckpt-*.index")),
-                          timeout=240)
-        assert found, "no checkpoint was written"
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(timeout=30)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    assert not (run_dir / "distill").exists()  # no half artifact
+    kill_after_first_checkpoint("distill", run_dir, *overrides)
     assert run_stage("distill", run_dir, *overrides) == 0
     m = manifest(run_dir, "distill")["metrics"]
     expected = manifest(distilled_run, "distill")["metrics"]

@@ -3,11 +3,9 @@
 import json
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pytest
@@ -19,7 +17,7 @@ from models.distill import distillation_loss, hidden_distillation_loss, hidden_s
 from models.evaluation import bless, classification_metrics, predict_keras
 from models.optimization import WarmupLinearDecay, make_optimizer
 from models.training import make_train_step
-from tests.helpers import REPO, TINY, manifest, run_stage
+from tests.helpers import REPO, TINY, kill_after_first_checkpoint, manifest, run_stage
 
 
 def test_tiny_model_learns_and_is_blessed(trained_run):
@@ -88,15 +86,6 @@ def test_schedule_and_weight_decay_exclusions():
     assert float(bias[0]) == 1.0 and float(gamma[0]) == 1.0  # excluded
 
 
-def _wait_for(predicate, timeout):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.05)
-    return False
-
-
 # Two epochs of 48 steps with a checkpoint every 3 steps and a weight average (whose
 # state must be resumed too).
 RESUMABLE = ["finetune.epochs=2", "finetune.batch_size=8", "finetune.checkpoint_every=3",
@@ -110,22 +99,7 @@ def killed_finetune(tmp_path_factory, easy_data):
     run_dir = tmp_path_factory.mktemp("killed")
     overrides = [*easy_data, *RESUMABLE]
     assert run_stage("prepare", run_dir, *overrides) == 0
-    args = [sys.executable, "-m", "pipeline.finetune", "--config", TINY, "--run-dir",
-            str(run_dir)]
-    for item in overrides:
-        args += ["--set", item]
-    proc = subprocess.Popen(args, cwd=REPO, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
-    try:
-        found = _wait_for(lambda: any(run_dir.glob(".work/finetune-*/ckpt/ckpt-*.index")),
-                          timeout=240)
-        assert found, "no checkpoint was written"
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(timeout=30)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    assert not (run_dir / "finetune").exists()  # no half artifact
+    kill_after_first_checkpoint("finetune", run_dir, *overrides)
     return run_dir
 
 
