@@ -70,4 +70,5 @@ class DistillConfig(Section):
         check(self.min_token_count > 0, "min_token_count", "must be positive")
         check(self.importance_batches > 0, "importance_batches", "must be positive")
         check(self.train.distills, "train.distill_weight",
-              "the student learns from the teacher: set distill_weight > 0")
+              "the student learns from the teacher: set distill_weight or "
+              "distill_hidden_weight > 0")

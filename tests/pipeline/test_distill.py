@@ -166,9 +166,10 @@ def fresh_run(trained_run, tmp_path):
      "'distill.intermediate_size': the teacher has 64 per layer, found 65"),
     (["distill.vocabulary=bogus"],
      "'distill.vocabulary': expected one of all, train, found 'bogus'"),
-    (["distill.train.distill_weight=0", "distill.train.augment_fraction=0"],
+    (["distill.train.distill_weight=0", "distill.train.augment_fraction=0",
+      "distill.train.distill_hidden_weight=0"],
      "'distill.train.distill_weight': the student learns from the teacher: set "
-     "distill_weight > 0"),
+     "distill_weight or distill_hidden_weight > 0"),
     # tiny.yaml's perturbed copies are checked first, and need the teacher too.
     (["distill.train.distill_weight=0"], "'distill.train.augment_fraction': perturbed "
                                          "copies have no label of their own; they need "
