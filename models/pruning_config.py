@@ -80,6 +80,10 @@ class PruneConfig(Section):
               "steps must be >= 0")
         check(self.end_step == 0 or self.end_step > self.begin_step, "end_step",
               "must come after begin_step")
+        # The pruned model is the fine-tuned float32 model wrapped by tfmot: a mixed
+        # policy would not reach its layers and would be ignored.
+        check(self.train.precision == "float32", "train.precision",
+              f"pruning trains in float32 only, found {self.train.precision!r}")
         check(0 < self.end_fraction <= 1, "end_fraction", "expected (0, 1]")
         check(self.frequency > 0, "frequency", "must be positive")
         pair = list(self.m_by_n)

@@ -40,6 +40,7 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 import tf_keras as keras
+from tf_keras.src.mixed_precision.policy import policy_scope
 
 from core.errors import ConfigError
 from core.progress import progress
@@ -240,8 +241,6 @@ class Trainer:
 
         self.strategy = make_strategy(ft.strategy, ft.tpu)
         self.chief = is_chief(self.strategy)
-        if ft.precision != "float32":
-            keras.mixed_precision.set_global_policy(ft.precision)
         self.seed = seed if ft.seed < 0 else ft.seed
         keras.utils.set_random_seed(self.seed)
         if ft.deterministic:
@@ -279,7 +278,10 @@ class Trainer:
 
         with self.strategy.scope():
             self.teacher = build_teacher() if build_teacher is not None else None
-            self.model, self.checkpoint_report = build_model(self.total_steps)
+            # The precision applies to the model built here only (not to the teacher,
+            # nor to later stages in the same process): a scope, not the global policy.
+            with policy_scope(ft.precision):
+                self.model, self.checkpoint_report = build_model(self.total_steps)
             optimizer = make_optimizer(
                 peak_lr=ft.learning_rate, total_steps=self.total_steps,
                 warmup_steps=int(ft.warmup_fraction * self.total_steps),
@@ -547,6 +549,9 @@ class Trainer:
                 self.manager.save(checkpoint_number=step)
         bar.close()
         self.best_ckpt.read(self.best_path).assert_existing_objects_matched()
+        # A mixed-precision model becomes float32 for what follows (evaluation, the
+        # artifact, TFLite): the weights are float32 already, only the compute changes.
+        self.model = float32_copy(self.model)
         best = next(h for h in history if h.get("best") and h["step"] == max(
             x["step"] for x in history if x.get("best")))
         return {"history": history, "best_epoch": best["epoch"],
@@ -564,6 +569,22 @@ class Trainer:
                 "weight_average": None if self.average is None else {
                     "decay": ft.ema_decay, "from_step": keep_from,
                     "updates": int(self.average.updates.numpy())}}
+
+
+def float32_copy(model: keras.Model) -> keras.Model:
+    """`model` itself if every layer computes in float32, else the same functional model
+    rebuilt with float32 layers and given its weights (mixed-precision variables are
+    float32, so the weights are unchanged)."""
+    layers = [layer for layer in model.submodules if isinstance(layer, keras.layers.Layer)]
+    if all(layer.compute_dtype in (None, "float32") for layer in layers):
+        return model
+    config = model.get_config()
+    for layer in config["layers"]:
+        layer["config"]["dtype"] = "float32"
+    with policy_scope("float32"):
+        copy = model.__class__.from_config(config)
+    copy.set_weights(model.get_weights())
+    return copy
 
 
 def _unreadable(prefix: str) -> str | None:

@@ -146,6 +146,10 @@ class QuantizeConfig(Section):
         check(self.outlier_ratio == 0 or self.calibration_batches > 0, "outlier_ratio",
               "needs quantize.calibration_batches > 0 to find the outlier channels "
               "(or set quantize.outlier_ratio: 0)")
+        # tfmot's fake-quant ops and range variables are float32.
+        check(self.train.precision == "float32", "train.precision",
+              f"quantization-aware training runs in float32 only, found "
+              f"{self.train.precision!r}")
 
 
 EXPORT_MODELS = ("finetune", "prune", "distill")

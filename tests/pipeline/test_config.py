@@ -165,3 +165,18 @@ def test_distill_defaults_and_the_tiny_student():
             tiny.distill.intermediate_size, tiny.distill.vocabulary) == (1, 1, 32, "train")
     assert load_config(REPO / "configs" / "tiny.yaml",
                        ["export.model=distill"]).export.model == "distill"
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["prune.train.precision=mixed_bfloat16"],
+     "'prune.train.precision': pruning trains in float32 only, found 'mixed_bfloat16'"),
+    (["quantize.train.precision=mixed_float16"],
+     "'quantize.train.precision': quantization-aware training runs in float32 only"),
+])
+def test_precision_is_refused_where_it_would_be_ignored(overrides, message):
+    with pytest.raises(ConfigError) as err:
+        load_config(REPO / "configs" / "tiny.yaml", overrides)
+    assert message in str(err.value)
+    # where it works: the fine-tune and the student
+    load_config(REPO / "configs" / "tiny.yaml", ["finetune.precision=mixed_bfloat16",
+                                                 "distill.train.precision=mixed_bfloat16"])

@@ -256,12 +256,22 @@ def test_precision_and_xla_options_train(option, tmp_path, easy_data):
     try:
         assert run_stage("prepare", tmp_path, *overrides) == 0
         assert run_stage("finetune", tmp_path, *overrides) == 0
+        # The precision was the model's, not the process's: later stages run float32.
+        assert keras.mixed_precision.global_policy().name == "float32"
     finally:
         keras.mixed_precision.set_global_policy("float32")
     m = manifest(tmp_path, "finetune")["metrics"]
     assert m["best_val_accuracy"] >= 0.85
+    # The artifact computes in float32 whatever the training precision was, and gives
+    # the validation accuracy the training saw.
     model, _ = load_model(tmp_path / "finetune")
-    assert model.get_layer("classifier").dtype == "float32"
+    dtypes = {layer.compute_dtype for layer in model.submodules
+              if isinstance(layer, keras.layers.Layer) and layer.compute_dtype}
+    assert dtypes == {"float32"}
+    from models.evaluation import predict_keras
+
+    y, probs = predict_keras(model, tmp_path / "prepare", "validation", 64)
+    assert abs(float(np.mean(probs.argmax(-1) == y)) - m["best_val_accuracy"]) <= 0.05
 
 
 def test_distillation_loss_by_hand():
