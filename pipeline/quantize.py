@@ -107,8 +107,12 @@ def _save_predictions(path: Path, labels: np.ndarray, probabilities: np.ndarray)
 
 def _qat(config: PipelineConfig, source: str, source_dir: Path, prep_dir: Path,
          work_dir: Path, preserve_sparsity: bool, pruned: list[str],
-         teacher_dir: Path | None):
-    """QAT-train a copy of the source model; returns (qat model, training report)."""
+         teacher_dir: Path | None, start=None):
+    """QAT-train a copy of the source model; returns (qat model, training report).
+
+    `start`: the calibrated copy `_quantized_copy` made for the `int8` variant (done
+    with it), trained in place instead of calibrating the same copy again; only on the
+    default strategy, whose variables need no particular scope."""
     from models import quantization as quant
     from models.artifact import load_model, read_meta
     from models.bert import BertArchitecture
@@ -119,9 +123,11 @@ def _qat(config: PipelineConfig, source: str, source_dir: Path, prep_dir: Path,
     meta = read_meta(source_dir)
     report: dict[str, Any] = {}
 
+    reuse = start is not None and cfg.train.strategy == "default"
+
     def build_model(total_steps: int):
-        qat_model = _quantized_copy(config, load_model(source_dir)[0], prep_dir,
-                                    preserve_sparsity)
+        qat_model = start if reuse else _quantized_copy(
+            config, load_model(source_dir)[0], prep_dir, preserve_sparsity)
         report["outlier_channels"] = quant.split_channels(qat_model)
         if preserve_sparsity:
             report["sparsity_before"] = sparsity_summary(_pruned_sparsity(
@@ -185,26 +191,31 @@ def run(config: PipelineConfig, inputs: dict[str, Path], out_dir: Path,
         _save_predictions(out_dir / source / "source_predictions.npz", y_true, probabilities)
         jobs = [(variant, model) for variant in cfg.post_training if variant != "int8"]
         twins: dict[str, np.ndarray] = {}  # variant -> its quantized Keras model's labels
-        if "int8" in cfg.post_training:
+        int8_model = None
+        if "int8" in cfg.post_training or cfg.qat:
             int8_model = _quantized_copy(config, model, prep_dir, bool(pruned))
+        if "int8" in cfg.post_training:
             _, int8_probs = predict_keras(int8_model, prep_dir, split, batch_size)
             _save_predictions(out_dir / source / "int8_predictions.npz", y_true, int8_probs)
             twins["int8"] = int8_probs.argmax(-1)
             jobs.append(("int8", int8_model))
-        if cfg.qat:
-            qat_model, report = _qat(config, source, source_dir, prep_dir,
-                                     work_dir / source, bool(pruned), pruned,
-                                     inputs.get("finetune"))
-            (out_dir / source / "qat_history.json").write_text(
-                json.dumps(report["training"]["history"], indent=2) + "\n")
-            y_true, qat_probs = predict_keras(qat_model, prep_dir, split, batch_size)
-            _save_predictions(out_dir / source / "qat_predictions.npz", y_true, qat_probs)
-            twins["qat"] = qat_probs.argmax(-1)
-            report["keras_fake_quant_accuracy"] = round(float(np.mean(
-                qat_probs.argmax(-1) == y_true)), 6)
-            qat_reports[source] = report
-            jobs.append(("qat", qat_model))
-        for variant, keras_model in jobs:
+
+        # The post-training variants first: QAT then trains the int8 variant's
+        # calibrated copy in place rather than calibrating the same copy again.
+        for variant, keras_model in [*jobs, *([("qat", None)] if cfg.qat else [])]:
+            if variant == "qat":
+                keras_model, report = _qat(config, source, source_dir, prep_dir,
+                                           work_dir / source, bool(pruned), pruned,
+                                           inputs.get("finetune"), start=int8_model)
+                (out_dir / source / "qat_history.json").write_text(
+                    json.dumps(report["training"]["history"], indent=2) + "\n")
+                y_true, qat_probs = predict_keras(keras_model, prep_dir, split, batch_size)
+                _save_predictions(out_dir / source / "qat_predictions.npz", y_true,
+                                  qat_probs)
+                twins["qat"] = qat_probs.argmax(-1)
+                report["keras_fake_quant_accuracy"] = round(float(np.mean(
+                    qat_probs.argmax(-1) == y_true)), 6)
+                qat_reports[source] = report
             name = f"{source}/{variant}"
             log.info("%s: converting", name)
             flat = to_tflite(keras_model, variant, max_seq_length=max_seq_length,
