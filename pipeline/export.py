@@ -208,9 +208,15 @@ def run(config: PipelineConfig, inputs: dict[str, Path], out_dir: Path, work_dir
     data_path = work_dir / f"{split}.npz"
     write_split(data_path, features, texts, y_true)
     batch_size = config.finetune.eval_batch_size
-    _, source_probs = predict_keras(model, prep_dir, split, batch_size)
     quantize_dir = inputs.get("quantize", Path("-"))
-    float_probs: dict[str, np.ndarray] = {}  # float source model -> test probabilities
+    # The model the SavedModels and float TFLite targets are made of, in Keras: the
+    # quantize stage's saved test pass when there is one (the same model, examples and
+    # batches), else measured here.
+    saved = quantize_dir / cfg.model / "source_predictions.npz"
+    source_probs = _saved_probabilities(saved, y_true) if saved.is_file() else \
+        predict_keras(model, prep_dir, split, batch_size)[1]
+    # float source model -> test probabilities
+    float_probs: dict[str, np.ndarray] = {cfg.model: source_probs}
 
     def float_probabilities(name: str) -> np.ndarray:
         """Test probabilities of the float model `name` (finetune, prune, distill) in
@@ -219,8 +225,6 @@ def run(config: PipelineConfig, inputs: dict[str, Path], out_dir: Path, work_dir
             saved = quantize_dir / name / "source_predictions.npz"
             if saved.is_file():
                 float_probs[name] = _saved_probabilities(saved, y_true)
-            elif name == cfg.model:
-                float_probs[name] = source_probs
             else:
                 other, _ = load_model(inputs[name])
                 float_probs[name] = predict_keras(other, prep_dir, split, batch_size)[1]
