@@ -63,18 +63,21 @@ def predict_keras(model, prep_dir: Path, split: str, batch_size: int
     """Labels and softmax probabilities of a Keras classifier on one prepared split."""
     import tensorflow as tf
 
-    from data.input import batch_examples, read_split
+    from data.input import batch_examples, length_sorted, read_split
 
     @tf.function(reduce_retracing=True)
     def probabilities(features):
         return tf.nn.softmax(model(features, training=False), axis=-1)
 
+    # Sorted by length, so each batch is padded to about its own length; the outputs
+    # go back to file order.
+    examples, order = length_sorted(read_split(prep_dir, split, with_text=False))
     labels, probs = [], []
-    for features, y in batch_examples(read_split(prep_dir, split, with_text=False),
-                                      batch_size):
+    for features, y in batch_examples(examples, batch_size):
         probs.append(probabilities(features).numpy())
         labels.append(y.numpy())
-    return np.concatenate(labels), np.concatenate(probs)
+    restore = np.argsort(order)
+    return np.concatenate(labels)[restore], np.concatenate(probs)[restore]
 
 
 @phase("evaluate")

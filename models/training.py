@@ -51,6 +51,7 @@ from data.input import (
     bucket_lengths,
     count_bucket_batches,
     example_lengths,
+    length_sorted,
     perturb_examples,
     read_split,
     token_pool,
@@ -363,8 +364,10 @@ class Trainer:
 
     @phase("evaluate")
     def validate(self) -> dict[str, float]:
-        data = batch_examples(read_split(self.prep_dir, "validation", with_text=False),
-                              self.train_cfg.eval_batch_size)
+        # Length-sorted: each batch padded to about its own length (sums need no order).
+        examples, _ = length_sorted(read_split(self.prep_dir, "validation",
+                                               with_text=False))
+        data = batch_examples(examples, self.train_cfg.eval_batch_size)
         correct = total = 0
         loss_sum = 0.0
         for features, labels in data:
