@@ -554,7 +554,8 @@ class Trainer:
         self.best_ckpt.read(self.best_path).assert_existing_objects_matched()
         # A mixed-precision model becomes float32 for what follows (evaluation, the
         # artifact, TFLite): the weights are float32 already, only the compute changes.
-        self.model = float32_copy(self.model)
+        if self.train_cfg.precision != "float32":
+            self.model = float32_copy(self.model)
         best = next(h for h in history if h.get("best") and h["step"] == max(
             x["step"] for x in history if x.get("best")))
         return {"history": history, "best_epoch": best["epoch"],
@@ -575,15 +576,19 @@ class Trainer:
 
 
 def float32_copy(model: keras.Model) -> keras.Model:
-    """`model` itself if every layer computes in float32, else the same functional model
-    rebuilt with float32 layers and given its weights (mixed-precision variables are
-    float32, so the weights are unchanged)."""
+    """`model` itself if no layer has a mixed-precision policy, else the same functional
+    model rebuilt with float32 layers and given its weights (mixed-precision variables
+    are float32, so the weights are unchanged). Int32 layers (inputs, id lookups) are
+    not mixed precision."""
     layers = [layer for layer in model.submodules if isinstance(layer, keras.layers.Layer)]
-    if all(layer.compute_dtype in (None, "float32") for layer in layers):
+    if not any(layer.dtype_policy.name.startswith("mixed_") for layer in layers):
         return model
     config = model.get_config()
     for layer in config["layers"]:
-        layer["config"]["dtype"] = "float32"
+        dtype = layer["config"].get("dtype")
+        name = dtype.get("config", {}).get("name") if isinstance(dtype, dict) else dtype
+        if isinstance(name, str) and name.startswith("mixed_"):
+            layer["config"]["dtype"] = "float32"
     with policy_scope("float32"):
         copy = model.__class__.from_config(config)
     copy.set_weights(model.get_weights())

@@ -97,3 +97,34 @@ def test_resumed_training_ends_with_the_uninterrupted_weights(kind, trained_run,
     assert len(shapes) > 1
     for trainer in (resumed, uninterrupted):
         assert trainer.train_step.experimental_get_tracing_count() == 1
+
+
+def test_float32_copy_rebuilds_only_mixed_precision_models():
+    """A float32 model (int32 id inputs included) is returned as it is; a bf16 one comes
+    back with float32 layers, int32 inputs and the same weights and outputs."""
+    import tf_keras as keras
+    from tf_keras.src.mixed_precision.policy import policy_scope
+
+    from models.bert import build_classifier
+    from models.training import float32_copy
+
+    arch = BertArchitecture(vocab_size=50, hidden_size=16, num_layers=1, num_heads=2,
+                            intermediate_size=32, max_positions=16, type_vocab_size=2)
+    plain = build_classifier(arch, 2)
+    assert float32_copy(plain) is plain
+    with policy_scope("mixed_bfloat16"):
+        mixed = build_classifier(arch, 2)
+    copy = float32_copy(mixed)
+
+    def dtypes(model):
+        return {layer.compute_dtype for layer in model.submodules
+                if isinstance(layer, keras.layers.Layer) and layer.compute_dtype}
+
+    assert "bfloat16" in dtypes(mixed)
+    assert dtypes(copy) == dtypes(plain) == {"float32", "int32"}
+    for a, b in zip(copy.get_weights(), mixed.get_weights()):
+        np.testing.assert_array_equal(a, b)
+    ids = np.array([[2, 7, 9, 3, 0]], np.int32)
+    features = {"input_ids": ids, "input_mask": (ids > 0).astype(np.int32),
+                "segment_ids": np.zeros_like(ids)}
+    np.testing.assert_allclose(copy(features).numpy(), mixed(features).numpy(), atol=0.05)
