@@ -8,7 +8,7 @@ from typing import ClassVar
 from core.config import Section, check
 
 STRATEGIES = ("default", "mirrored", "multi_worker", "tpu")
-PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
+PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16", "auto")
 MAX_EPOCHS = 10_000
 MAX_STEPS = 100_000_000
 
@@ -34,7 +34,9 @@ class TrainConfig(Section):
         checkpoint_every: save a resumable checkpoint every N steps (and at each epoch end).
         strategy: `default`, `mirrored` (all local GPUs), `multi_worker` (TF_CONFIG) or `tpu`.
         tpu: TPU address for the `tpu` strategy ("" = the local/colab TPU).
-        precision: `float32`, `mixed_float16` (GPU) or `mixed_bfloat16` (TPU, recent CPUs).
+        precision: `float32`, `mixed_float16` (GPU), `mixed_bfloat16` (TPU, recent CPUs)
+            or `auto`: `mixed_bfloat16` on TPUs and on CPUs with bf16 instructions
+            (AVX512-BF16 or AMX), else `float32` (`models.training.resolve_precision`).
         xla: compile the training step with XLA.
         distill_weight: knowledge distillation from the fine-tuned float model (prune
             and quantize training only): the loss is (1 - w) * cross-entropy + w * T^2 *

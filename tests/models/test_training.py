@@ -128,3 +128,18 @@ def test_float32_copy_rebuilds_only_mixed_precision_models():
     features = {"input_ids": ids, "input_mask": (ids > 0).astype(np.int32),
                 "segment_ids": np.zeros_like(ids)}
     np.testing.assert_allclose(copy(features).numpy(), mixed(features).numpy(), atol=0.05)
+
+
+def test_auto_precision_is_bf16_only_where_the_cpu_has_bf16_instructions():
+    from models.training import cpu_has_bf16, resolve_precision
+
+    plain = "processor\t: 0\nflags\t\t: fpu sse2 avx2 avx512f avx512bw\n"
+    bf16 = "processor\t: 0\nflags\t\t: fpu sse2 avx2 avx512f avx512_bf16\n"
+    amx = "flags\t\t: fpu avx2 amx_tile amx_bf16 amx_int8\n"
+    assert not cpu_has_bf16(plain) and cpu_has_bf16(bf16) and cpu_has_bf16(amx)
+    assert not cpu_has_bf16("")  # no flags line (not Linux x86): no bf16
+    # no GPU in this test process's devices: the CPU decides
+    assert resolve_precision("auto", cpuinfo=plain) == "float32"
+    assert resolve_precision("auto", cpuinfo=bf16) == "mixed_bfloat16"
+    for explicit in ("float32", "mixed_float16", "mixed_bfloat16"):
+        assert resolve_precision(explicit, cpuinfo=plain) == explicit
