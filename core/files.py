@@ -41,11 +41,13 @@ def describe_files(paths: Iterable[Path]) -> list[dict[str, Any]]:
 
 def gzip_size(path: Path) -> dict[str, int]:
     """Bytes of a file or of all files under a folder (in sorted order, concatenated),
-    and their gzip size at level 9: the compressed size tfmot's guides report."""
+    and their gzip size at deflate's default level 6: the compressed size tfmot's guides
+    report (they zip with ZIP_DEFLATED at the default level)."""
     files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
     return data_size(b"".join(p.read_bytes() for p in files))
 
 
 def data_size(data: bytes) -> dict[str, int]:
-    """`{"bytes", "gzip_bytes"}` of `data`, gzip at level 9 (see `gzip_size`)."""
-    return {"bytes": len(data), "gzip_bytes": len(gzip.compress(data, compresslevel=9))}
+    """`{"bytes", "gzip_bytes"}` of `data`, gzip at level 6 (see `gzip_size`). Level 9
+    was 8x slower on pruned (sparse) weights for 1.5% less, and no faster elsewhere."""
+    return {"bytes": len(data), "gzip_bytes": len(gzip.compress(data, compresslevel=6))}

@@ -208,7 +208,7 @@ def sparsity_summary(kernels: dict[str, dict[str, Any]]) -> dict[str, Any] | Non
 
 
 def gzipped_weights_size(model: keras.Model) -> dict[str, int]:
-    """Bytes of the model's weights as an h5 file, raw and gzip-compressed (level 9):
+    """Bytes of the model's weights as an h5 file, raw and gzip-compressed (level 6):
     the figure tfmot's pruning guides compare."""
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "weights.h5"
