@@ -17,6 +17,7 @@ also the op types of its graph that this process's TensorFlow does not define).
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import time
@@ -38,7 +39,8 @@ def verify(model: Path, data: Path, out: Path, kernels: str = "default") -> dict
     started = time.perf_counter()
     from export.predictor import TOKEN_ID_FORMATS, Predictor
 
-    predictor = Predictor(model, kernels=kernels)
+    # All cores, as an app would run it (TFLite: the same outputs as on one thread).
+    predictor = Predictor(model, num_threads=os.cpu_count(), kernels=kernels)
     loaded = time.perf_counter()
     split = np.load(data)
     if predictor.format in TOKEN_ID_FORMATS:

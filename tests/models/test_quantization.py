@@ -358,6 +358,8 @@ def test_variant_runs_and_agrees_with_keras(tiny, flatbuffers, kind):
         tolerance = {"float32": 1e-4, "gpu": 5e-4, "cpu": 0.005,
                      "int8": 0.025}[kind]
         assert np.abs(outputs - tiny["probabilities"]).max() < tolerance
+    # The quantize stage and the export gate run on all cores: the same outputs.
+    np.testing.assert_array_equal(run_tflite(flat, tiny["test"], num_threads=2), outputs)
 
 
 def test_qat_int8_computes_what_the_qat_model_computes(tiny, qat, flatbuffers):
