@@ -38,10 +38,13 @@ $(MP_STAMP): requirements-mediapipe.lock
 
 setup: $(STAMP) $(MP_STAMP)
 
-run: setup
+# The two venvs are independent: set up side by side.
+run:
+	@$(MAKE) --no-print-directory -j2 setup
 	$(BIN)/slimbert run --config $(CONFIG) --run-dir $(RUN_DIR)
 
-test: setup
+test:
+	@$(MAKE) --no-print-directory -j2 setup
 	$(BIN)/python -m pytest -q
 
 test-slow: setup
