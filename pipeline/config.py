@@ -275,9 +275,7 @@ class PipelineConfig:
     seed: int = 42
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
-    # bf16 where the hardware has it: 1.19x the float32 step on AVX512-BF16, the same
-    # accuracy over two seeds (docs/pipeline-time.md).
-    finetune: TrainConfig = field(default_factory=lambda: TrainConfig(precision="auto"))
+    finetune: TrainConfig = field(default_factory=TrainConfig)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
     prune: PruneConfig = field(default_factory=PruneConfig)
     distill: DistillConfig = field(default_factory=DistillConfig)

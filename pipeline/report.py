@@ -6,7 +6,7 @@ targets). With a student, "where the compute goes" sets its parameters, FLOPs pe
 example and TFLite latencies beside the teacher's.
 Accuracy and macro-F1 are the test-split figures the stages measured in the model's own
 runtime (evaluate, prune, quantize in ai-edge-litert, export's fresh-process gate); sizes
-are the files' bytes and their gzip -9 bytes; sparsity is the measured zero fraction of
+are the files' bytes and their gzip bytes (level 6); sparsity is the measured zero fraction of
 the pruned kernels. Speed is measured here, in the runtime a user would use (see
 `export.latency`): batch-1 latency (median, p95) for each `report.threads` count, each
 in its own process, and batch-`throughput_batch` examples/s on all cores. TFLite rows
@@ -254,7 +254,7 @@ def markdown(report: dict[str, Any]) -> str:
            f"latency on {first}; smallest likewise for the gzip size.", "",
            "Accuracy and macro-F1: the test split in each model's own runtime, as the stage "
            "that made it measured it (`measured_in` in report.json). Sizes: the file (the "
-           "SavedModel folder) and its gzip -9 size. Sparsity: zero fraction of the pruned "
+           "SavedModel folder) and its gzip size (level 6). Sparsity: zero fraction of the pruned "
            "kernels. XNNPACK partitions, delegated ops: the delegate nodes of the runtime's "
            "default XNNPACK delegate and the share of the model's ops they run (export's "
            "plan; ops outside it by type in verification.json). Latency: one example per "
