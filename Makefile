@@ -13,6 +13,8 @@ MP_VENV  := .venv-mediapipe
 MP_STAMP := $(MP_VENV)/.slimbert-installed
 
 .PHONY: setup run test test-slow lint lock clean
+# The two venvs are independent: every target that needs them sets them up side by side.
+MAKEFLAGS += -j2
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -38,13 +40,10 @@ $(MP_STAMP): requirements-mediapipe.lock
 
 setup: $(STAMP) $(MP_STAMP)
 
-# The two venvs are independent: set up side by side.
-run:
-	@$(MAKE) --no-print-directory -j2 setup
+run: setup
 	$(BIN)/slimbert run --config $(CONFIG) --run-dir $(RUN_DIR)
 
-test:
-	@$(MAKE) --no-print-directory -j2 setup
+test: setup
 	$(BIN)/python -m pytest -q
 
 test-slow: setup
