@@ -196,6 +196,10 @@ def load_data(path: Path) -> dict[str, Any]:
 def measure_in_fresh_process(spec: dict[str, Any], data: Path, work_dir: Path,
                              timeout: float = 3600) -> list[dict[str, Any]]:
     """Run `measure_models` in a new Python process (its own thread pools)."""
+    # Absolute paths: the process runs from the repository root, not the caller's folder.
+    work_dir, data = Path(work_dir).resolve(), Path(data).resolve()
+    spec = {**spec, "models": [{**m, "path": str(Path(m["path"]).resolve())}
+                               for m in spec["models"]]}
     spec_path = work_dir / f"latency-spec-{spec.get('threads', 0)}.json"
     out_path = work_dir / f"latency-{spec.get('threads', 0)}.json"
     spec_path.write_text(json.dumps(spec))

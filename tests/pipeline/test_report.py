@@ -3,8 +3,13 @@ the Markdown table with its XNNPACK plans and best-at-accuracy marks, the plots,
 `slimbert run` ending with the report."""
 
 import json
+import os
+from pathlib import Path
 
+import numpy as np
 import pytest
+
+from data.features import INPUT_NAMES
 
 from pipeline.cli import main
 from pipeline.report import best_at_accuracy, compute_table
@@ -88,6 +93,27 @@ def test_speed_is_measured_for_every_model_and_thread_count(reported):
     assert rows["export cpu"]["latency"] == rows["TFLite float cpu"]["latency"]
     raw = json.loads((reported / "report" / "latency.json").read_text())
     assert len(raw) == 2 * len([r for r in report["models"] if not r.get("same_file_as")])
+
+
+def test_latency_process_takes_paths_relative_to_the_callers_folder(
+        reported, tmp_path, monkeypatch):
+    """The timing process runs from the repository root: a run folder given relative to
+    the user's folder must still be found (`--run-dir runs/x` from anywhere)."""
+    from export.latency import measure_in_fresh_process
+    from export.verify import write_split
+
+    model = next((reported / "quantize").rglob("*.tflite"))
+    work = tmp_path / "work"
+    work.mkdir()
+    features = {k: np.ones((2, 128), np.int32) for k in INPUT_NAMES}  # >= any seq length
+    write_split(work / "data.npz", features, ["a", "b"], np.array([0, 1]))
+    monkeypatch.chdir(tmp_path)
+    spec = {"threads": 1, "runs": 2, "warmup": 1, "batch": 2, "throughput_runs": 0,
+            "models": [{"name": "m", "kind": "tflite",
+                        "path": os.path.relpath(model, tmp_path)}]}
+    [result] = measure_in_fresh_process(spec, Path("work/data.npz"), Path("work"))
+    assert result["name"] == "m" and result["batch1"]["calls"] == 2
+    assert result["batch1"]["median_ms"] > 0
 
 
 def test_best_at_accuracy_marks():
