@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 
 from data.features import INPUT_NAMES
-
 from pipeline.cli import main
 from pipeline.report import best_at_accuracy, compute_table
 from tests.helpers import (
