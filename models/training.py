@@ -28,6 +28,7 @@ Example:
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import logging
 import math
@@ -69,7 +70,8 @@ log = logging.getLogger(__name__)
 def make_train_step(strategy, model, optimizer, loss_fn, metrics=(), xla: bool = False,
                     teacher=None, distill_weight: float = 0.0,
                     distill_temperature: float = 2.0, distill_hidden_weight: float = 0.0,
-                    teacher_layers: Sequence[int] | None = None, input_signature=None):
+                    teacher_layers: Sequence[int] | None = None, input_signature=None,
+                    given_teacher_logits: bool = False):
     """`train_step(features, labels)`: one optimizer step on a distributed batch.
 
     The loss is averaged over the global batch; `metrics` are (mean loss, accuracy)
@@ -81,21 +83,30 @@ def make_train_step(strategy, model, optimizer, loss_fn, metrics=(), xla: bool =
     labelled -1 (a perturbed copy, `data.input.perturb_examples`) has no cross-entropy
     term: its loss is `distillation_loss` alone (plus the hidden term), and the accuracy
     metric skips it.
+
+    With `given_teacher_logits` (distillation from the logits alone) it is
+    `train_step(features, labels, teacher_logits)` and runs no teacher: the step on the
+    teacher's logits computed beforehand (`TeacherLogits`).
     """
     scaled = hasattr(optimizer, "get_scaled_loss")  # LossScaleOptimizer (mixed_float16)
     distill = teacher is not None and distill_weight > 0
     hidden = teacher is not None and distill_hidden_weight > 0
+    if given_teacher_logits and (hidden or not distill):
+        raise ValueError("given teacher logits need distillation from the logits alone")
     student_fn, teacher_fn = model, teacher
     if hidden:
         student_fn, teacher_fn = hidden_state_model(model), hidden_state_model(teacher)
 
-    def replica_step(features, labels):
+    def replica_step(features, labels, given_logits=None):
         with tf.GradientTape() as tape:
             outputs = student_fn(features, training=True)
             logits = outputs[0] if hidden else outputs
             known = labels >= 0
             per_example = loss_fn(tf.maximum(labels, 0), logits)
-            if distill or hidden:
+            teacher_logits = None
+            if given_logits is not None:
+                teacher_logits = given_logits
+            elif distill or hidden:
                 teacher_outputs = teacher_fn(features, training=False)
                 teacher_logits = tf.stop_gradient(
                     teacher_outputs[0] if hidden else teacher_outputs)
@@ -124,11 +135,59 @@ def make_train_step(strategy, model, optimizer, loss_fn, metrics=(), xla: bool =
     if xla:
         replica_step = tf.function(replica_step, jit_compile=True, reduce_retracing=True)
 
+    if given_teacher_logits:
+        signature = None if input_signature is None else [
+            *input_signature, tf.TensorSpec([None, model.output_shape[-1]], tf.float32)]
+
+        @tf.function(reduce_retracing=True, input_signature=signature)
+        def replay_step(features, labels, teacher_logits):
+            strategy.run(replica_step, args=(features, labels, teacher_logits))
+
+        return replay_step
+
     @tf.function(reduce_retracing=True, input_signature=input_signature)
     def train_step(features, labels):
         strategy.run(replica_step, args=(features, labels))
 
     return train_step
+
+
+class TeacherLogits:
+    """The teacher's logits of each step of a training, for another training on the same
+    batches from the same teacher.
+
+    The quantize stage QAT-trains each source for the same steps on the same batches
+    (same seed, split and batch size) with the fine-tuned model as teacher: the teacher
+    runs once per batch, in the first training, and the later ones reuse its logits. An
+    entry is kept under the step and a digest of the batch's inputs; a step whose batch
+    differs runs the teacher (and records it). Every step of a training with a
+    `TeacherLogits` takes the logits as an input (the teacher runs in a function of its
+    own), so a training's numbers do not depend on whether its logits were recorded or
+    replayed. Single-replica training only (several replicas' logits would need
+    redistributing).
+    """
+
+    def __init__(self) -> None:
+        self._logits: dict[tuple[int, str], np.ndarray] = {}
+        self.replayed = self.recorded = 0
+
+    @staticmethod
+    def key(step: int, features: dict[str, Any]) -> tuple[int, str]:
+        digest = hashlib.blake2b(digest_size=16)
+        for name in sorted(features):
+            value = np.asarray(features[name])
+            digest.update(f"{name}{value.shape}{value.dtype}".encode())
+            digest.update(value.tobytes())
+        return step, digest.hexdigest()
+
+    def get(self, key: tuple[int, str]) -> np.ndarray | None:
+        logits = self._logits.get(key)
+        self.replayed += logits is not None
+        return logits
+
+    def put(self, key: tuple[int, str], logits) -> None:
+        self._logits[key] = np.asarray(logits)
+        self.recorded += 1
 
 
 class StepDropout:
@@ -208,6 +267,9 @@ class Trainer:
             `on_weights_changed` (after the averaged weights were swapped in), each
             called with the trainer (whose `model` and `optimizer` they may use).
         name: what progress lines and errors call this run.
+        teacher_logits: a `TeacherLogits` shared with other trainings on the same batches
+            and teacher: steps found there skip the teacher, the others are recorded.
+            Used only with one replica and distillation from the logits alone.
 
     With `train_cfg.ema_decay` > 0 a moving average of the weights is kept from
     `fit`'s `best_from_step` on; from then, validation, the best epoch and the final
@@ -218,7 +280,8 @@ class Trainer:
                  arch: BertArchitecture, build_model: Callable[[int], tuple[Any, dict]],
                  build_teacher: Callable[[], Any] | None = None,
                  teacher_layers: Sequence[int] | None = None,
-                 hooks: Sequence[object] = (), name: str = "finetune") -> None:
+                 hooks: Sequence[object] = (), name: str = "finetune",
+                 teacher_logits: TeacherLogits | None = None) -> None:
         ft = train_cfg
         if ft.distills and build_teacher is None:
             raise ConfigError(f"{name}: distillation needs a "
@@ -226,6 +289,7 @@ class Trainer:
                               "fine-tuned model")
         self.train_cfg, self.prep_dir = ft, prep_dir
         self.hooks, self.name = list(hooks), name
+        self.teacher_logits = teacher_logits
         self.teacher_layers = None if teacher_layers is None else list(teacher_layers)
         info = read_tokenizer_config(prep_dir)
         self.max_seq_length = info["max_seq_length"]
@@ -337,6 +401,17 @@ class Trainer:
             distill_weight=ft.distill_weight, distill_temperature=ft.distill_temperature,
             distill_hidden_weight=ft.distill_hidden_weight,
             teacher_layers=self.teacher_layers, input_signature=[features, labels])
+        self.replay_step = None
+        if self.teacher_logits is not None and ft.distill_weight > 0 and \
+                not ft.distill_hidden_weight and self.strategy.num_replicas_in_sync == 1:
+            self.replay_step = make_train_step(
+                self.strategy, model, self.optimizer, self.loss_fn,
+                (self.train_loss, self.train_accuracy), xla=ft.xla, teacher=self.teacher,
+                distill_weight=ft.distill_weight, distill_temperature=ft.distill_temperature,
+                input_signature=[features, labels], given_teacher_logits=True)
+            teacher = self.teacher
+            self.teacher_step = tf.function(lambda f: teacher(f, training=False),
+                                            input_signature=[features])
 
         @tf.function(reduce_retracing=True)
         def predict_step(features):
@@ -381,6 +456,17 @@ class Trainer:
         return {"val_accuracy": correct / total, "val_loss": loss_sum / total}
 
     # === Loop ===
+
+    def _step(self, step: int, features, labels) -> None:
+        if self.replay_step is None:
+            self.train_step(features, labels)
+            return
+        key = TeacherLogits.key(step, features)
+        logits = self.teacher_logits.get(key)
+        if logits is None:
+            logits = self.teacher_step(features)
+            self.teacher_logits.put(key, logits)
+        self.replay_step(features, labels, logits)
 
     def _call_hooks(self, event: str) -> None:
         for hook in self.hooks:
@@ -496,7 +582,7 @@ class Trainer:
                 for features, labels in self.epoch_batches(epoch, in_epoch):
                     self._call_hooks("on_step_begin")
                     step_started = time.perf_counter()
-                    self.train_step(features, labels)
+                    self._step(step, features, labels)
                     if first_step_seconds is None:  # tracing (and XLA compilation) included
                         first_step_seconds = round(time.perf_counter() - step_started, 2)
                     step += 1

@@ -20,6 +20,10 @@ tensor dtypes; encoder matmuls in int8 or float) go into the manifest.
                                    labels and probabilities (export compares with them)
         <source>/int8_predictions.npz  the same for the calibrated int8 Keras model
         <source>/source_predictions.npz  the same for the source model itself
+        <source>/<variant>_tflite_predictions.npz  the TFLite model's test-split labels
+                                   and probabilities, with the runtime and the file's
+                                   sha256 (`info`): export's gate takes them for the
+                                   files it copies instead of running them again
         labels.txt, vocab.txt, tokenizer.json
         variants.json              per variant: file, bytes, gzip bytes, test metrics,
                                    agreement with the source, op census, sparsity
@@ -28,6 +32,7 @@ tensor dtypes; encoder matmuls in int8 or float) go into the manifest.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -68,10 +73,11 @@ def _pruned_sparsity(kernels: dict[str, np.ndarray], pruned: list[str]
 
 def _evaluate_tflite(flat: bytes, batches: list, y_true: np.ndarray, labels: list[str],
                      reference: np.ndarray, desc: str, twin: np.ndarray | None = None
-                     ) -> dict[str, Any]:
+                     ) -> tuple[dict[str, Any], np.ndarray, str]:
     """Test metrics of a TFLite model run in ai-edge-litert on `batches` (labels
     `y_true`), and its agreement with the Keras model it came from (`reference`: that
-    model's predicted classes) and with its quantized Keras twin (`twin`)."""
+    model's predicted classes) and with its quantized Keras twin (`twin`); returns
+    (metrics, probabilities, runtime)."""
     from core.progress import progress
     from export.runtime import run_tflite
     from models.evaluation import classification_metrics
@@ -80,16 +86,17 @@ def _evaluate_tflite(flat: bytes, batches: list, y_true: np.ndarray, labels: lis
     try:
         # All cores: 1.6x faster than the runtime's default of one on 2 cores, the same
         # outputs to the bit (XNNPACK splits rows and channels, not the sums).
-        outputs = run_tflite(flat, batches, num_threads=os.cpu_count(),
-                             on_example=bar.update)
+        outputs, runtime = run_tflite(flat, batches, num_threads=os.cpu_count(),
+                                      on_example=bar.update, with_runtime=True)
     finally:
         bar.close()
+
     predicted = outputs.argmax(-1)
     metrics = classification_metrics(y_true, predicted, labels)
     metrics["agreement_with_source"] = round(float(np.mean(predicted == reference)), 6)
     if twin is not None:
         metrics["agreement_with_twin"] = round(float(np.mean(predicted == twin)), 6)
-    return metrics
+    return metrics, outputs, runtime
 
 
 def _quantized_copy(config: PipelineConfig, model, prep_dir: Path, preserve_sparsity: bool):
@@ -105,18 +112,22 @@ def _quantized_copy(config: PipelineConfig, model, prep_dir: Path, preserve_spar
                            split_outliers=cfg.outlier_ratio)
 
 
-def _save_predictions(path: Path, labels: np.ndarray, probabilities: np.ndarray) -> None:
-    np.savez_compressed(path, labels=labels, probabilities=probabilities)
+def _save_predictions(path: Path, labels: np.ndarray, probabilities: np.ndarray,
+                      info: dict[str, Any] | None = None) -> None:
+    extra = {} if info is None else {"info": np.array(json.dumps(info))}
+    np.savez_compressed(path, labels=labels, probabilities=probabilities, **extra)
 
 
 def _qat(config: PipelineConfig, source: str, source_dir: Path, prep_dir: Path,
          work_dir: Path, preserve_sparsity: bool, pruned: list[str],
-         teacher_dir: Path | None, start=None):
+         teacher_dir: Path | None, start=None, teacher_logits=None):
     """QAT-train a copy of the source model; returns (qat model, training report).
 
     `start`: the calibrated copy `_quantized_copy` made for the `int8` variant (done
     with it), trained in place instead of calibrating the same copy again; only on the
-    default strategy, whose variables need no particular scope."""
+    default strategy, whose variables need no particular scope. `teacher_logits`: the
+    `models.training.TeacherLogits` every source's QAT shares (one teacher, the same
+    batches), so the teacher runs in the first QAT only."""
     from models import quantization as quant
     from models.artifact import load_model, read_meta
     from models.bert import BertArchitecture
@@ -142,8 +153,11 @@ def _qat(config: PipelineConfig, source: str, source_dir: Path, prep_dir: Path,
                       arch=BertArchitecture(**meta["architecture"]), build_model=build_model,
                       build_teacher=(lambda: load_model(teacher_dir)[0])
                       if cfg.train.distills else None,
-                      name=f"qat {source}")
+                      name=f"qat {source}", teacher_logits=teacher_logits)
+    replayed = teacher_logits.replayed if teacher_logits is not None else 0
     training = trainer.fit()
+    if teacher_logits is not None:  # steps that reused an earlier QAT's teacher logits
+        report["teacher_steps_replayed"] = teacher_logits.replayed - replayed
     quant.refresh_weight_ranges(trainer.model)
     if preserve_sparsity:
         report["sparsity_after"] = sparsity_summary(_pruned_sparsity(
@@ -162,6 +176,7 @@ def run(config: PipelineConfig, inputs: dict[str, Path], out_dir: Path,
     from models.artifact import TOKENIZER_FILES, load_model
     from models.evaluation import predict_keras
     from models.pruning import sparsity_summary
+    from models.training import TeacherLogits
 
     cfg = config.quantize
     prep_dir = inputs["prepare"]
@@ -184,6 +199,7 @@ def run(config: PipelineConfig, inputs: dict[str, Path], out_dir: Path,
 
     variants: dict[str, dict[str, Any]] = {}
     qat_reports: dict[str, Any] = {}
+    teacher_logits = TeacherLogits()
     for source in cfg.sources:
         source_dir = inputs[source]
         model, meta = load_model(source_dir)
@@ -210,7 +226,8 @@ def run(config: PipelineConfig, inputs: dict[str, Path], out_dir: Path,
             if variant == "qat":
                 keras_model, report = _qat(config, source, source_dir, prep_dir,
                                            work_dir / source, bool(pruned), pruned,
-                                           inputs.get("finetune"), start=int8_model)
+                                           inputs.get("finetune"), start=int8_model,
+                                           teacher_logits=teacher_logits)
                 (out_dir / source / "qat_history.json").write_text(
                     json.dumps(report["training"]["history"], indent=2) + "\n")
                 y_true, qat_probs = predict_keras(keras_model, prep_dir, split, batch_size)
@@ -228,8 +245,13 @@ def run(config: PipelineConfig, inputs: dict[str, Path], out_dir: Path,
             path = out_dir / source / f"{variant}.tflite"
             path.write_bytes(flat)
             census = op_census(flat)
-            metrics = _evaluate_tflite(flat, test_batches, y_test, labels, reference,
-                                       desc=name, twin=twins.get(variant))
+            metrics, outputs, runtime = _evaluate_tflite(
+                flat, test_batches, y_test, labels, reference, desc=name,
+                twin=twins.get(variant))
+            _save_predictions(out_dir / source / f"{variant}_tflite_predictions.npz",
+                              y_test, outputs,
+                              {"runtime": runtime, "kernels": "default", "labels": labels,
+                               "sha256": hashlib.sha256(flat).hexdigest(), "split": split})
             weights = matmul_weight_sparsity(flat)
             entry = {
                 "source": source, "variant": variant,

@@ -15,7 +15,7 @@ from models import quantization as quant
 from models.artifact import load_model, read_meta
 from models.bert import BertArchitecture
 from models.pruning_config import PruneConfig
-from models.training import Trainer
+from models.training import TeacherLogits, Trainer
 from models.training_config import TrainConfig
 
 # Pruning as the default config trains it: distilled, with perturbed copies; QAT
@@ -43,7 +43,7 @@ class CrashAt:
             raise Crash
 
 
-def _train(kind, trained_run, work_dir, crash_at=None):
+def _train(kind, trained_run, work_dir, crash_at=None, cfg=None, teacher_logits=None):
     """Train like the prune stage (`prune`) or the QAT of the quantize stage (`qat`) into
     `work_dir`; returns (trainer, report), or None when it crashed."""
     source, prep = trained_run / "finetune", trained_run / "prepare"
@@ -59,12 +59,12 @@ def _train(kind, trained_run, work_dir, crash_at=None):
             calibration = training_sample(prep, 2, TRAIN.batch_size, seed=1)
             return quant.quantize_for_training(load_model(source)[0],
                                                calibration=calibration), {}
-    cfg = TRAIN if kind == "prune" else QAT_TRAIN
+    cfg = cfg or (TRAIN if kind == "prune" else QAT_TRAIN)
     trainer = Trainer(cfg, seed=0, prep_dir=prep, work_dir=work_dir,
                       arch=BertArchitecture(**read_meta(source)["architecture"]),
                       build_model=build_model,
                       build_teacher=(lambda: load_model(source)[0]) if cfg.distills else None,
-                      hooks=hooks, name=kind)
+                      hooks=hooks, name=kind, teacher_logits=teacher_logits)
     best_from = pruning.schedule_end_step(pruning.make_schedule(
         PRUNE, trainer.total_steps)) if kind == "prune" else 0
     try:
@@ -143,3 +143,32 @@ def test_auto_precision_is_bf16_only_where_the_cpu_has_bf16_instructions():
     assert resolve_precision("auto", cpuinfo=bf16) == "mixed_bfloat16"
     for explicit in ("float32", "mixed_float16", "mixed_bfloat16"):
         assert resolve_precision(explicit, cpuinfo=plain) == explicit
+
+
+def test_qat_on_replayed_teacher_logits_ends_with_the_weights_of_a_live_teacher(
+        trained_run, tmp_path):
+    """The quantize stage's QATs share one `TeacherLogits`: the second training on the
+    same batches runs no teacher and ends with the very weights of the first, and of a
+    training whose step runs the teacher itself (the default quantize QAT before)."""
+    cfg = dataclasses.replace(QAT_TRAIN, distill_weight=1.0)  # as the default config
+    shared = TeacherLogits()
+    live, first = _train("qat", trained_run, tmp_path / "live", cfg=cfg,
+                         teacher_logits=shared)
+    assert (shared.recorded, shared.replayed) == (live.total_steps, 0)
+    replayed, second = _train("qat", trained_run, tmp_path / "replayed", cfg=cfg,
+                              teacher_logits=shared)
+    assert (shared.recorded, shared.replayed) == (live.total_steps, live.total_steps)
+    assert replayed.teacher_step.experimental_get_tracing_count() == 0  # never ran
+    in_step, third = _train("qat", trained_run, tmp_path / "in_step", cfg=cfg)
+    for a, b, c in zip(live.model.get_weights(), replayed.model.get_weights(),
+                       in_step.model.get_weights()):
+        np.testing.assert_array_equal(a, b)
+        np.testing.assert_array_equal(a, c)
+    assert [h["train_loss"] for h in first["history"]] == \
+        [h["train_loss"] for h in second["history"]] == \
+        [h["train_loss"] for h in third["history"]]
+    # Another batch at the same step is not replayed.
+    features = next(iter(live.epoch_batches(0, 0)))[0]
+    other = {k: v.numpy()[::-1] for k, v in features.items()}
+    assert shared.get(TeacherLogits.key(0, features)) is not None
+    assert shared.get(TeacherLogits.key(0, other)) is None
