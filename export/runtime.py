@@ -194,7 +194,7 @@ def _rows(batches) -> Iterable[dict]:
 
 @phase("evaluate")
 def run_tflite(tflite: bytes, batches, *, num_threads: int | None = None,
-               on_example: Callable[[], Any] | None = None):
+               on_example: Callable[[], Any] | None = None, with_runtime: bool = False):
     """Outputs of a TFLite classifier (probabilities for `export.tflite.to_tflite`'s
     models), one example at a time, with the runtime adapter (ai-edge-litert first).
 
@@ -205,11 +205,15 @@ def run_tflite(tflite: bytes, batches, *, num_threads: int | None = None,
         num_threads: int | None. Interpreter threads (None: the runtime's default).
         on_example: called after each example (a progress bar's `update`).
 
+        with_runtime: bool. Also return the runtime's name (`RUNTIMES`).
+
     Returns:
-        float32 [N, num_classes] (int8 outputs are dequantized).
+        float32 [N, num_classes] (int8 outputs are dequantized); with `with_runtime`,
+        (outputs, runtime).
     """
-    interpreter, _ = make_interpreter(model_content=tflite, num_threads=num_threads)
-    return run_token_ids(interpreter, _rows(batches), on_example)
+    interpreter, runtime = make_interpreter(model_content=tflite, num_threads=num_threads)
+    outputs = run_token_ids(interpreter, _rows(batches), on_example)
+    return (outputs, runtime) if with_runtime else outputs
 
 
 __all__ = ["KERNELS", "RUNTIMES", "INPUT_NAMES", "available_runtimes", "inputs_by_name",

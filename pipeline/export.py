@@ -2,7 +2,10 @@
 
 Writes every target in `export.targets`, then runs each one in a fresh Python process with
 the runtime a user would use (`tf.saved_model.load`; the TFLite adapter, ai-edge-litert
-first) on the test split, and compares it with a Keras model (`gate_verdict`):
+first) on the test split, and compares it with a Keras model (`gate_verdict`). A TFLite
+file copied from the quantize stage is not run twice in the adapter: its outputs there
+(`quantize/<source>/<variant>_tflite_predictions.npz`, the same runtime, examples and
+bytes, checked by sha256) are taken, and `verified_with.reused_from` names them.
 
 - float and dynamic-range targets (`savedmodel`, `savedmodel-ids`, `cpu`, `gpu`, `text`,
   `student-cpu`, `student-gpu`), rule `agreement`: accuracy within
@@ -265,6 +268,7 @@ def run(config: PipelineConfig, inputs: dict[str, Path], out_dir: Path, work_dir
     for target in tflite_targets:
         path = tflite_dir / f"{cfg.name}-{target}.tflite"
         reference, source, twin = source_probs, cfg.model, f"{cfg.model} model"
+        adapter_run = None  # the quantize stage's test run of the same bytes
         made_of = tflite_source(target, cfg.model)
         if made_of and made_of[1] == "qat":
             source = made_of[0]
@@ -272,6 +276,8 @@ def run(config: PipelineConfig, inputs: dict[str, Path], out_dir: Path, work_dir
             shutil.copyfile(folder / "qat.tflite", path)
             reference = _saved_probabilities(folder / "qat_predictions.npz", y_true)
             twin = f"QAT model of {source}"
+            adapter_run = _quantize_test_run(folder / "qat_tflite_predictions.npz", path,
+                                             y_true, quantize_dir)
         elif made_of:
             source, variant = made_of
             if source != cfg.model:  # a student target: its own float model is the source
@@ -281,6 +287,9 @@ def run(config: PipelineConfig, inputs: dict[str, Path], out_dir: Path, work_dir
             if quantized.is_file():
                 shutil.copyfile(quantized, path)
                 log.info("%s: from the quantize stage", target)
+                adapter_run = _quantize_test_run(
+                    quantize_dir / source / f"{variant}_tflite_predictions.npz", path,
+                    y_true, quantize_dir)
                 if variant == "int8" and saved.is_file():
                     reference = _saved_probabilities(saved, y_true)
                     twin = f"int8 model of {source}"
@@ -305,7 +314,7 @@ def run(config: PipelineConfig, inputs: dict[str, Path], out_dir: Path, work_dir
             log.info("text: converting tokenizer + %s model (dynamic-range int8)", cfg.model)
             path.write_bytes(text_tflite(model, tokenizer))
         made[target] = {"path": path, "source": source, "reference": reference,
-                        "twin": twin}
+                        "twin": twin, **({"adapter_run": adapter_run} if adapter_run else {})}
         if gate_rule(target) == "int8":
             made[target]["float_accuracy"] = float_accuracy(source)
         census = op_census(path.read_bytes())
@@ -330,7 +339,11 @@ def run(config: PipelineConfig, inputs: dict[str, Path], out_dir: Path, work_dir
     failures = []
     bar = progress(total=len(made), desc="export: verifying", unit="model")
     for target, item in made.items():
-        probabilities, run_info = verify_in_fresh_process(
+        # A file copied from the quantize stage ran there, in the same runtime on the
+        # same examples (the same outputs to the bit as a fresh process's run): its
+        # outputs are taken, not measured twice. MediaPipe still runs the file as
+        # shipped, metadata and all, in a fresh process.
+        probabilities, run_info = item.get("adapter_run") or verify_in_fresh_process(
             item["path"], data_path, work_dir / f"{target}.npz")
         if probabilities.shape != item["reference"].shape:
             raise ExportGateError(f"{target}: {probabilities.shape} outputs for "
@@ -465,6 +478,27 @@ def _verify_in_mediapipe(target: str, item: dict[str, Any], texts: list[str],
              result["agreement_with_runtime"], result["examples_scored_differently"],
              len(texts))
     return result
+
+
+def _quantize_test_run(saved: Path, path: Path, y_true: np.ndarray, quantize_dir: Path
+                       ) -> tuple[np.ndarray, dict[str, Any]] | None:
+    """The quantize stage's test run of the TFLite file copied to `path`: (probabilities,
+    run info as `export.verify` gives it), or None when there is none of these bytes
+    (e.g. written by an older version), and the gate runs the file itself."""
+    if not saved.is_file():
+        return None
+    with np.load(saved) as data:
+        if "info" not in data.files:
+            return None
+        info = json.loads(str(data["info"]))
+    if info.get("sha256") != hashlib.sha256(path.read_bytes()).hexdigest():
+        return None
+    probabilities = _saved_probabilities(saved, y_true)
+    return probabilities, {
+        "format": "tflite", "runtime": info["runtime"], "kernels": info["kernels"],
+        "input": "token_ids", "labels": info["labels"], "examples": int(len(y_true)),
+        "tensorflow_text": False,
+        "reused_from": str(saved.relative_to(quantize_dir.parent))}
 
 
 def _saved_probabilities(path: Path, y_true: np.ndarray) -> np.ndarray:

@@ -114,8 +114,10 @@ def collect_models(inputs: dict[str, Path]) -> list[dict[str, Any]]:
                      "gate_passed": t["passed"], "gate_rule": t.get("rule"),
                      "agreement": t["agreement"], "xnnpack": t.get("xnnpack"),
                      "builtin_kernels": t.get("builtin_kernels"),
-                     "measured_in": f"{t['verified_with']['runtime']} (export gate, fresh "
-                                    "process)"})
+                     "measured_in": f"{t['verified_with']['runtime']} ("
+                                    + ("quantize stage, the same file"
+                                       if t["verified_with"].get("reused_from")
+                                       else "export gate, fresh process") + ")"})
     # The quantize stage's files that export copied have the same XNNPACK plan.
     plans = {r["sha256"]: r["xnnpack"] for r in rows if r.get("xnnpack") and r["sha256"]}
     for row in rows:

@@ -130,6 +130,35 @@ def test_every_target_is_exported_and_passes_the_gate(exported):
     assert m["targets"]["savedmodel-ids"]["accuracy"] == m["targets"]["savedmodel"]["accuracy"]
 
 
+def test_copied_tflite_targets_take_the_quantize_stages_run_bit_for_bit(exported,
+                                                                       tmp_path):
+    """A TFLite file copied from the quantize stage is not run twice in the adapter: the
+    gate takes the quantize stage's outputs, which a fresh process's run of the exported
+    file (metadata and all) reproduces to the bit."""
+    from data.input import split_arrays
+    from data.tokenizer import read_tokenizer_config
+    from export.verify import verify_in_fresh_process, write_split
+
+    targets = json.loads((exported / "export" / "verification.json").read_text())["targets"]
+    reused = {t for t, r in targets.items() if r["verified_with"].get("reused_from")}
+    # The fixture's quantize stage makes cpu and int8 (and QAT): export converts gpu.
+    assert reused == set(TARGETS) - {"savedmodel", "savedmodel-ids", "text", "gpu",
+                                     "student-gpu"}
+    length = read_tokenizer_config(exported / "prepare")["max_seq_length"]
+    features, texts, labels = split_arrays(exported / "prepare", "test", length)
+    write_split(tmp_path / "test.npz", features, texts, labels)
+    for target in ("cpu", "pruned-qat", "student-qat"):
+        run = targets[target]["verified_with"]
+        assert run["reused_from"] == f"quantize/{targets[target]['source']}/" \
+            f"{'qat' if 'qat' in target else 'cpu'}_tflite_predictions.npz"
+        assert run["runtime"] == "ai_edge_litert" and run["examples"] == len(labels)
+        saved = np.load(exported / run["reused_from"])["probabilities"]
+        fresh, info = verify_in_fresh_process(exported / "export" / targets[target]["path"],
+                                              tmp_path / "test.npz", tmp_path / "out.npz")
+        np.testing.assert_array_equal(saved, fresh)
+        assert info["runtime"] == run["runtime"] and info["labels"] == run["labels"]
+
+
 def test_student_targets_are_the_distilled_models_variants(exported):
     """student-*: the quantize stage's files of the distilled student (student-gpu, a
     variant the fixture's quantize.post_training leaves out, converted by the export),
