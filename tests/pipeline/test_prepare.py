@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from data.input import batch_examples, read_split
+from data.input import batch_examples, bucket_examples, bucket_lengths, read_split
 from data.tokenizer import BertTokenizer
 from pipeline.cli import main
 from tests.data.test_text_files import CORRUPT_GZIP
@@ -88,6 +88,21 @@ def test_batches_pad_to_longest_example(tiny_run):
                                   (features["input_ids"].numpy() != 0).astype(np.int32))
     fixed, _ = next(iter(batch_examples(ds, batch_size=8, pad_to=32)))
     assert fixed["input_ids"].shape == (8, 32)
+
+
+def test_batch_pipelines_run_without_the_autotuner(tiny_run):
+    """Training and evaluation batches (and what is made of them: the trainer's repeat,
+    skip, take and prefetch) have tf.data's autotuner off: with it, an epoch waited for
+    its thread's next wake-up (docs/pipeline-time.md). The same batches either way."""
+    ds = read_split(tiny_run / "prepare", "train", with_text=False)
+    bucketed = bucket_examples(ds, 8, bucket_lengths(32))
+    for made in (batch_examples(ds, 8), bucketed,
+                 bucketed.repeat().skip(1).take(3).prefetch(tf.data.AUTOTUNE)):
+        assert made.options().autotune.enabled is False
+    on = ds.padded_batch(8, padded_shapes={"input_ids": [None], "label": []})
+    for (features, labels), batch in zip(batch_examples(ds, 8), on):
+        np.testing.assert_array_equal(features["input_ids"], batch["input_ids"])
+        np.testing.assert_array_equal(labels, batch["label"])
 
 
 def test_up_to_date_stage_is_skipped_and_force_reruns(tmp_path, tfds_dir):
