@@ -395,20 +395,19 @@ class Trainer:
         # first batch is another) ran some steps on another graph, whose fusions round
         # differently.
         features, labels = self.epoch_batches(0, 0).element_spec
+        # With a shared TeacherLogits, the step takes the teacher's logits as an input
+        # and the teacher runs in a function of its own (only for the steps not found).
+        replay = self.teacher_logits is not None and ft.distill_weight > 0 and \
+            not ft.distill_hidden_weight and self.strategy.num_replicas_in_sync == 1
         self.train_step = make_train_step(
             self.strategy, model, self.optimizer, self.loss_fn,
             (self.train_loss, self.train_accuracy), xla=ft.xla, teacher=self.teacher,
             distill_weight=ft.distill_weight, distill_temperature=ft.distill_temperature,
             distill_hidden_weight=ft.distill_hidden_weight,
-            teacher_layers=self.teacher_layers, input_signature=[features, labels])
-        self.replay_step = None
-        if self.teacher_logits is not None and ft.distill_weight > 0 and \
-                not ft.distill_hidden_weight and self.strategy.num_replicas_in_sync == 1:
-            self.replay_step = make_train_step(
-                self.strategy, model, self.optimizer, self.loss_fn,
-                (self.train_loss, self.train_accuracy), xla=ft.xla, teacher=self.teacher,
-                distill_weight=ft.distill_weight, distill_temperature=ft.distill_temperature,
-                input_signature=[features, labels], given_teacher_logits=True)
+            teacher_layers=self.teacher_layers, input_signature=[features, labels],
+            given_teacher_logits=replay)
+        self.teacher_step = None
+        if replay:
             teacher = self.teacher
             self.teacher_step = tf.function(lambda f: teacher(f, training=False),
                                             input_signature=[features])
@@ -458,7 +457,7 @@ class Trainer:
     # === Loop ===
 
     def _step(self, step: int, features, labels) -> None:
-        if self.replay_step is None:
+        if self.teacher_step is None:
             self.train_step(features, labels)
             return
         key = TeacherLogits.key(step, features)
@@ -466,7 +465,7 @@ class Trainer:
         if logits is None:
             logits = self.teacher_step(features)
             self.teacher_logits.put(key, logits)
-        self.replay_step(features, labels, logits)
+        self.train_step(features, labels, logits)
 
     def _call_hooks(self, event: str) -> None:
         for hook in self.hooks:
